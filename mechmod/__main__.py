@@ -1,0 +1,5 @@
+import sys
+
+from mechmod.cli import main
+
+sys.exit(main())
