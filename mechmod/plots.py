@@ -1,0 +1,116 @@
+"""Plotly figures of a study. Each function only renders: it takes the
+summary dict (``summary.json``) or the results table and returns a
+``plotly.graph_objects.Figure``; nothing here computes a statistic."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+TEXT_COLOR = "#d62728"
+VISION_COLOR = "#1f77b4"
+OTHER_COLOR = "#7f7f7f"
+
+
+def _layout(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:
+    fig.update_layout(
+        title=title,
+        xaxis_title=x,
+        yaxis_title=y,
+        template="plotly_white",
+        height=380,
+        margin=dict(l=60, r=20, t=50, b=50),
+    )
+    return fig
+
+
+def entropy_by_tier_figure(summary: Mapping[str, Any]) -> go.Figure:
+    """Mean unimodal answer entropy per difficulty tier (paper Fig. 2):
+    vision entropy against dv, text entropy against dt."""
+    ent = summary["entropy_by_tier"]
+    fig = go.Figure()
+    for key, name, color in (("vision", "vision-only H(v) by dv", VISION_COLOR), ("text", "text-only H(t) by dt", TEXT_COLOR)):
+        rows = ent.get(key) or []
+        fig.add_trace(
+            go.Scatter(
+                x=[r["tier"] for r in rows],
+                y=[r["mean"] for r in rows],
+                error_y=dict(type="data", symmetric=False,
+                             array=[(r["ci"][1] - r["mean"]) if r.get("ci") else 0 for r in rows],
+                             arrayminus=[(r["mean"] - r["ci"][0]) if r.get("ci") else 0 for r in rows]),
+                mode="lines+markers",
+                name=name,
+                line=dict(color=color),
+            )
+        )
+    return _layout(fig, "Unimodal answer entropy by difficulty tier", "tier (dv for vision, dt for text)", "mean entropy (nats)")
+
+
+def following_rates_figure(summary: Mapping[str, Any]) -> go.Figure:
+    """Macro text- and vision-following ratios, overall and on the subset
+    where both unimodal answers are correct (paper Fig. 3a)."""
+    groups = [("all cases", summary.get("tfr")), ("both unimodal correct", summary.get("tfr_both_correct"))]
+    names = [g for g, v in groups if v is not None]
+    tfr = [v for _, v in groups if v is not None]
+    fig = go.Figure()
+    fig.add_bar(x=names, y=tfr, name="TFR (text-following)", marker_color=TEXT_COLOR)
+    fig.add_bar(x=names, y=[1 - t for t in tfr], name="VFR (vision-following)", marker_color=VISION_COLOR)
+    fig.update_layout(barmode="stack", yaxis_range=[0, 1])
+    return _layout(fig, "Macro following ratios", "", "share of text- or vision-following cases")
+
+
+def dh_rel_histogram_figure(dh_rel: Sequence[float], follow: Sequence[str] | None = None) -> go.Figure:
+    """Distribution of relative uncertainty dHrel (paper Fig. 3b), split by
+    outcome when ``follow`` is given."""
+    dh = np.asarray(dh_rel, dtype=float)
+    fig = go.Figure()
+    bins = dict(start=-2.0, end=2.0, size=0.1)
+    if follow is None:
+        fig.add_histogram(x=dh, xbins=bins, name="all", marker_color=OTHER_COLOR)
+    else:
+        fol = np.asarray(follow)
+        for label, color in (("text", TEXT_COLOR), ("vision", VISION_COLOR), ("other", OTHER_COLOR)):
+            sel = dh[fol == label]
+            if sel.size:
+                fig.add_histogram(x=sel, xbins=bins, name=f"follows {label}", marker_color=color, opacity=0.75)
+        fig.update_layout(barmode="stack")
+    return _layout(fig, "Relative uncertainty dHrel = 2(H(t)-H(v))/(H(t)+H(v))", "dHrel", "cases")
+
+
+def _balance_marker(fig: go.Figure, balance: Mapping[str, Any] | None, color: str, name: str) -> None:
+    if not balance or balance.get("estimate") is None:
+        return
+    est = balance["estimate"]
+    fig.add_vline(x=est, line=dict(color=color, dash="dash"))
+    ci = balance.get("ci")
+    if ci and None not in ci:
+        fig.add_vrect(x0=ci[0], x1=ci[1], fillcolor=color, opacity=0.12, line_width=0)
+    fig.add_trace(go.Scatter(x=[est], y=[0.5], mode="markers", marker=dict(size=11, color=color, symbol="diamond"),
+                             name=f"{name} balance point {est:+.2f}"))
+
+
+def following_curve_figure(curves: Mapping[str, Mapping[str, Any]], balances: Mapping[str, Mapping[str, Any] | None]) -> go.Figure:
+    """P(text-following) against dHrel with Wilson intervals, one trace per
+    named curve (a run, or the low/high-entropy halves), each with its
+    balance point and interval (paper Fig. 4)."""
+    palette = [TEXT_COLOR, VISION_COLOR, "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+    fig = go.Figure()
+    for i, (name, curve) in enumerate(curves.items()):
+        color = palette[i % len(palette)]
+        x, p = curve["centers"], curve["p_text"]
+        lo, hi = curve["ci_lo"], curve["ci_hi"]
+        fig.add_trace(
+            go.Scatter(
+                x=x, y=p, mode="lines+markers", name=name, line=dict(color=color),
+                error_y=dict(type="data", symmetric=False,
+                             array=[None if (h is None or v is None) else h - v for h, v in zip(hi, p)],
+                             arrayminus=[None if (l is None or v is None) else v - l for l, v in zip(lo, p)]),
+                customdata=curve["n"], hovertemplate="dHrel %{x:.2f}<br>P(text) %{y:.2f}<br>n %{customdata}",
+            )
+        )
+        _balance_marker(fig, balances.get(name), color, name)
+    fig.add_hline(y=0.5, line=dict(color="black", width=1, dash="dot"))
+    fig.update_yaxes(range=[-0.02, 1.02])
+    return _layout(fig, "Text-following probability vs relative uncertainty", "dHrel (negative: text is easier)", "P(follow text)")
