@@ -1,0 +1,375 @@
+"""The one record schema of every mechmod dataset (docs/architecture.md §1):
+staging and writing a dataset directory, loading and validating it, and
+opening its images safely.
+
+A dataset is a directory::
+
+    DIR/cases.parquet   one row per conflict case (controls included)
+    DIR/images/...      PNG files, referenced by relative path
+    DIR/manifest.json   written last
+
+Writers stage everything in a hidden sibling directory and rename it onto
+``DIR`` at the very end (:class:`DatasetDir`), so an interrupted run never
+leaves a ``DIR`` that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterable
+
+from mechmod import _io
+from mechmod.errors import MechmodError
+
+FORMAT = "mechmod-cases/1"
+CASES = "cases.parquet"
+MANIFEST = "manifest.json"
+IMAGES = "images"
+
+#: required columns and their kinds ("str", "int", "list[str]")
+COLUMNS: dict[str, str] = {
+    "case_id": "str",
+    "group_id": "str",
+    "task": "str",
+    "dv": "int",
+    "dt": "int",
+    "control": "str",
+    "image_id": "str",
+    "image_path": "str",
+    "description": "str",
+    "question": "str",
+    "answer_vision": "str",
+    "answer_text": "str",
+    "candidates": "list[str]",
+    "seed": "int",
+}
+CONTROL_VALUES = ("none", "text_irrelevant", "image_irrelevant")
+
+#: largest image open_image accepts (pixels); CLEVR is 480x320, ours <= 800x600
+MAX_PIXELS = 4096 * 4096
+
+
+# ----------------------------------------------------------------------------
+# writing
+# ----------------------------------------------------------------------------
+
+
+def mechmod_version() -> str:
+    """The installed mechmod version (recorded in manifests)."""
+    import mechmod
+
+    v = getattr(mechmod, "__version__", None)
+    if v is None:  # e.g. a stale editable install importing mechmod as a namespace package
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("mechmod")
+        except PackageNotFoundError:
+            v = "unknown"
+    return str(v)
+
+
+def png_bytes(img) -> bytes:
+    """Deterministic PNG encoding (no timestamps or text chunks)."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_out_dir(out: str | os.PathLike) -> Path:
+    """``out`` must not exist, or be an empty directory, in a writable parent."""
+    out = Path(out)
+    if out.is_symlink():
+        raise MechmodError(f"{out}: is a symbolic link; pass a real directory path")
+    if out.exists():
+        if not out.is_dir():
+            raise MechmodError(f"{out}: exists and is not a directory; choose a new output directory")
+        if any(out.iterdir()):
+            raise MechmodError(f"{out}: directory is not empty; choose a new or empty output directory")
+    parent = out.absolute().parent
+    if not parent.exists():
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise MechmodError(f"{out}: cannot create the parent directory {parent} ({err.strerror})") from None
+    if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise MechmodError(f"{out}: not writable; choose an output directory you can write to")
+    return out
+
+
+class DatasetDir:
+    """Stage a dataset in a hidden sibling of ``out``; ``finish()`` writes
+    cases.parquet and manifest.json (last) and renames the stage onto
+    ``out``. Used as a context manager: on any exception (or Ctrl-C) the stage
+    is removed and ``out`` is left as it was."""
+
+    def __init__(self, out: str | os.PathLike):
+        self.out = check_out_dir(out)
+        self.stage: Path | None = None
+        self.images: dict[str, str] = {}  # relative path -> sha256
+
+    def __enter__(self) -> "DatasetDir":
+        parent = self.out.absolute().parent
+        try:
+            self.stage = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-", dir=parent))
+        except OSError as err:
+            raise MechmodError(f"{self.out}: cannot write in {parent} ({err.strerror})") from None
+        (self.stage / IMAGES).mkdir()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.stage is not None and self.stage.exists():
+            shutil.rmtree(self.stage, ignore_errors=True)
+
+    def write_image(self, rel: str, img=None, data: bytes | None = None) -> str:
+        """Write a PNG (PIL image or encoded bytes) at ``rel`` (under images/)."""
+        rel = _check_rel(rel, "image path")
+        if data is None:
+            data = png_bytes(img)
+        path = self.stage / rel
+        _io.write_bytes(path, data)
+        self.images[rel] = hashlib.sha256(data).hexdigest()
+        return rel
+
+    def copy_image(self, rel: str, src: Path) -> str:
+        return self.write_image(rel, data=Path(src).read_bytes())
+
+    def finish(self, rows: list[dict] | Any, manifest: dict) -> Path:
+        """Write cases.parquet (validated) and manifest.json, then move into place."""
+        table = to_table(rows)
+        validate_table(table, where=str(self.out / CASES), root=self.stage, check_files=True)
+        _io.write_parquet(self.stage / CASES, table)
+        files = {CASES: _sha256(self.stage / CASES), **dict(sorted(self.images.items()))}
+        groups = sorted(set(table.column("group_id").to_pylist()))
+        man = {
+            "format": FORMAT,
+            "n_cases": table.num_rows,
+            "n_groups": len(groups),
+            "files": [CASES, IMAGES + "/"],
+            "n_images": len(self.images),
+            **manifest,
+            "sha256": files,
+        }
+        _io.write_json(self.stage / MANIFEST, man)  # last
+        # mkstemp/mkdtemp create 0600/0700 entries: give them the usual modes
+        mask = _umask()
+        for root, dirs, fnames in os.walk(self.stage):
+            os.chmod(root, 0o777 & ~mask)
+            for f in fnames:
+                os.chmod(os.path.join(root, f), 0o666 & ~mask)
+        try:
+            if self.out.exists():
+                self.out.rmdir()  # empty (checked); rename needs it gone on some systems
+            os.replace(self.stage, self.out)
+        except OSError as err:
+            raise MechmodError(f"{self.out}: could not move the finished dataset into place ({err.strerror}); "
+                               "did something else write there meanwhile?") from None
+        self.stage = None
+        return self.out
+
+
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+def to_table(rows):
+    """rows (list of dicts or a DataFrame) -> pyarrow Table with the schema's types."""
+    import pandas as pd
+    import pyarrow as pa
+
+    df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"rows lack required columns {missing}")
+    extra = [c for c in df.columns if c not in COLUMNS]
+    fields = []
+    arrays = []
+    for c in list(COLUMNS) + extra:
+        kind = COLUMNS.get(c)
+        vals = df[c].tolist()
+        if kind == "str":
+            t = pa.string()
+        elif kind == "int":
+            t = pa.int64()
+        elif kind == "list[str]":
+            t = pa.list_(pa.string())
+            vals = [list(v) for v in vals]
+        else:
+            t = None
+        arr = pa.array(vals, type=t)
+        fields.append(pa.field(c, arr.type))
+        arrays.append(arr)
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+# ----------------------------------------------------------------------------
+# validating and loading
+# ----------------------------------------------------------------------------
+
+
+def _check_rel(rel: str, what: str = "path") -> str:
+    if not isinstance(rel, str) or not rel:
+        raise MechmodError(f"{what} {rel!r} is empty or not a string")
+    if "\\" in rel or rel.startswith("/") or os.path.isabs(rel) or (len(rel) > 1 and rel[1] == ":"):
+        raise MechmodError(f"{what} {rel!r} must be relative to the dataset directory")
+    parts = PurePosixPath(rel).parts
+    if any(p in ("..", "") for p in parts):
+        raise MechmodError(f"{what} {rel!r} escapes the dataset directory")
+    return str(PurePosixPath(*parts))
+
+
+def validate_table(table, where: str, root: Path | None = None, check_files: bool = False) -> None:
+    """Check the required columns, their types, non-nulls, unique case ids,
+    controls and relative image paths. Raises MechmodError naming ``where``."""
+    import pyarrow as pa
+
+    names = table.column_names
+    missing = [c for c in COLUMNS if c not in names]
+    if missing:
+        raise MechmodError(f"{where}: missing required column(s) {', '.join(missing)}")
+    for c, kind in COLUMNS.items():
+        col = table.column(c)
+        t = col.type
+        ok = {
+            "str": pa.types.is_string(t) or pa.types.is_large_string(t),
+            "int": pa.types.is_integer(t),
+            "list[str]": (pa.types.is_list(t) or pa.types.is_large_list(t))
+            and (pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type)),
+        }[kind]
+        if not ok:
+            raise MechmodError(f"{where}: column {c!r} has type {t}, expected {kind}")
+        if col.null_count:
+            raise MechmodError(f"{where}: column {c!r} has {col.null_count} null value(s)")
+    ids = table.column("case_id").to_pylist()
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise MechmodError(f"{where}: case_id {dup!r} is not unique")
+    bad = set(table.column("control").to_pylist()) - set(CONTROL_VALUES)
+    if bad:
+        raise MechmodError(f"{where}: unknown control value(s) {sorted(bad)}; expected {CONTROL_VALUES}")
+    for rel in sorted(set(table.column("image_path").to_pylist())):
+        try:
+            _check_rel(rel, "image_path")
+        except MechmodError as err:
+            raise MechmodError(f"{where}: {err}") from None
+        if check_files and root is not None and not (root / rel).is_file():
+            raise MechmodError(f"{where}: image_path {rel!r} does not exist in the dataset directory")
+
+
+def _read_manifest(d: Path) -> dict:
+    mpath = d / MANIFEST
+    if not d.is_dir():
+        raise MechmodError(f"{d}: not a directory (expected a mechmod dataset directory)")
+    if not mpath.is_file():
+        raise MechmodError(f"{mpath}: missing; {d} is not a complete dataset (was its generation interrupted?)")
+    try:
+        man = json.loads(mpath.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise MechmodError(f"{mpath}: not valid JSON ({err})") from None
+    if not isinstance(man, dict) or man.get("format") != FORMAT:
+        raise MechmodError(f"{mpath}: format is {man.get('format') if isinstance(man, dict) else None!r}, "
+                           f"expected {FORMAT!r}")
+    if CASES not in man.get("files", []):
+        raise MechmodError(f"{mpath}: does not list {CASES}")
+    return man
+
+
+def validate_dir(d: str | os.PathLike, verify_hashes: bool = False) -> dict:
+    """Validate a dataset directory (see :func:`load_cases`); returns the manifest."""
+    load_cases(d, verify_hashes=verify_hashes)
+    return _read_manifest(Path(d))
+
+
+def load_cases(d: str | os.PathLike, verify_hashes: bool = False):
+    """Load ``DIR/cases.parquet`` as a pandas DataFrame after validating:
+    manifest present, of this format, listing cases.parquet; the parquet's
+    digest matches the manifest; required columns, types, no nulls; row count
+    equals ``n_cases``; image paths relative, inside DIR and present. With
+    ``verify_hashes`` every image's digest is checked too. Errors are
+    MechmodError naming the file and the problem."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = Path(d)
+    man = _read_manifest(d)
+    cpath = d / CASES
+    if not cpath.is_file():
+        raise MechmodError(f"{cpath}: missing (listed in {d / MANIFEST})")
+    digests = man.get("sha256", {})
+    if CASES in digests and _sha256(cpath) != digests[CASES]:
+        raise MechmodError(f"{cpath}: content does not match the digest in manifest.json (modified or corrupt)")
+    try:
+        table = pq.read_table(cpath)
+    except (pa.ArrowException, OSError) as err:
+        raise MechmodError(f"{cpath}: cannot read as parquet ({err})") from None
+    validate_table(table, where=str(cpath), root=d, check_files=True)
+    if table.num_rows != man.get("n_cases"):
+        raise MechmodError(f"{cpath}: has {table.num_rows} rows but manifest.json says n_cases={man.get('n_cases')}")
+    root = d.resolve()
+    for rel in sorted(set(table.column("image_path").to_pylist())):
+        if not (d / rel).resolve().is_relative_to(root):
+            raise MechmodError(f"{cpath}: image_path {rel!r} resolves outside {d}")
+    if verify_hashes:
+        for rel, digest in digests.items():
+            if rel != CASES and _sha256(d / rel) != digest:
+                raise MechmodError(f"{d / rel}: content does not match the digest in manifest.json")
+    df = table.to_pandas()
+    df["candidates"] = df["candidates"].map(list)
+    df.attrs["manifest"] = man
+    return df
+
+
+def open_image(d: str | os.PathLike, rel: str, max_pixels: int = MAX_PIXELS):
+    """Open ``DIR/rel`` as an RGB PIL image. Refuses paths that are absolute
+    or escape DIR (also through symlinks), empty or truncated files, images
+    larger than ``max_pixels`` (decompression bombs) and undecodable files,
+    with a MechmodError naming the file."""
+    from PIL import Image
+
+    d = Path(d)
+    rel = _check_rel(rel, "image path")
+    path = d / rel
+    if not path.resolve().is_relative_to(d.resolve()):
+        raise MechmodError(f"{path}: resolves outside the dataset directory {d}")
+    if not path.is_file():
+        raise MechmodError(f"{path}: image file not found")
+    if path.stat().st_size == 0:
+        raise MechmodError(f"{path}: image file is empty (0 bytes)")
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise MechmodError(f"{path}: image is {w}x{h} = {w * h} pixels, over the limit of "
+                                   f"{max_pixels} (possible decompression bomb)")
+            im.load()
+            return im.convert("RGB")
+    except MechmodError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise MechmodError(f"{path}: refused as a decompression bomb ({err})") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise MechmodError(f"{path}: cannot decode the image, truncated or corrupt ({err})") from None
+
+
+def dataset_counts(values: Iterable) -> dict[str, int]:
+    """A JSON-friendly, sorted count table."""
+    out: dict[str, int] = {}
+    for v in values:
+        out[str(v)] = out.get(str(v), 0) + 1
+    return dict(sorted(out.items()))
