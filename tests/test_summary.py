@@ -1,0 +1,72 @@
+"""summary.json and report.html from a results table alone (synthetic
+results drawn from a known following curve)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mechmod.cli import main
+from mechmod.errors import MechmodError
+from mechmod.summary import summarize, summarize_run
+
+COLORS = ["red", "yellow", "blue", "green", "purple", "orange"]
+
+
+def synthetic_results(n=600, balance=0.3, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        av, at = rng.choice(COLORS, 2, replace=False)
+        h_v, h_t = rng.uniform(0.05, 1.5, 2)
+        dh = 2 * (h_t - h_v) / (h_t + h_v)
+        p_text = 1 / (1 + np.exp(3.0 * (dh - balance)))
+        control = "none" if i % 5 else "text_irrelevant"
+        follow = "text" if rng.random() < p_text else "vision"
+        rows.append(dict(
+            case_id=f"c{i:04d}", group_id=f"g{i // 6}", image_id=f"g{i // 6}-dv{i % 14}", task="color",
+            dv=i % 14, dt=i % 3, control=control, answer_vision=av, answer_text=at,
+            y_v=av, y_t=at, y_m=at if follow == "text" else av, h_v=h_v, h_t=h_t, h_m=0.3, dh_rel=dh,
+            follow=follow, oscillations=int(rng.integers(0, 3)), status="ok", error="",
+        ))
+    return pd.DataFrame(rows)
+
+
+def test_summary_recovers_balance_and_fills_regions():
+    summary, out = summarize(synthetic_results(), model="sim", radius=0.5)
+    assert summary["balance"]["status"] == "ok"
+    assert summary["balance_point"] == pytest.approx(0.3, abs=0.25)
+    lo, hi = summary["balance_ci"]
+    assert lo < summary["balance_point"] < hi
+    assert 0 < summary["tfr"] < 1 and summary["tfr"] == summary["tfr_both_correct"]
+    assert summary["monotonicity"]["decreasing"]
+    expected = np.where(np.abs(out["dh_rel"] - summary["balance_point"]) < 0.5, "ambiguous", "clear")
+    assert (out["region"].to_numpy() == expected).all()
+    assert set(summary["oscillations"]) == {"ambiguous", "clear", "control_text_irrelevant"}
+    assert [r["tier"] for r in summary["entropy_by_tier"]["vision"]] == list(range(14))
+    assert set(summary["entropy_split"]) == {"median", "low", "high"}
+    json.dumps(summary, allow_nan=False)
+
+
+def test_summarize_run_and_cli_from_results_alone(tmp_path):
+    synthetic_results().to_parquet(tmp_path / "results.parquet")
+    assert main(["summarize", str(tmp_path)]) == 0
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["n_cases"] == 600 and s["balance_point"] is not None
+    html = (tmp_path / "report.html").read_text()
+    assert "<script src=" not in html and "src=\"http" not in html  # plotly.js embedded, no CDN
+    assert "Plotly" in html and "Following curve" in html
+    assert "region" in pd.read_parquet(tmp_path / "results.parquet")
+
+
+def test_bad_results_are_refused(tmp_path):
+    with pytest.raises(MechmodError, match="missing columns"):
+        summarize(synthetic_results().drop(columns=["h_t"]))
+    assert main(["summarize", str(tmp_path / "nope")]) == 2
+    (tmp_path / "results.parquet").write_bytes(b"not parquet")
+    with pytest.raises(MechmodError, match="cannot read"):
+        summarize_run(tmp_path)
+    only_controls = synthetic_results().assign(control="text_irrelevant")
+    with pytest.raises(MechmodError, match="control == 'none'"):
+        summarize(only_controls)
