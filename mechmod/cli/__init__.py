@@ -13,7 +13,10 @@ from mechmod.errors import MechmodError
 
 # Modules that define commands (each imports ``cli`` from here and adds to it).
 COMMAND_MODULES = [
+    "mechmod.cli.run",
+    "mechmod.cli.lens",
     "mechmod.cli.dataset",
+    "mechmod.cli.organism",
 ]
 
 

@@ -1,0 +1,218 @@
+"""``mechmod lens``: train a tuned lens on a model's own prompts and measure
+how faithfully the logit lens and the tuned lens decode each layer."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+from mechmod.cli import cli
+from mechmod.errors import MechmodError
+
+
+@cli.group("lens")
+def lens() -> None:
+    """Logit and tuned lenses: per-layer decoding of the answer position."""
+
+
+def _dataset_options(f):
+    f = click.option("--seed", default=0, show_default=True, type=int, help="Seed of a generated dataset (with --groups).")(f)
+    f = click.option("--groups", default=None, type=click.IntRange(min=2),
+                     help="Generate a colour dataset with this many groups instead of --dataset.")(f)
+    f = click.option("--dataset", "dataset", default=None, type=click.Path(file_okay=False),
+                     help="An existing dataset directory (mechmod dataset ...).")(f)
+    return f
+
+
+def _common_options(f):
+    f = click.option("--threads", default=2, show_default=True, type=int, help="torch CPU threads.")(f)
+    f = click.option("--trace-batch-size", default=16, show_default=True, type=click.IntRange(min=1),
+                     help="Prompts per traced forward pass.")(f)
+    f = click.option("--dtype", default=None, help="Model dtype (float32, bfloat16, float16); default: the model's.")(f)
+    f = click.option("--device", default="cpu", show_default=True, help="Device for the model and the lens.")(f)
+    return f
+
+
+def _resolve_dataset(dataset: str | None, groups: int | None, seed: int, generate_into: Path) -> Path:
+    if (dataset is None) == (groups is None):
+        raise MechmodError("give exactly one of --dataset DIR or --groups N (to generate a colour dataset)")
+    if dataset is not None:
+        path = Path(dataset)
+        if not path.is_dir():
+            raise MechmodError(f"dataset directory {path} does not exist; create one with `mechmod dataset` or use --groups N")
+        return path
+    from mechmod.data import generate_color
+
+    click.echo(f"generating a colour dataset: {groups} groups, seed {seed} -> {generate_into}")
+    generate_color(generate_into, groups=groups, seed=seed, controls=False, progress=True)
+    return generate_into
+
+
+def _manifest_digest(dataset: Path) -> str | None:
+    """sha256 of the dataset's manifest.json (identifies the dataset), if any."""
+    import hashlib
+
+    manifest = dataset / "manifest.json"
+    return hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else None
+
+
+def _load(model: str, device: str, dtype: str | None, threads: int):
+    import torch
+
+    from mechmod.models import load_model
+
+    torch.set_num_threads(threads)
+    torch_dtype = None
+    if dtype is not None:
+        torch_dtype = getattr(torch, dtype, None)
+        if not isinstance(torch_dtype, torch.dtype):
+            raise MechmodError(f"unknown --dtype {dtype!r}; use float32, bfloat16 or float16")
+    return load_model(model, device=device, dtype=torch_dtype)
+
+
+def _by_kind(tuned, data) -> dict:
+    from mechmod.lenses import evaluate_lenses
+
+    out = {}
+    for kind in sorted(set(data.kind)):
+        sub = data.subset(data.kind == kind)
+        out[kind] = evaluate_lenses(tuned, sub.resid, sub.logits, split=f"{kind}").to_dict()
+    return out
+
+
+@lens.command("train")
+@click.option("--model", "model", default="organism", show_default=True, help="Model name or path (load_model).")
+@_dataset_options
+@click.option("--steps", default=250, show_default=True, type=click.IntRange(min=1), help="Optimiser steps.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Prompts per step.")
+@click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adam"]),
+              help="SGD with Nesterov momentum (tuned-lens default) or Adam.")
+@click.option("--lr", default=None, type=float, help="Peak learning rate (default 1.0 for SGD, 1e-3 for Adam).")
+@click.option("--heldout-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Fraction of the dataset's groups held out for evaluation.")
+@click.option("--split-seed", default=0, show_default=True, type=int, help="Seed of the held-out group split and the batch order.")
+@_common_options
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Lens directory to write.")
+def train_cmd(model, dataset, groups, seed, steps, batch_size, optimizer, lr, heldout_fraction, split_seed,
+              device, dtype, trace_batch_size, threads, out) -> None:
+    """Train a tuned lens on the model's vision-only, text-only and
+    multimodal prompts; print and save (OUT/fidelity.json) the held-out
+    per-layer KL of the logit lens and the tuned lens."""
+    from mechmod import _io
+    from mechmod.data import load_cases
+    from mechmod.lenses import TunedLens, Unembed, collect_residuals, evaluate_lenses, train_tuned_lens
+
+    out = Path(out)
+    t0 = time.time()
+    ds = _resolve_dataset(dataset, groups, seed, out / "dataset")
+    cases = load_cases(ds)
+    mllm = _load(model, device, dtype, threads)
+    click.echo(f"model {mllm.name}: {mllm.n_layers} layers, d_model {mllm.d_model}; dataset {ds}: {len(cases)} cases")
+    data = collect_residuals(mllm, cases, ds, batch_size=trace_batch_size, progress=True)
+    train, held = data.split_by_group(heldout_fraction, seed=split_seed)
+    click.echo(f"{len(data)} prompts: {len(train)} train / {len(held)} held out "
+               f"({len(set(held.group_id))} of {len(set(data.group_id))} groups held out)")
+
+    unembed = Unembed(mllm.final_norm, mllm.lm_head)
+    tuned = TunedLens(unembed, mllm.n_layers, mllm.d_model, model_name=str(mllm.name))
+    data_info = {
+        "dataset": str(ds.resolve()),
+        "dataset_manifest_sha256": _manifest_digest(ds),
+        "generated": groups is not None,
+        "groups": groups,
+        "dataset_seed": seed if groups is not None else None,
+        "kinds": sorted(set(data.kind)),
+        "n_prompts": len(data),
+        "n_train": len(train),
+        "n_heldout": len(held),
+        "heldout_fraction": heldout_fraction,
+        "split_seed": split_seed,
+        "heldout_groups": sorted(set(held.group_id)),
+    }
+    result = train_tuned_lens(tuned, train.resid, train.logits, steps=steps, batch_size=batch_size,
+                              optimizer=optimizer, lr=lr, seed=split_seed, data_info=data_info, progress=True)
+    fid = evaluate_lenses(tuned, held.resid, held.logits, split="heldout")
+    fid_train = evaluate_lenses(tuned, train.resid, train.logits, split="train")
+    tuned.save(out)
+    report = {
+        "model": str(mllm.name),
+        "lens_path": str(out.resolve()),
+        "heldout": fid.to_dict(),
+        "train": fid_train.to_dict(),
+        "heldout_by_kind": _by_kind(tuned, held),
+        "training": {k: v for k, v in result.settings.items()},
+        "seconds": round(time.time() - t0, 1),
+    }
+    from mechmod.lenses.tuned_lens import _jsonable
+
+    _io.write_json(out / "fidelity.json", _jsonable(report))
+    click.echo(f"held-out KL(final || lens), nats, over {fid.n_examples} prompts:")
+    click.echo(fid.table())
+    click.echo(f"lens -> {out}/lens.safetensors, {out}/config.json; fidelity -> {out}/fidelity.json "
+               f"({report['seconds']} s)")
+
+
+@lens.command("eval")
+@click.option("--lens-path", "lens_path", required=True, type=click.Path(file_okay=False), help="A tuned lens directory.")
+@click.option("--model", "model", default=None, help="Model name or path (default: the one the lens was trained for).")
+@_dataset_options
+@click.option("--split", default="heldout", show_default=True, type=click.Choice(["heldout", "all"]),
+              help="heldout: only the groups held out in training (when the dataset is the training one).")
+@_common_options
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Also write the result JSON here.")
+def eval_cmd(lens_path, model, dataset, groups, seed, split, device, dtype, trace_batch_size, threads, json_out) -> None:
+    """Per-layer KL(final || lens) of the logit lens and a saved tuned lens on
+    a dataset (default: the lens's training dataset, held-out groups)."""
+    import numpy as np
+
+    from mechmod import _io
+    from mechmod.data import load_cases
+    from mechmod.lenses import TunedLens, Unembed, collect_residuals, evaluate_lenses
+    from mechmod.lenses.tuned_lens import CONFIG_FILE, _jsonable
+
+    lens_path = Path(lens_path)
+    cfg_file = lens_path / CONFIG_FILE
+    if not cfg_file.is_file():
+        raise MechmodError(f"{cfg_file} not found: --lens-path must be a directory written by `mechmod lens train`")
+    try:
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise MechmodError(f"{cfg_file} is not valid JSON ({err})") from None
+    info = (cfg.get("training") or {}).get("data") or {}
+    model = model or cfg.get("model") or "organism"
+
+    with tempfile.TemporaryDirectory(prefix="mechmod-lens-eval-") as tmp:
+        if dataset is None and groups is None:
+            if not info.get("dataset") or not Path(info["dataset"]).is_dir():
+                raise MechmodError(
+                    f"the lens's training dataset ({info.get('dataset') or 'not recorded'}) is not available; "
+                    "pass --dataset DIR or --groups N"
+                )
+            dataset = info["dataset"]
+        ds = _resolve_dataset(dataset, groups, seed, Path(tmp) / "dataset")
+        cases = load_cases(ds)
+        if split == "heldout":
+            heldout = set(info.get("heldout_groups") or [])
+            same = info.get("dataset_manifest_sha256") is not None and info.get("dataset_manifest_sha256") == _manifest_digest(ds)
+            if not same or not heldout:
+                raise MechmodError(
+                    f"{ds} is not the dataset the lens was trained on (or its held-out groups were not recorded), "
+                    "so there is no held-out split to use; pass --split all"
+                )
+            cases = cases[cases["group_id"].astype(str).isin(heldout)]
+        mllm = _load(model, device, dtype, threads)
+        tuned = TunedLens.load(lens_path, Unembed(mllm.final_norm, mllm.lm_head))
+        data = collect_residuals(mllm, cases, ds, batch_size=trace_batch_size, progress=True)
+        fid = evaluate_lenses(tuned, data.resid, data.logits, split=split)
+        report = {"model": str(mllm.name), "lens_path": str(lens_path.resolve()), "dataset": str(Path(ds).resolve()),
+                  split: fid.to_dict(), f"{split}_by_kind": _by_kind(tuned, data)}
+    if json_out:
+        _io.write_json(json_out, _jsonable(report))
+    click.echo(f"{split} KL(final || lens), nats, over {fid.n_examples} prompts ({model}):")
+    click.echo(fid.table())
+    gain = np.asarray(fid.kl_logit) - np.asarray(fid.kl_tuned)
+    click.echo(f"tuned lens better than the logit lens at {int((gain[:-1] > 0).sum())} of {len(gain) - 1} layers")

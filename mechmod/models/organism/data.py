@@ -1,0 +1,326 @@
+"""On-the-fly training data for the organism, from the project's generators
+(:mod:`mechmod.data.color`, :mod:`mechmod.data.knowledge`).
+
+Each training step draws ``G`` colour groups and builds three sub-batches:
+
+* **vision-only**: image of the group at a visual tier ``dv`` (curriculum over
+  the 14 tiers) + question; label = the image colour.
+* **text-only**: the group's description at ``dt`` in 0..2 + question;
+  label = the text colour; plus knowledge questions "What color is a
+  sapphire? ..." so that dt 2 ("the same as a sapphire") is answerable.
+  Knowledge facts come in three frequencies (fixed split, recorded in the
+  checkpoint): *frequent*, *rare* (seen ~10x less often), *held out* (never
+  seen in training; counted apart by the evaluation).
+* **multimodal** (the documented choice): no hard-labelled conflict.
+  - consistent pairs (image recoloured to the text colour): hard label;
+  - one modality uninformative: the description is about another shape
+    (``text_irrelevant``: label = image colour) or the question is about a
+    shape never drawn (``image_irrelevant``: label = text colour);
+  - conflicting pairs with a *soft* target: the normalised product of the
+    model's own (detached) vision-only and text-only colour distributions
+    for the same image and description, computed in the same step
+    (reliability-weighted cue combination, a product of experts). No rule
+    says which modality wins: the more certain unimodal belief dominates,
+    so conflict behaviour depends on relative uncertainty - exactly what the
+    study measures - and the organism is a subject with a known mechanism.
+
+Everything is drawn from ``numpy.random.Generator`` objects seeded from the
+training seed, so a seed fixes the data stream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from mechmod.models.organism.model import prompt
+
+N_TIERS = 14
+KNOWLEDGE_QUESTION = "What color is {D}? Please use one word to answer this question."
+SPLIT_SEED = 20251104  # fixed: the knowledge split is part of the organism
+RARE_WEIGHT = 0.1
+
+
+def color_module():
+    from mechmod.data import color
+
+    return color
+
+
+def knowledge_table() -> dict[str, tuple[str, ...]]:
+    from mechmod.data.knowledge import KNOWLEDGE
+
+    return KNOWLEDGE
+
+
+def knowledge_split(knowledge: dict | None = None) -> dict[str, dict[str, str]]:
+    """thing -> (color, frequency class) with classes frequent / rare / heldout:
+    per colour one thing held out, two rare, the rest frequent."""
+    knowledge = knowledge or knowledge_table()
+    rng = np.random.default_rng(SPLIT_SEED)
+    out: dict[str, dict[str, str]] = {}
+    for col in sorted(knowledge):
+        things = sorted(knowledge[col])
+        order = rng.permutation(len(things))
+        for rank, idx in enumerate(order):
+            cls = "heldout" if rank == 0 else "rare" if rank <= 2 else "frequent"
+            out[things[idx]] = {"color": col, "class": cls}
+    return out
+
+
+def find_thing(text: str, split: dict) -> str | None:
+    """The knowledge thing a description mentions (longest match), if any."""
+    low = text.lower()
+    best = None
+    for thing in split:
+        t = thing.lower()
+        if t in low and (best is None or len(t) > len(best)):
+            best = thing
+    return best
+
+
+def patch_labels(info, n_side: int) -> np.ndarray:
+    """Per-patch (shape, colour) labels of a rendered image from its masks:
+    the visible object owning most of the patch (>= 8% of it), else 0
+    (background). Returns int8 [3, n_side * n_side]: row 0 = 1 + index in
+    ``TARGET_SHAPES``, row 1 = 1 + index in ``COLORS``, row 2 = 1 where the
+    target covers >= 8% of the patch."""
+    C = color_module()
+    masks = [info.target_mask, *info.distractor_masks]
+    shapes = [info.target_shape] + [d.shape for d in info.distractors]
+    colors = [info.target_color] + [d.color for d in info.distractors]
+    H, W = masks[0].shape
+    owner = np.zeros((H, W), dtype=np.int32)  # 0 = background, i + 1 = object i
+    for i, m in enumerate(masks):
+        owner[m] = i + 1
+    ys = np.minimum((np.arange(H) * n_side) // H, n_side - 1)
+    xs = np.minimum((np.arange(W) * n_side) // W, n_side - 1)
+    cell = ys[:, None] * n_side + xs[None, :]
+    k = len(masks) + 1
+    counts = np.bincount((cell * k + owner).ravel(), minlength=n_side * n_side * k).reshape(n_side * n_side, k)
+    best = counts[:, 1:].argmax(1)
+    area = counts.sum(1)
+    keep = counts[np.arange(len(best)), best + 1] >= 0.08 * area
+    shape_ids = np.array([C.TARGET_SHAPES.index(s) + 1 for s in shapes])
+    color_ids = np.array([list(C.COLORS).index(c) + 1 for c in colors])
+    out = np.zeros((3, n_side * n_side), dtype=np.int8)
+    out[0] = np.where(keep, shape_ids[best], 0)
+    out[1] = np.where(keep, color_ids[best], 0)
+    out[2] = counts[:, 1] >= 0.08 * area  # the target is visible in this patch
+    return out
+
+
+def _render_chunk(args):
+    """Worker: render and preprocess one deterministic chunk of a tier."""
+    seed, dv, k, size, image_size, n_side = args
+    import torch
+
+    torch.set_num_threads(1)
+    from transformers import CLIPImageProcessor
+
+    C = color_module()
+    ip = CLIPImageProcessor(do_resize=True, size={"height": image_size, "width": image_size},
+                            do_center_crop=False, do_rescale=True, do_normalize=True, do_convert_rgb=True)
+    rng = np.random.default_rng([seed, 2, dv, k])
+    groups = C.sample_groups(size, seed=int(seed * 1_000_003 + dv * 10_007 + k + 17))
+    order = rng.permutation(len(groups))
+    groups = [groups[i] for i in order]
+    images, labels = [], []
+    for g in groups:
+        img, info = C.render_image(g, dv, rng, return_masks=True)
+        images.append(img)
+        labels.append(patch_labels(info, n_side))
+    pv = ip(images, return_tensors="np")["pixel_values"].astype(np.float16)
+    return dv, k, [dataclasses.astuple(g) for g in groups], pv, np.stack(labels)
+
+
+class ImagePool:
+    """Images pre-rendered once per training run (rendering the dense tiers
+    costs up to ~0.1 s an image, far more than a training step), seeded and
+    independent of the number of worker processes."""
+
+    CHUNK = 50
+
+    def __init__(self, seed: int, per_tier, image_size: int, processes: int = 2, progress: bool = False,
+                 patch_size: int = 16):
+        C = color_module()
+        per_tier = list(per_tier)
+        jobs = []
+        for dv, n in enumerate(per_tier):
+            for k in range(0, max(1, -(-n // self.CHUNK))):
+                jobs.append((seed, dv, k, min(self.CHUNK, n - k * self.CHUNK) if n > 0 else 0, image_size,
+                             image_size // patch_size))
+        jobs = [j for j in jobs if j[3] > 0]
+        jobs.sort(key=lambda j: -j[1])  # slow dense tiers first
+        results = []
+        if processes > 1:
+            import multiprocessing as mp
+
+            with mp.get_context("fork").Pool(processes) as pool:
+                for i, r in enumerate(pool.imap_unordered(_render_chunk, jobs)):
+                    results.append(r)
+                    if progress and (i + 1) % 20 == 0:
+                        print(f"image pool: {i + 1}/{len(jobs)} chunks", flush=True)
+        else:
+            results = [_render_chunk(j) for j in jobs]
+        results.sort(key=lambda r: (r[0], r[1]))
+        self.groups: dict[int, list] = {dv: [] for dv in range(len(per_tier))}
+        self.pixels: dict[int, list] = {dv: [] for dv in range(len(per_tier))}
+        self.labels: dict[int, list] = {dv: [] for dv in range(len(per_tier))}
+        for dv, _k, gs, pv, lab in results:
+            self.groups[dv] += [C.ColorGroup(*g) for g in gs]
+            self.pixels[dv].append(pv)
+            self.labels[dv].append(lab)
+        self.pixels = {dv: (np.concatenate(v) if v else None) for dv, v in self.pixels.items()}
+        self.labels = {dv: (np.concatenate(v) if v else None) for dv, v in self.labels.items()}
+
+    def draw(self, dv: int, rng: np.random.Generator, with_labels: bool = False):
+        i = int(rng.integers(len(self.groups[dv])))
+        if with_labels:
+            return self.groups[dv][i], self.pixels[dv][i], self.labels[dv][i]
+        return self.groups[dv][i], self.pixels[dv][i]
+
+
+DEFAULT_POOL = (1400,) * 5 + (800,) * 4 + (300,) * 5
+
+
+@dataclass
+class Example:
+    text: str  # description + " " + question, or question
+    label: str
+    image: object | None = None  # preprocessed pixel array [3, H, W] (float16)
+    kind: str = ""
+    dv: int = -1
+    dt: int = -1
+    patch: object | None = None  # int8 [2, n_patches] patch labels (vision rows)
+
+
+def curriculum_tiers(progress: float) -> np.ndarray:
+    """Sampling weights over dv 0..13 at training progress in [0, 1]: dv 0-2
+    only for the first 25% (binding the asked shape to its colour is the slow
+    skill: learn it with one or two distractors), then the highest tier
+    unlocks linearly until 55% of training; easy tiers stay over-weighted."""
+    top = 2 + int(round(11 * min(1.0, max(0.0, progress - 0.25) / 0.3)))
+    w = np.array([0.8, 1.8, 1.8, 1.6, 1.6] + [1.0] * 4 + [0.6] * 5, dtype=float)
+    w[top + 1 :] = 0.0
+    return w / w.sum()
+
+
+class TrainingStream:
+    """Infinite, seeded stream of training steps."""
+
+    def __init__(self, seed: int, pool: ImagePool, groups_per_step: int = 12, knowledge_per_step: int = 6,
+                 vision_per_step: int = 24,
+                 p_conflict: float = 0.4, p_text_irrelevant: float = 0.12,
+                 p_image_irrelevant: float = 0.08, dt_weights=(0.25, 0.3, 0.45)):
+        self.C = color_module()
+        self.pool = pool
+        self.split = knowledge_split()
+        self.seed = seed
+        self.rng = np.random.default_rng([seed, 1])
+        self.G = groups_per_step
+        self.K = knowledge_per_step
+        self.V = vision_per_step
+        self.p_conflict = p_conflict
+        self.p_ti = p_text_irrelevant
+        self.p_ii = p_image_irrelevant
+        self.dt_w = np.asarray(dt_weights, float) / sum(dt_weights)
+        self.control_shapes = tuple(getattr(self.C, "CONTROL_SHAPES", ("star", "cone", "frustum")))
+        self.train_things = [t for t, v in self.split.items() if v["class"] != "heldout"]
+        w = np.array([1.0 if self.split[t]["class"] == "frequent" else RARE_WEIGHT for t in self.train_things])
+        self.thing_p = w / w.sum()
+
+    # -- descriptions ------------------------------------------------------------
+    def accept_description(self, desc: str) -> bool:
+        thing = find_thing(desc, self.split)
+        if thing is None:
+            return True
+        cls = self.split[thing]["class"]
+        if cls == "heldout":
+            return False
+        if cls == "rare":
+            return bool(self.rng.random() < RARE_WEIGHT)
+        return True
+
+    def describe(self, group, dt: int, control: str = "none"):
+        """A description of ``group`` at tier ``dt`` whose knowledge thing (dt 2)
+        respects the frequency split; resamples the group if needed. Returns
+        (group, description)."""
+        for _ in range(200):
+            desc = self.C.describe(group, dt, self.rng, control=control)
+            if self.accept_description(desc):
+                return group, desc
+        raise RuntimeError("could not draw an admissible description")
+
+    # -- one step ------------------------------------------------------------
+    def step(self, progress: float) -> dict:
+        C = self.C
+        tier_p = curriculum_tiers(progress)
+        vision, text, multi = [], [], []
+        for i in range(self.G):
+            dv = int(self.rng.choice(N_TIERS, p=tier_p))
+            dt = int(self.rng.choice(3, p=self.dt_w))
+            g, img, lab = self.pool.draw(dv, self.rng, with_labels=True)
+            g, desc = self.describe(g, dt)  # g unchanged: descriptions only resample the thing
+            q = C.question_for(g.target_shape)
+            vision.append(Example(q, g.vision_color, img, "vision", dv, -1, lab))
+            text.append(Example(f"{desc} {q}", g.text_color, None, "text", -1, dt))
+            u = self.rng.random()
+            if u < self.p_conflict:
+                # soft target filled in by the trainer from rows i of vision/text
+                multi.append(Example(f"{desc} {q}", "", img, "conflict", dv, dt))
+            elif u < self.p_conflict + self.p_ti:
+                ex = self.describe_ex(g, dt, "text_irrelevant")
+                multi.append(Example(f"{ex.text} {q}", g.vision_color, img, "text_irrelevant", dv, dt))
+            elif u < self.p_conflict + self.p_ti + self.p_ii:
+                ex = self.describe_ex(g, dt, "image_irrelevant")
+                multi.append(Example(f"{ex.text} {C.question_for(ex.asked_shape)}", g.text_color, img,
+                                     "image_irrelevant", dv, dt))
+            else:  # consistent: describe the drawn colour of another pool image
+                dv2 = int(self.rng.choice(N_TIERS, p=tier_p))
+                g2, img2 = self.pool.draw(dv2, self.rng)
+                g2c = dataclasses.replace(g2, text_color=g2.vision_color)
+                _, d2 = self.describe(g2c, dt)
+                multi.append(Example(f"{d2} {C.question_for(g2.target_shape)}", g2.vision_color, img2,
+                                     "consistent", dv2, dt))
+        for _ in range(self.V):  # extra vision-only rows: binding is the slow skill
+            dv = int(self.rng.choice(N_TIERS, p=tier_p))
+            g, img, lab = self.pool.draw(dv, self.rng, with_labels=True)
+            vision.append(Example(C.question_for(g.target_shape), g.vision_color, img, "vision", dv, -1, lab))
+        for _ in range(self.K):
+            thing = self.train_things[int(self.rng.choice(len(self.train_things), p=self.thing_p))]
+            text.append(Example(KNOWLEDGE_QUESTION.format(D=thing), self.split[thing]["color"], None, "knowledge"))
+        return {"vision": vision, "text": text, "multi": multi}
+
+    def describe_ex(self, group, dt: int, control: str):
+        for _ in range(200):
+            ex = self.C.describe_ex(group, dt, self.rng, control=control)
+            if self.accept_description(ex.text):
+                return ex
+        raise RuntimeError("could not draw an admissible description")
+
+
+def all_training_texts(n_groups: int = 3000, seed: int = 0) -> list[str]:
+    """Every kind of string the generators and the stream can emit (for the
+    vocabulary): descriptions at all tiers and controls over many groups,
+    questions for all shapes, knowledge questions, prompt words."""
+    C = color_module()
+    know = knowledge_table()
+    rng = np.random.default_rng(seed)
+    texts = [prompt("x", True), prompt("x", False)]
+    texts += list(C.COLORS)
+    shapes = set(C.TARGET_SHAPES) | set(getattr(C, "CONTROL_SHAPES", ())) | {"star", "cone", "frustum"}
+    texts += [C.question_for(s) for s in sorted(shapes)]
+    for col, things in know.items():
+        texts += [col, *things]
+        texts += [KNOWLEDGE_QUESTION.format(D=t) for t in things]
+    for g in C.sample_groups(n_groups, seed=seed):
+        for dt in range(3):
+            for control in ("none", "text_irrelevant", "image_irrelevant"):
+                try:
+                    texts.append(C.describe(g, dt, rng, control=control))
+                except Exception:  # a generator may not support every control
+                    pass
+    return texts

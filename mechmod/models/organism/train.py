@@ -1,0 +1,285 @@
+"""Training loop of the organism (``mechmod organism train``).
+
+Answer-only cross-entropy on the token after ``ASSISTANT:`` for the three
+sub-batches of :class:`~mechmod.models.organism.data.TrainingStream`; the
+conflict rows of the multimodal sub-batch get the soft product-of-experts
+target built from the same step's detached vision-only and text-only
+predictions. AdamW, linear warm-up then cosine decay, gradient clipping.
+The seed fixes initialisation and the data stream; the number of steps
+(not wall time) fixes the schedule, so a run is reproducible.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from mechmod import _io
+from mechmod.errors import MechmodError
+from mechmod.models.organism.data import (
+    N_TIERS,
+    DEFAULT_POOL,
+    ImagePool,
+    TrainingStream,
+    all_training_texts,
+    knowledge_split,
+)
+from mechmod.models.organism.model import (
+    OrganismConfig,
+    build_model,
+    build_processor,
+    build_tokenizer,
+    IMAGE_TOKEN,
+    prompt,
+    words_of,
+)
+
+
+def build_artifacts(cfg: OrganismConfig, seed: int, vocab_groups: int = 3000):
+    texts = all_training_texts(n_groups=vocab_groups, seed=0)
+    tok = build_tokenizer(words_of(texts))
+    proc = build_processor(tok, cfg)
+    model = build_model(cfg, tok, seed=seed)
+    return tok, proc, model
+
+
+def encode_step(step: dict, tokenizer, n_image_tokens: int, color_ids: dict[str, int]) -> dict:
+    """Tensors for one step. Image rows get the ``<image>`` placeholder
+    expanded to ``n_image_tokens`` copies, exactly as the LLaVA processor does."""
+    import torch
+
+    expand = IMAGE_TOKEN * n_image_tokens
+    out = {}
+    for key in ("vision", "multi"):
+        exs = step[key]
+        texts = [prompt(e.text, True).replace(IMAGE_TOKEN, expand) for e in exs]
+        enc = dict(tokenizer(texts, return_tensors="pt", padding=True))
+        enc["pixel_values"] = torch.from_numpy(np.stack([e.image for e in exs]).astype(np.float32))
+        out[key] = enc
+    exs = step["text"]
+    out["text"] = dict(tokenizer([prompt(e.text, False) for e in exs], return_tensors="pt", padding=True))
+    for key in ("vision", "text", "multi"):
+        out[key + "_labels"] = torch.tensor([color_ids.get(e.label, -100) for e in step[key]])
+    out["patch_labels"] = torch.from_numpy(np.stack([e.patch for e in step["vision"]]).astype(np.int64))
+    out["meta"] = {k: [(e.kind, e.dv, e.dt) for e in step[k]] for k in ("vision", "text", "multi")}
+    return out
+
+
+def train(out_dir: str | Path, seed: int = 0, steps: int = 3000, cfg: OrganismConfig | None = None,
+          lr: float = 1.5e-3, warmup: int = 150, threads: int = 2, workers: int = 2,
+          log_every: int = 50, progress: bool = True, stream_kw: dict | None = None,
+          vocab_groups: int = 3000, pool_per_tier=DEFAULT_POOL, max_minutes: float | None = None,
+          save_every: int = 500, aux_patch_weight: float = 1.0, binding_weight: float = 0.5,
+          binding_layers: tuple[int, ...] = (1, 2)) -> dict:
+    """Train an organism from scratch and save it to ``out_dir`` in HF format."""
+    import torch
+    import torch.nn.functional as F
+    from tqdm import tqdm
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+    cfg = cfg or OrganismConfig()
+    stream_kw = stream_kw or {}
+    out_dir = Path(out_dir)
+    try:
+        from mechmod.data import color  # noqa: F401
+        from mechmod.data import knowledge  # noqa: F401
+    except ImportError as err:
+        raise MechmodError(f"organism training needs mechmod.data.color and mechmod.data.knowledge: {err}") from err
+
+    tok, proc, model = build_artifacts(cfg, seed, vocab_groups)
+    colors = sorted(color.COLORS)
+    color_ids = {c: tok.convert_tokens_to_ids(c) for c in colors}
+    cid = torch.tensor([color_ids[c] for c in colors])
+    if any(i == tok.unk_token_id for i in color_ids.values()):
+        raise MechmodError("a colour word is missing from the organism vocabulary")
+    n_params = sum(p.numel() for p in model.parameters())
+
+    # auxiliary per-patch (shape, colour) head on the vision features the
+    # projector reads; a training aid only, never saved with the model
+    from mechmod.data.color import TARGET_SHAPES
+
+    n_shape, n_col = len(TARGET_SHAPES) + 1, len(colors) + 1
+    aux_head = torch.nn.Linear(cfg.vision_hidden, n_shape + n_col)
+    captured = {}
+    hook = model.model.multi_modal_projector.register_forward_hook(
+        lambda mod, inp, out: captured.__setitem__("feat", inp[0]))
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n] + [aux_head.weight]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)] + [aux_head.bias]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=lr, betas=(0.9, 0.98))
+
+    def lr_at(s):
+        if s < warmup:
+            return lr * (s + 1) / warmup
+        return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup))))
+
+    t_pool = time.time()
+    pool = ImagePool(seed, pool_per_tier, cfg.image_size, processes=workers, progress=progress,
+                     patch_size=cfg.patch_size)
+    t_pool = time.time() - t_pool
+    if progress:
+        print(f"image pool: {sum(pool_per_tier)} images in {t_pool:.0f} s", flush=True)
+    stream = TrainingStream(seed, pool, **stream_kw)
+    loader = (encode_step(stream.step(s / max(1, steps)), tok, cfg.n_image_tokens, color_ids) for s in range(steps))
+    model.train()
+    log: list[dict] = []
+    acc = {"vision_easy": [0, 0], "vision_hard": [0, 0], "text_dt0": [0, 0], "text_dt1": [0, 0],
+           "text_dt2": [0, 0], "knowledge": [0, 0], "multi_consistent": [0, 0], "conflict_text": [0, 0]}
+    loss_sum = {"vision": 0.0, "text": 0.0, "multi": 0.0, "aux": 0.0, "bind": 0.0}
+    n_since = 0
+    t0 = time.time()
+    bar = tqdm(total=steps, disable=not progress, desc="organism", mininterval=5)
+
+    def answer_logits(enc):
+        return model(**enc).logits[:, -1, :].float()
+
+    stopped_at = None
+    for s, batch in enumerate(loader):
+        if max_minutes is not None and time.time() - t0 > 60 * max_minutes:
+            stopped_at = s  # budget guard: keep what was trained, say so in organism.json
+            break
+        for g in opt.param_groups:
+            g["lr"] = lr_at(s)
+        if binding_weight > 0:
+            out_v = model(**batch["vision"], output_attentions=True)
+            lv = out_v.logits[:, -1, :].float()
+            # binding aid: head 0 of some LM layers, at the answer position,
+            # should look at the asked shape's patches
+            ids = batch["vision"]["input_ids"]
+            is_img = ids == model.config.image_token_id
+            tgt = torch.zeros(ids.shape, dtype=torch.float32)
+            tgt[is_img] = batch["patch_labels"][:, 2].reshape(-1).float()
+            has = tgt.sum(-1) > 0
+            loss_bind = torch.zeros(())
+            for li in binding_layers:
+                att = out_v.attentions[li][:, 0, -1, :]  # [B, T]
+                mass = (att * tgt).sum(-1)
+                loss_bind = loss_bind - torch.log(mass[has] + 1e-6).mean() / len(binding_layers)
+        else:
+            lv = answer_logits(batch["vision"])
+            loss_bind = torch.zeros(())
+        feat = captured.pop("feat")  # [B, n_patches, d_vision]
+        if aux_patch_weight > 0:
+            al = aux_head(feat.reshape(-1, feat.shape[-1]))
+            lab = batch["patch_labels"]  # [B, 2, n_patches]
+            loss_aux = F.cross_entropy(al[:, :n_shape], lab[:, 0].reshape(-1)) + \
+                F.cross_entropy(al[:, n_shape:], lab[:, 1].reshape(-1))
+        else:
+            loss_aux = torch.zeros(())
+        lt = answer_logits(batch["text"])
+        lm = answer_logits(batch["multi"])
+        loss_v = F.cross_entropy(lv, batch["vision_labels"])
+        loss_t = F.cross_entropy(lt, batch["text_labels"])
+        # multimodal: hard rows + soft product-of-experts rows for conflicts
+        meta_m = batch["meta"]["multi"]
+        is_conf = torch.tensor([k == "conflict" for k, _, _ in meta_m])
+        logp_m = F.log_softmax(lm, dim=-1)
+        with torch.no_grad():
+            G = len(meta_m)
+            pv = F.softmax(lv[:G], -1)[:, cid]
+            pt = F.softmax(lt[:G], -1)[:, cid]
+            q = pv * pt
+            q = q / q.sum(-1, keepdim=True)
+        soft = -(q * logp_m[:, cid]).sum(-1)
+        hard_lab = batch["multi_labels"].clamp(min=0)
+        hard = -logp_m.gather(1, hard_lab[:, None])[:, 0]
+        loss_m = torch.where(is_conf, soft, hard).mean()
+        loss = loss_v + loss_t + loss_m + aux_patch_weight * loss_aux + binding_weight * loss_bind
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+        with torch.no_grad():
+            for key, logits in (("vision", lv), ("text", lt), ("multi", lm)):
+                pred = logits.argmax(-1)
+                labels = batch[key + "_labels"]
+                for j, (kind, dv, dt) in enumerate(batch["meta"][key]):
+                    if key == "vision":
+                        name = "vision_easy" if dv <= 4 else "vision_hard"
+                    elif key == "text":
+                        name = "knowledge" if kind == "knowledge" else f"text_dt{dt}"
+                    elif kind == "conflict":
+                        name = "conflict_text"
+                        labels_j = batch["text_labels"][j]
+                        acc[name][0] += int(pred[j] == labels_j)
+                        acc[name][1] += 1
+                        continue
+                    else:
+                        name = "multi_consistent"
+                    acc[name][0] += int(pred[j] == labels[j])
+                    acc[name][1] += 1
+        loss_sum["vision"] += loss_v.item()
+        loss_sum["text"] += loss_t.item()
+        loss_sum["multi"] += loss_m.item()
+        loss_sum["aux"] += float(loss_aux)
+        loss_sum["bind"] += float(loss_bind)
+        n_since += 1
+        bar.update(1)
+        if (s + 1) % log_every == 0 or s + 1 == steps:
+            row = {"step": s + 1, "elapsed_s": round(time.time() - t0, 1), "lr": lr_at(s)}
+            row.update({f"loss_{k}": round(v / n_since, 4) for k, v in loss_sum.items()})
+            row.update({f"acc_{k}": (round(a / n, 3) if n else None) for k, (a, n) in acc.items()})
+            log.append(row)
+            bar.set_postfix(lv=row["loss_vision"], lt=row["loss_text"], va=row["acc_vision_easy"],
+                            vh=row["acc_vision_hard"], t2=row["acc_text_dt2"])
+            if progress:
+                tqdm.write(json.dumps(row))
+            if save_every and (s + 1) % save_every == 0 and s + 1 < steps:
+                model.eval()
+                save(out_dir, model, proc, {"partial": True, "step": s + 1, "seed": seed}, log)
+                model.train()
+            for v in acc.values():
+                v[0] = v[1] = 0
+            for k in loss_sum:
+                loss_sum[k] = 0.0
+            n_since = 0
+    bar.close()
+    hook.remove()
+    wall = time.time() - t0
+    model.eval()
+    info = {
+        "format": "mechmod-organism/1",
+        "seed": seed,
+        "steps": steps,
+        "steps_done": steps if stopped_at is None else stopped_at,
+        "max_minutes": max_minutes,
+        "lr": lr,
+        "warmup": warmup,
+        "threads": threads,
+        "pool_processes": workers,
+        "pool_per_tier": list(pool_per_tier),
+        "pool_seconds": round(t_pool, 1),
+        "wall_time_s": round(wall, 1),
+        "n_params": int(n_params),
+        "config": cfg.to_dict(),
+        "stream": stream_kw,
+        "aux_patch_weight": aux_patch_weight,
+        "binding_weight": binding_weight,
+        "binding_layers": list(binding_layers),
+        "vocab_size": len(tok),
+        "knowledge_split": knowledge_split(),
+        "multimodal_training": (
+            "consistent pairs (hard label); one modality uninformative (text about another shape -> "
+            "image colour; question about a never-drawn shape -> text colour); conflicts with a soft "
+            "target = normalised product of the model's own detached vision-only and text-only colour "
+            "distributions (reliability-weighted cue combination), never a hard conflict label"
+        ),
+    }
+    save(out_dir, model, proc, info, log)
+    return {"info": info, "log": log}
+
+
+def save(out_dir: Path, model, processor, info: dict, log: list[dict]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    processor.save_pretrained(out_dir)
+    _io.write_json(out_dir / "organism.json", info)
+    _io.write_json(out_dir / "training_log.json", log)

@@ -1,0 +1,327 @@
+"""The behavioural study run: every conflict case of a dataset through a
+model, in batches, streamed to disk, resumable.
+
+Per chunk of cases (ordered by image so an image's cases travel together):
+vision-only once per (image, question), text-only once per (description,
+question), multimodal per case, traced at the answer position; the
+multimodal residuals of every layer are decoded by the lens into per-layer
+votes and logit differences. Each finished chunk is written as one parquet
+part (temp file + rename), so a killed run loses at most the chunk in
+flight and a re-run skips every case already in a part: no duplicate, no
+lost row. ``finalize`` merges the parts into ``results.parquet`` and writes
+``summary.json`` and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mechmod import _io
+from mechmod.answers import LabelSet
+from mechmod.dynamics import count_oscillations_batch, layer_votes
+from mechmod.errors import MechmodError
+from mechmod.tracing import trace
+from mechmod.uncertainty import UNCERTAINTY_MEASURES, entropy, label_entropy, relative_uncertainty
+
+RUN_FILE = "run.json"
+PARTS_DIR = "parts"
+RESULTS_FILE = "results.parquet"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What a run is: the model, the dataset and how it is decoded. A run
+    directory holds one config; resuming with a different one is refused."""
+
+    model: str
+    dataset: str
+    dataset_sha256: str
+    lens: str = "logit"
+    lens_path: str | None = None
+    backend: str = "nnsight"
+    uncertainty: str = "entropy"
+    batch_size: int = 8
+    radius: float = 0.5
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that must match for a resume (batch size may change)."""
+        d = asdict(self)
+        d.pop("batch_size")
+        return d
+
+
+def dataset_fingerprint(dataset_dir: str | Path) -> str:
+    """sha256 of the dataset's manifest: identifies the cases a run covers."""
+    path = Path(dataset_dir) / "manifest.json"
+    if not path.is_file():
+        raise MechmodError(f"{dataset_dir}: not a mechmod dataset (no manifest.json); create one with "
+                           "`mechmod dataset color --groups N --seed S --out DIR`")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def open_run(out: str | Path, config: RunConfig) -> Path:
+    """Create the run directory, or check that it holds a run of the same
+    config (so a resume never mixes models or datasets)."""
+    out = Path(out)
+    run_file = out / RUN_FILE
+    if run_file.is_file():
+        try:
+            held = json.loads(run_file.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise MechmodError(f"{run_file}: unreadable ({err}); use a new --out directory") from None
+        mine = config.identity()
+        theirs = {k: held.get(k) for k in mine}
+        if theirs != mine:
+            diff = ", ".join(f"{k}: {theirs[k]!r} here vs {mine[k]!r} asked" for k in mine if theirs[k] != mine[k])
+            raise MechmodError(f"{out} holds a different run ({diff}); choose a new --out directory or "
+                               "re-run with the same settings to resume")
+    else:
+        if out.exists() and any(out.iterdir()):
+            raise MechmodError(f"{out} exists and is not a mechmod run directory; choose a new --out directory")
+        out.mkdir(parents=True, exist_ok=True)
+        _io.write_json(run_file, asdict(config))
+    (out / PARTS_DIR).mkdir(exist_ok=True)
+    return out
+
+
+def done_case_ids(out: str | Path) -> set[str]:
+    """Case ids already written to parts (finished or failed)."""
+    import pyarrow.parquet as pq
+
+    done: set[str] = set()
+    for part in sorted((Path(out) / PARTS_DIR).glob("part-*.parquet")):
+        done.update(pq.read_table(part, columns=["case_id"]).column("case_id").to_pylist())
+    return done
+
+
+def _next_part_index(out: Path) -> int:
+    parts = sorted((out / PARTS_DIR).glob("part-*.parquet"))
+    return int(parts[-1].stem.split("-")[1]) + 1 if parts else 0
+
+
+# ---------------------------------------------------------------- decoding
+def _chunks(df: pd.DataFrame, size: int) -> Iterator[pd.DataFrame]:
+    for start in range(0, len(df), size):
+        yield df.iloc[start : start + size]
+
+
+def _traced(mllm, images, descriptions, questions, batch_size: int, backend: str, keep_resid: bool):
+    """Trace prompts in batches; returns (logits [N, V], resid [N, L+1, d] or None)."""
+    logits, resid = [], []
+    for s in range(0, len(questions), batch_size):
+        enc = mllm.encode(images[s : s + batch_size], descriptions[s : s + batch_size], questions[s : s + batch_size])
+        tr = trace(mllm, enc, backend=backend)
+        logits.append(tr.logits)
+        if keep_resid:
+            resid.append(tr.resid)
+    return torch.cat(logits), (torch.cat(resid) if keep_resid else None)
+
+
+@dataclass(frozen=True)
+class _Readout:
+    """Answer-level readout of final logits over a label set."""
+
+    pred: list[str]
+    h: np.ndarray  # full-vocabulary entropy
+    h_label: np.ndarray
+    probs: np.ndarray  # [N, n_labels]
+
+
+def _readout(logits: torch.Tensor, labels: LabelSet) -> _Readout:
+    probs = labels.label_probs(logits).numpy()
+    return _Readout(
+        pred=labels.predict(logits),
+        h=entropy(logits).numpy(),
+        h_label=np.asarray(label_entropy(probs)),
+        probs=probs,
+    )
+
+
+def _label_logit(lens_logits: torch.Tensor, labels: LabelSet, answers: list[str]) -> torch.Tensor:
+    """Per case and layer, the lens logit of a label: the max over the
+    label's token variants. lens_logits [B, L+1, V] -> [B, L+1]."""
+    out = torch.empty(lens_logits.shape[:2])
+    for i, ans in enumerate(answers):
+        ids = torch.as_tensor(labels.token_ids(ans))
+        out[i] = lens_logits[i][:, ids].max(dim=-1).values
+    return out
+
+
+def score_chunk(mllm, lens, cases: pd.DataFrame, dataset_dir: Path, config: RunConfig) -> pd.DataFrame:
+    """All columns of results.parquet (but ``region``) for a chunk of cases.
+    A case whose inputs cannot be built (e.g. an undecodable image) is
+    returned with status 'failed' and its reason; the others go on."""
+    from mechmod.data import open_image
+
+    rows: dict[str, dict[str, Any]] = {}
+    images: dict[str, Any] = {}
+    for rel in cases["image_path"].unique():
+        try:
+            images[rel] = open_image(dataset_dir, rel)
+        except MechmodError as err:
+            images[rel] = err
+    ok = []
+    for rec in cases.itertuples(index=False):
+        img = images[rec.image_path]
+        if isinstance(img, MechmodError):
+            rows[rec.case_id] = _failed(rec, "image", str(img))
+        else:
+            ok.append(rec)
+    if not ok:
+        return pd.DataFrame(list(rows.values()))
+    ok_df = pd.DataFrame(ok)
+    bs = config.batch_size
+    # One label set per candidate tuple (tasks differ in their labels).
+    out_rows = []
+    for cand, sub in ok_df.groupby(ok_df["candidates"].map(tuple), sort=False):
+        labels = LabelSet(mllm.tokenizer, list(cand))
+        out_rows.extend(_score_group(mllm, lens, sub, images, labels, bs, config))
+    for r in out_rows:
+        rows[r["case_id"]] = r
+    return pd.DataFrame([rows[c] for c in cases["case_id"] if c in rows])
+
+
+def _score_group(mllm, lens, sub: pd.DataFrame, images, labels: LabelSet, bs: int, config: RunConfig) -> list[dict]:
+    vis_keys = list(dict.fromkeys(zip(sub["image_path"], sub["question"])))
+    txt_keys = list(dict.fromkeys(zip(sub["description"], sub["question"])))
+    with torch.no_grad():
+        v_logits, _ = _traced(mllm, [images[p] for p, _ in vis_keys], [None] * len(vis_keys),
+                              [q for _, q in vis_keys], bs, config.backend, keep_resid=False)
+        t_logits, _ = _traced(mllm, [None] * len(txt_keys), [d for d, _ in txt_keys],
+                              [q for _, q in txt_keys], bs, config.backend, keep_resid=False)
+        m_logits, m_resid = _traced(mllm, [images[p] for p in sub["image_path"]], list(sub["description"]),
+                                    list(sub["question"]), bs, config.backend, keep_resid=True)
+        lens_logits = torch.cat([lens.forward_all(m_resid[s : s + bs]) for s in range(0, len(sub), bs)])
+    v, t, m = _readout(v_logits, labels), _readout(t_logits, labels), _readout(m_logits, labels)
+    v_idx = {k: i for i, k in enumerate(vis_keys)}
+    t_idx = {k: i for i, k in enumerate(txt_keys)}
+    vi = np.array([v_idx[k] for k in zip(sub["image_path"], sub["question"])])
+    ti = np.array([t_idx[k] for k in zip(sub["description"], sub["question"])])
+
+    measure = UNCERTAINTY_MEASURES[config.uncertainty]
+    if config.uncertainty == "entropy":
+        u_v, u_t = v.h[vi], t.h[ti]
+    else:
+        u_v, u_t = np.asarray(measure(v.probs[vi])), np.asarray(measure(t.probs[ti]))
+    dh, degenerate = relative_uncertainty(u_t, u_v)
+    dh, degenerate = np.asarray(dh, dtype=float), np.asarray(degenerate, dtype=bool)
+
+    top1_labels = labels.top1_labels(lens_logits)  # [B, L+1] of label strings or 'other'
+    ans_v, ans_t = list(sub["answer_vision"]), list(sub["answer_text"])
+    votes = layer_votes(np.asarray(top1_labels, dtype=object), np.asarray(ans_v, dtype=object), np.asarray(ans_t, dtype=object))
+    osc = count_oscillations_batch(votes)
+    diff = (_label_logit(lens_logits, labels, ans_t) - _label_logit(lens_logits, labels, ans_v)).numpy()
+
+    y_v = [v.pred[i] for i in vi]
+    y_t = [t.pred[i] for i in ti]
+    from mechmod.following import follow_outcome
+
+    follow = follow_outcome(np.asarray(m.pred, dtype=object), np.asarray(y_v, dtype=object), np.asarray(y_t, dtype=object))
+    rows = []
+    for j, rec in enumerate(sub.itertuples(index=False)):
+        rows.append(
+            dict(
+                _base(rec),
+                y_v=y_v[j], y_t=y_t[j], y_m=m.pred[j],
+                h_v=float(v.h[vi[j]]), h_t=float(t.h[ti[j]]), h_m=float(m.h[j]),
+                hl_v=float(v.h_label[vi[j]]), hl_t=float(t.h_label[ti[j]]), hl_m=float(m.h_label[j]),
+                p_v=v.probs[vi[j]].tolist(), p_t=t.probs[ti[j]].tolist(), p_m=m.probs[j].tolist(),
+                dh_rel=float(dh[j]), dh_rel_degenerate=bool(degenerate[j]),
+                follow=str(follow[j]),
+                layer_votes=[str(x) for x in votes[j]],
+                layer_logit_diff=[float(x) for x in diff[j]],
+                oscillations=int(osc[j]),
+                status="ok", error="",
+            )
+        )
+    return rows
+
+
+_BASE_COLUMNS = ("case_id", "group_id", "task", "dv", "dt", "control", "image_id", "answer_vision", "answer_text")
+
+
+def _base(rec) -> dict[str, Any]:
+    d = {k: getattr(rec, k) for k in _BASE_COLUMNS}
+    d["dv"], d["dt"] = int(d["dv"]), int(d["dt"])
+    d["candidates"] = list(rec.candidates)
+    return d
+
+
+def _failed(rec, kind: str, reason: str) -> dict[str, Any]:
+    nan = float("nan")
+    return dict(
+        _base(rec), y_v="", y_t="", y_m="", h_v=nan, h_t=nan, h_m=nan, hl_v=nan, hl_t=nan, hl_m=nan,
+        p_v=[], p_t=[], p_m=[], dh_rel=nan, dh_rel_degenerate=False, follow="failed",
+        layer_votes=[], layer_logit_diff=[], oscillations=-1, status="failed", error=f"{kind}: {reason}",
+    )
+
+
+def _isolate_failures(mllm, lens, chunk: pd.DataFrame, dataset_dir: Path, config: RunConfig, err: Exception) -> pd.DataFrame:
+    """A chunk raised: score its cases one at a time so only the bad ones fail."""
+    rows = []
+    for i in range(len(chunk)):
+        one = chunk.iloc[i : i + 1]
+        try:
+            rows.append(score_chunk(mllm, lens, one, dataset_dir, config))
+        except (MechmodError, RuntimeError, ValueError) as e:  # per-case failure, recorded
+            kind = "oom" if "out of memory" in str(e).lower() else "model"
+            rows.append(pd.DataFrame([_failed(next(one.itertuples(index=False)), kind, str(e))]))
+    return pd.concat(rows, ignore_index=True)
+
+
+# -------------------------------------------------------------------- run
+def run_study(mllm, lens, dataset_dir: str | Path, out: str | Path, config: RunConfig,
+              chunk_size: int | None = None, progress: bool = True) -> Path:
+    """Run (or resume) the study into ``out``; returns the run directory
+    after :func:`finalize`."""
+    from mechmod.data import load_cases
+    from tqdm.auto import tqdm
+
+    dataset_dir = Path(dataset_dir)
+    out = open_run(out, config)
+    cases = load_cases(dataset_dir)
+    done = done_case_ids(out)
+    pending = cases[~cases["case_id"].isin(done)].sort_values(["image_id", "case_id"], kind="stable")
+    chunk_size = chunk_size or max(4 * config.batch_size, 32)
+    part = _next_part_index(out)
+    bar = tqdm(total=len(cases), initial=len(cases) - len(pending), desc="cases", unit="case", disable=not progress)
+    for chunk in _chunks(pending, chunk_size):
+        try:
+            rows = score_chunk(mllm, lens, chunk, dataset_dir, config)
+        except (MechmodError, RuntimeError, ValueError) as err:
+            rows = _isolate_failures(mllm, lens, chunk, dataset_dir, config, err)
+        _io.write_parquet(out / PARTS_DIR / f"part-{part:05d}.parquet", rows)
+        part += 1
+        bar.update(len(chunk))
+    bar.close()
+    return finalize(out)
+
+
+def read_parts(out: str | Path) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    parts = sorted((Path(out) / PARTS_DIR).glob("part-*.parquet"))
+    if not parts:
+        raise MechmodError(f"{out}: no results yet (no {PARTS_DIR}/part-*.parquet)")
+    df = pd.concat([pq.read_table(p).to_pandas() for p in parts], ignore_index=True)
+    return df.drop_duplicates("case_id", keep="last").sort_values("case_id", kind="stable").reset_index(drop=True)
+
+
+def finalize(out: str | Path) -> Path:
+    """Merge the parts into results.parquet, then write summary.json and
+    report.html from it."""
+    from mechmod.summary import summarize_run
+
+    out = Path(out)
+    results = read_parts(out)
+    model = json.loads((out / RUN_FILE).read_text()).get("model") if (out / RUN_FILE).is_file() else None
+    summarize_run(out, results=results, model=model)
+    return out
