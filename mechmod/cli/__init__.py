@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "mechmod.cli.lens",
     "mechmod.cli.dataset",
     "mechmod.cli.organism",
+    "mechmod.cli.models",
 ]
 
 

@@ -1,0 +1,115 @@
+"""Model families, the registry and :func:`load_model`.
+
+One file per family (``llava.py``, ``llava_next.py``, ``qwen2_vl.py``,
+``qwen2_5_vl.py``, ``gemma3.py``), each defining ``ADAPTER``; the registry
+maps HF ``config.model_type`` to it. Built-in short names: ``organism``
+(the shipped model organism) and each family's hub ids.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from mechmod.errors import MechmodError
+from mechmod.models.base import Adapter, Encoded, MLLM
+
+FAMILY_MODULES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "gemma3")
+ORGANISM = "organism"
+
+
+def families() -> dict[str, Adapter]:
+    """family name -> adapter, for every supported family."""
+    out = {}
+    for mod in FAMILY_MODULES:
+        adapter = importlib.import_module(f"mechmod.models.{mod}").ADAPTER
+        out[adapter.family] = adapter
+    return out
+
+
+def adapter_for(model_type: str) -> Adapter:
+    """The adapter of an HF ``config.model_type``."""
+    for adapter in families().values():
+        if model_type in adapter.model_types:
+            return adapter
+    known = sorted(t for a in families().values() for t in a.model_types)
+    raise MechmodError(f"model_type {model_type!r} has no mechmod adapter (supported: {', '.join(known)}); "
+                       "add one file under mechmod/models/ defining ADAPTER")
+
+
+def builtin_models() -> dict[str, str]:
+    """Short name -> hub id or local path (``organism`` is the shipped checkpoint)."""
+    from mechmod.models.organism import CHECKPOINT_DIR
+
+    out = {ORGANISM: str(CHECKPOINT_DIR)}
+    for adapter in families().values():
+        out.update(adapter.builtin)
+    return out
+
+
+def resolve(name_or_path: str) -> str:
+    """A short name to its hub id / path; anything else unchanged."""
+    return builtin_models().get(str(name_or_path), str(name_or_path))
+
+
+def default_dtype(device: str):
+    import torch
+
+    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+
+
+def _parse_dtype(dtype):
+    import torch
+
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise MechmodError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
+    return names[dtype]
+
+
+def load_model(name_or_path: str = ORGANISM, device: str = "cpu", dtype=None,
+               trust_remote_code: bool = False, check: bool = True, device_map=None) -> MLLM:
+    """Load a multimodal model by short name, local directory or hub id.
+
+    Weights are read from safetensors only (``use_safetensors=True``: a
+    pickle checkpoint is refused). ``trust_remote_code`` runs the
+    repository's own code and is off unless asked. With ``check`` the
+    adapter runs one tiny forward and checks every slot (see
+    :func:`mechmod.tracing.self_check`)."""
+    import transformers
+
+    source = resolve(name_or_path)
+    local = Path(source)
+    if local.exists() and not (local / "config.json").is_file():
+        raise MechmodError(f"{source}: no config.json; give a model directory saved by save_pretrained, "
+                           f"a hub id, or one of {', '.join(builtin_models())}")
+    try:
+        config = transformers.AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise MechmodError(f"cannot load the config of {name_or_path!r} ({err}); give a local model directory, "
+                           f"a reachable hub id, or one of {', '.join(builtin_models())}") from None
+    adapter = adapter_for(config.model_type)
+    torch_dtype = _parse_dtype(dtype) or default_dtype(device)
+    cls = getattr(transformers, adapter.model_class)
+    kw = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True)
+    if device_map is not None:
+        kw["device_map"] = device_map
+    try:
+        model = cls.from_pretrained(source, **kw)
+        processor = transformers.AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise MechmodError(f"cannot load {name_or_path!r} as {adapter.model_class} ({err})") from None
+    if device_map is None:
+        model = model.to(device)
+    mllm = MLLM(model, processor, adapter, name=str(name_or_path))
+    if check:
+        from mechmod.tracing import self_check
+
+        self_check(mllm)
+    return mllm
+
+
+__all__ = ["Adapter", "Encoded", "MLLM", "families", "adapter_for", "builtin_models", "load_model", "resolve"]

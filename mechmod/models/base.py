@@ -1,0 +1,231 @@
+"""What every model family shares: the declarative :class:`Adapter` and the
+loaded :class:`MLLM` that builds the three inputs of a conflict case.
+
+An adapter is data, not logic: the HF model class, where the LM decoder
+layers, final norm and unembedding live, the image placeholder, and the
+fallback prompt format (used when the processor has no chat template).
+Adding a family is one file with one ``Adapter(...)`` (see ``llava.py``).
+
+Prompt layout, the same in every family (the image first, so an image's
+prefix is shared by all its prompts)::
+
+    [template] [image tokens] description question [template] <answer here>
+
+The answer position is the last prompt token; batches are left-padded so
+it is index ``T - 1`` in every row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from mechmod.errors import MechmodError
+
+SPAN_NAMES = ("image", "description", "question", "template", "last")
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """Where things are in one family of HF multimodal models.
+
+    ``prompt_format`` holds ``{image}`` (the processor's image placeholder,
+    or nothing for a text-only prompt) and ``{text}``; it is used when the
+    processor has no chat template (tiny test models, the organism)."""
+
+    family: str
+    model_types: tuple[str, ...]
+    model_class: str
+    image_placeholder: str
+    prompt_format: str
+    description: str
+    layers_path: str = "model.language_model.layers"
+    final_norm_path: str = "model.language_model.norm"
+    lm_head_path: str = "lm_head"
+    embed_path: str = "model.language_model.embed_tokens"
+    vision_path: str = "model.vision_tower"
+    projector_path: str = "model.multi_modal_projector"
+    image_token_attr: str = "image_token_id"
+    builtin: dict[str, str] = field(default_factory=dict)  # short name -> hub id
+
+    def module(self, model: nn.Module, path: str) -> nn.Module:
+        """The submodule at ``path``; a clear error listing what exists."""
+        obj: Any = model
+        for part in path.split("."):
+            if not hasattr(obj, part):
+                names = [n for n, _ in model.named_children()]
+                deeper = sorted({n.rsplit(".", 1)[0] for n, _ in model.named_modules() if n.count(".") <= 3})[:40]
+                raise MechmodError(
+                    f"{self.family} adapter: {type(model).__name__} has no {path!r} (stopped at {part!r}); "
+                    f"top-level modules: {names}; some module paths: {deeper}. The model's layout differs from "
+                    f"what the adapter knows: fix mechmod/models/{self.family}.py"
+                )
+            obj = getattr(obj, part)
+        return obj
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A batch of prompts ready for ``model(**inputs)``.
+
+    ``answer_index`` [B]: the position whose next-token distribution is the
+    answer (the last one, left padding). ``spans``: bool masks [B, T] for
+    ``image``, ``description``, ``question``, ``template`` (chat format and
+    padding excluded) and ``last``."""
+
+    inputs: dict[str, torch.Tensor]
+    answer_index: torch.Tensor
+    spans: dict[str, torch.Tensor]
+    prompts: tuple[str, ...]
+
+    def __post_init__(self):
+        ids = self.inputs["input_ids"]
+        if ids.ndim != 2 or self.answer_index.shape != (ids.shape[0],):
+            raise ValueError(f"Encoded: input_ids {tuple(ids.shape)} vs answer_index {tuple(self.answer_index.shape)}")
+        for name, mask in self.spans.items():
+            if mask.shape != ids.shape:
+                raise ValueError(f"Encoded: span {name!r} has shape {tuple(mask.shape)}, input_ids {tuple(ids.shape)}")
+
+    @property
+    def batch_size(self) -> int:
+        return self.inputs["input_ids"].shape[0]
+
+
+class MLLM:
+    """A loaded multimodal model with its adapter.
+
+    Slots: ``model`` (HF), ``processor``, ``tokenizer``, ``adapter``,
+    ``name``, ``family``, ``device``, ``dtype``, ``n_layers``, ``d_model``,
+    ``layers`` (LM decoder ModuleList), ``final_norm``, ``lm_head``,
+    ``image_token_id``."""
+
+    def __init__(self, model: nn.Module, processor, adapter: Adapter, name: str):
+        self.model = model.eval()
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.adapter = adapter
+        self.name = name
+        self.family = adapter.family
+        self.layers = adapter.module(model, adapter.layers_path)
+        self.final_norm = adapter.module(model, adapter.final_norm_path)
+        self.lm_head = adapter.module(model, adapter.lm_head_path)
+        self.embed = adapter.module(model, adapter.embed_path)
+        if not isinstance(self.layers, nn.ModuleList) or len(self.layers) == 0:
+            raise MechmodError(f"{name}: {adapter.layers_path} is {type(self.layers).__name__}, not a ModuleList of decoder layers")
+        self.image_token_id = _image_token_id(model, processor, adapter)
+        self._chat = bool(getattr(processor, "chat_template", None))
+
+    # ------------------------------------------------------------ slots
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def d_model(self) -> int:
+        return self.lm_head.weight.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    def __repr__(self) -> str:
+        return (f"MLLM({self.name!r}, family={self.family}, layers={self.n_layers}, d_model={self.d_model}, "
+                f"device={self.device}, dtype={self.dtype})")
+
+    # ---------------------------------------------------------- prompts
+    def prompt(self, text: str, with_image: bool) -> str:
+        """The chat prompt for ``text`` (image first when ``with_image``)."""
+        if self._chat:
+            content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": text}]
+            return self.processor.apply_chat_template(
+                [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
+        image = self.adapter.image_placeholder if with_image else ""
+        return self.adapter.prompt_format.format(image=image, text=text)
+
+    def encode(self, images: Sequence[Any | None], descriptions: Sequence[str | None],
+               questions: Sequence[str]) -> Encoded:
+        """Inputs for a batch of cases. Row i is vision-only (image, no
+        description), text-only (description, no image) or multimodal
+        (both); a batch must be all with image or all without."""
+        n = len(questions)
+        if not (len(images) == len(descriptions) == n) or n == 0:
+            raise MechmodError(f"encode: {len(images)} images, {len(descriptions)} descriptions, {n} questions; "
+                               "give one of each per case (None for a missing modality)")
+        has_img = [im is not None for im in images]
+        if any(has_img) and not all(has_img):
+            raise MechmodError("encode: a batch mixes prompts with and without an image; encode them separately")
+        with_image = has_img[0]
+        pieces = [(d or "", q) for d, q in zip(descriptions, questions)]
+        texts = [" ".join(p for p in (d, q) if p) for d, q in pieces]
+        prompts = [self.prompt(t, with_image) for t in texts]
+        kw: dict[str, Any] = {"text": prompts, "return_tensors": "pt", "padding": True}
+        if with_image:
+            kw["images"] = [im.convert("RGB") for im in images]
+        try:
+            batch = self.processor(**kw)
+        except (ValueError, TypeError) as err:
+            raise MechmodError(f"{self.name}: the processor refused the batch ({err})") from err
+        inputs = {k: v.to(self.device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        ids = inputs["input_ids"]
+        spans = self._spans(ids.cpu(), prompts, pieces)
+        answer_index = torch.full((ids.shape[0],), ids.shape[1] - 1, dtype=torch.long)
+        return Encoded(inputs=inputs, answer_index=answer_index, spans=spans, prompts=tuple(prompts))
+
+    def _spans(self, ids: torch.Tensor, prompts: list[str], pieces: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
+        """Masks of the image, description and question tokens.
+
+        The image placeholder is a special token, so the text after it is
+        tokenized the same whether the processor expanded it to 1 or 576
+        copies; with left padding the tokens after the last image token are
+        the last tokens of every row. So the unexpanded prompt's offsets,
+        aligned from the right, say which token belongs to which piece."""
+        B, T = ids.shape
+        image = ids == self.image_token_id
+        desc = torch.zeros(B, T, dtype=torch.bool)
+        ques = torch.zeros(B, T, dtype=torch.bool)
+        pad = self.tokenizer.pad_token_id
+        attn = ids != pad if pad is not None else torch.ones_like(ids, dtype=torch.bool)
+        for i, (prompt, (d, q)) in enumerate(zip(prompts, pieces)):
+            img_ph = self.adapter.image_placeholder
+            cut = prompt.rfind(img_ph) + len(img_ph) if img_ph and img_ph in prompt else 0
+            tail = prompt[cut:]
+            enc = self.tokenizer(tail, add_special_tokens=False, return_offsets_mapping=True)
+            offsets = enc["offset_mapping"]
+            q_start = tail.rfind(q)
+            d_start = tail.rfind(d, 0, q_start) if d else -1
+            start = T - len(offsets)
+            for k, (a, b) in enumerate(offsets):
+                if b <= a:
+                    continue
+                if q_start >= 0 and a >= q_start and b <= q_start + len(q):
+                    ques[i, start + k] = True
+                elif d_start >= 0 and a >= d_start and b <= d_start + len(d):
+                    desc[i, start + k] = True
+        last = torch.zeros(B, T, dtype=torch.bool)
+        last[:, -1] = True
+        template = attn & ~image & ~desc & ~ques
+        return {"image": image, "description": desc, "question": ques, "template": template, "last": last}
+
+
+def _image_token_id(model: nn.Module, processor, adapter: Adapter) -> int:
+    for obj in (model.config, processor):
+        value = getattr(obj, adapter.image_token_attr, None)
+        if isinstance(value, int):
+            return value
+    tid = processor.tokenizer.convert_tokens_to_ids(adapter.image_placeholder)
+    if not isinstance(tid, int) or tid == processor.tokenizer.unk_token_id:
+        raise MechmodError(f"{adapter.family}: cannot find the image token id (config.{adapter.image_token_attr}, "
+                           f"or token {adapter.image_placeholder!r} in the tokenizer)")
+    return tid

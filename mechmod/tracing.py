@@ -1,0 +1,146 @@
+"""One function hides the tracer: :func:`trace` runs a batch and returns the
+answer distribution and the answer-position residual of every layer.
+
+Backends: ``nnsight`` (wraps the HF model, reads decoder-layer inputs and
+outputs) and ``transformer_lens`` (TransformerLens 4's TransformerBridge
+around the same in-memory HF model, reading ``blocks.{i}.hook_out``). Both
+return the same :class:`ResidualTrace`; callers never touch ``.save()``.
+Only the answer position is kept (design principle 5)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mechmod.errors import MechmodError
+
+BACKENDS = ("nnsight", "transformer_lens")
+
+
+@dataclass(frozen=True)
+class ResidualTrace:
+    """Per prompt of a batch.
+
+    ``logits`` [B, V] float32: the model's next-token logits at the answer
+    position. ``resid`` [B, n_layers + 1, d_model] float32 or None: the
+    embedding output (decoder input) then each decoder layer's output, all
+    before the final norm."""
+
+    logits: torch.Tensor
+    resid: torch.Tensor | None
+
+    def __post_init__(self):
+        if self.logits.ndim != 2:
+            raise ValueError(f"ResidualTrace.logits must be [B, V], got {tuple(self.logits.shape)}")
+        if self.resid is not None and (self.resid.ndim != 3 or self.resid.shape[0] != self.logits.shape[0]):
+            raise ValueError(f"ResidualTrace.resid must be [B, L+1, D], got {tuple(self.resid.shape)}")
+
+
+def trace(mllm, encoded, backend: str = "nnsight", keep_resid: bool = True) -> ResidualTrace:
+    """Run ``encoded`` through ``mllm`` (no grad) and read the answer position."""
+    if backend not in BACKENDS:
+        raise MechmodError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    T = encoded.inputs["input_ids"].shape[1]
+    if not bool((encoded.answer_index == T - 1).all()):
+        raise MechmodError("trace: the answer must be the last position of every row (left padding)")
+    with torch.no_grad():
+        if backend == "nnsight":
+            return _trace_nnsight(mllm, encoded, keep_resid)
+        return _trace_transformer_lens(mllm, encoded, keep_resid)
+
+
+def _nnsight_model(mllm):
+    cached = getattr(mllm, "_nnsight", None)
+    if cached is None:
+        from nnsight import NNsight
+
+        cached = NNsight(mllm.model)
+        mllm._nnsight = cached
+    return cached
+
+
+def _envoy(root, path: str):
+    obj = root
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _trace_nnsight(mllm, encoded, keep_resid: bool) -> ResidualTrace:
+    model = _nnsight_model(mllm)
+    n = mllm.n_layers
+    saved: list = []
+    with model.trace(**encoded.inputs, logits_to_keep=1):
+        layers = _envoy(model, mllm.adapter.layers_path)
+        if keep_resid:
+            saved.append(layers[0].input[:, -1].save())
+            for i in range(n):
+                saved.append(_layer_hidden(layers[i].output)[:, -1].save())
+        logits = model.output.logits[:, -1].save()
+    resid = torch.stack([s.float() for s in saved], dim=1).cpu() if keep_resid else None
+    return ResidualTrace(logits=logits.float().cpu(), resid=resid)
+
+
+def _layer_hidden(output):
+    """Decoder layers return a bare tensor in transformers 5 (a tuple in 4.x)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _bridge(mllm):
+    cached = getattr(mllm, "_tl_bridge", None)
+    if cached is None:
+        from mechmod.models.bridge import boot_bridge
+
+        cached = boot_bridge(mllm)
+        mllm._tl_bridge = cached
+    return cached
+
+
+def _trace_transformer_lens(mllm, encoded, keep_resid: bool) -> ResidualTrace:
+    bridge = _bridge(mllm)
+    n = mllm.n_layers
+    names = [f"blocks.{i}.hook_in" for i in range(1)] + [f"blocks.{i}.hook_out" for i in range(n)]
+    store: dict[str, torch.Tensor] = {}
+
+    def keep(tensor, hook):
+        store[hook.name] = _layer_hidden(tensor)[:, -1].detach()
+        return tensor
+
+    hooks = [(name, keep) for name in names] if keep_resid else []
+    with bridge.hooks(fwd_hooks=hooks):
+        out = bridge.original_model(**encoded.inputs, logits_to_keep=1)
+    logits = out.logits[:, -1].float().cpu()
+    resid = torch.stack([store[k].float() for k in names], dim=1).cpu() if keep_resid else None
+    return ResidualTrace(logits=logits, resid=resid)
+
+
+def self_check(mllm, backend: str = "nnsight") -> None:
+    """Adapter self-check (one tiny forward per modality layout): every slot
+    has the expected shape and the final norm + unembedding of the last
+    layer's residual reproduces the model's logits. Raises MechmodError
+    naming the family and what differs."""
+    from PIL import Image
+
+    img = Image.new("RGB", (64, 48), (200, 30, 30))
+    problems = []
+    for images, desc in (([None], ["a check"]), ([img], [None])):
+        enc = mllm.encode(images, desc, ["what color ?"])
+        tr = trace(mllm, enc, backend=backend)
+        L, D, V = mllm.n_layers, mllm.d_model, mllm.lm_head.weight.shape[0]
+        if tuple(tr.resid.shape) != (1, L + 1, D):
+            problems.append(f"resid {tuple(tr.resid.shape)} != {(1, L + 1, D)}")
+        if tr.logits.shape[-1] < V:
+            problems.append(f"logits width {tr.logits.shape[-1]} < lm_head rows {V}")
+        with torch.no_grad():
+            h = tr.resid[:, -1].to(mllm.device, mllm.dtype)
+            again = mllm.lm_head(mllm.final_norm(h)).float().cpu()
+        tol = 1e-3 if mllm.dtype == torch.float32 else 5e-2 * float(again.abs().max())
+        err = float((again - tr.logits[:, : again.shape[-1]]).abs().max())
+        if not err <= tol:
+            problems.append(f"final_norm(lm_head(last resid)) differs from the logits by {err:.3g} (tolerance {tol:.3g}); "
+                            f"{mllm.adapter.final_norm_path!r} or {mllm.adapter.lm_head_path!r} is not the real unembedding")
+        if images[0] is not None and not bool(enc.spans["image"].any()):
+            problems.append(f"no image token (id {mllm.image_token_id}) in the image prompt")
+    if problems:
+        raise MechmodError(f"{mllm.name} ({mllm.family}) failed its self-check: " + "; ".join(problems))

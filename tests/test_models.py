@@ -1,0 +1,186 @@
+"""Adapters (llava family), answers and tracing on a tiny random LLaVA and
+on the shipped organism."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mechmod.answers import OTHER, LabelSet
+from mechmod.cli import main
+from mechmod.errors import MechmodError
+from mechmod.models import adapter_for, builtin_models, load_model
+from mechmod.tracing import trace
+from tests.tiny_llava import build_tiny_llava
+
+COLORS = ["red", "yellow", "blue", "green", "purple", "orange"]
+Q = "What color is the circle? Please use one word to answer this question."
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return build_tiny_llava(tmp_path_factory.mktemp("tiny_llava"))
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir):
+    return load_model(str(tiny_dir))
+
+
+def images():
+    return [Image.new("RGB", (800, 600), (220, 20, 30)), Image.new("RGB", (224, 224), (20, 60, 230))]
+
+
+def test_load_passes_self_check_and_exposes_slots(tiny):
+    assert tiny.family == "llava" and tiny.n_layers == 2 and tiny.d_model == 32
+    assert tiny.dtype == torch.float32 and tiny.device.type == "cpu"
+    assert tiny.image_token_id == tiny.tokenizer.convert_tokens_to_ids("<image>")
+
+
+@pytest.mark.parametrize("layout", ["vision", "text", "multi"])
+def test_encode_spans_decode_to_their_text(tiny, layout):
+    descs = ["The circle is blue.", "A banana is red and the circle is the same color."]
+    imgs = images() if layout != "text" else [None, None]
+    d = descs if layout != "vision" else [None, None]
+    enc = tiny.encode(imgs, d, [Q, Q])
+    ids = enc.inputs["input_ids"]
+    for i in range(2):
+        q_tokens = tiny.tokenizer.decode(ids[i][enc.spans["question"][i]])
+        assert q_tokens.split() == tiny.tokenizer.decode(tiny.tokenizer(Q, add_special_tokens=False)["input_ids"]).split()
+        if d[i]:
+            assert tiny.tokenizer.decode(ids[i][enc.spans["description"][i]]).split() == \
+                tiny.tokenizer.decode(tiny.tokenizer(d[i], add_special_tokens=False)["input_ids"]).split()
+        else:
+            assert not enc.spans["description"][i].any()
+        n_img = int(enc.spans["image"][i].sum())
+        assert n_img == (4 if layout != "text" else 0)  # 28 px / 14 px patches
+        # spans never overlap and never cover padding
+        total = sum(enc.spans[k][i].int() for k in ("image", "description", "question", "template"))
+        assert int(total.max()) == 1
+        assert int(total.sum()) == int(enc.inputs["attention_mask"][i].sum())
+    assert enc.spans["last"][:, -1].all() and (enc.answer_index == ids.shape[1] - 1).all()
+
+
+def test_encode_refuses_mixed_and_ragged_batches(tiny):
+    with pytest.raises(MechmodError, match="mixes"):
+        tiny.encode([images()[0], None], ["a", "b"], [Q, Q])
+    with pytest.raises(MechmodError, match="one of each"):
+        tiny.encode([None], ["a", "b"], [Q, Q])
+
+
+def test_trace_matches_a_plain_forward(tiny):
+    enc = tiny.encode(images(), ["The circle is blue.", "The circle is red."], [Q, Q])
+    tr = trace(tiny, enc)
+    assert tr.resid.shape == (2, tiny.n_layers + 1, tiny.d_model) and tr.resid.dtype == torch.float32
+    with torch.no_grad():
+        ref = tiny.model(**enc.inputs, output_hidden_states=True)
+    for layer in range(tiny.n_layers):  # HF's last hidden state is already normed: compared below
+        torch.testing.assert_close(tr.resid[:, layer], ref.hidden_states[layer][:, -1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(tr.logits, ref.logits[:, -1], atol=1e-4, rtol=0)
+    with torch.no_grad():
+        again = tiny.lm_head(tiny.final_norm(tr.resid[:, -1]))
+    torch.testing.assert_close(again, tr.logits, atol=1e-4, rtol=0)
+
+
+def test_transformer_lens_backend_gives_the_same_numbers(tiny):
+    enc = tiny.encode(images(), ["The circle is blue.", "The circle is red."], [Q, Q])
+    a = trace(tiny, enc, backend="nnsight")
+    b = trace(tiny, enc, backend="transformer_lens")
+    torch.testing.assert_close(a.resid, b.resid, atol=1e-4, rtol=0)
+    torch.testing.assert_close(a.logits, b.logits, atol=1e-4, rtol=0)
+    with pytest.raises(MechmodError, match="backend"):
+        trace(tiny, enc, backend="baukit")
+
+
+def test_organism_loads_by_short_name():
+    m = load_model("organism")
+    assert m.family == "llava" and builtin_models()["organism"].endswith("checkpoint")
+    labels = LabelSet(m.tokenizer, COLORS)
+    enc = m.encode([None], ["The circle is blue."], [Q])
+    assert labels.predict(trace(m, enc, keep_resid=False).logits)[0] in COLORS + [OTHER]
+
+
+def test_load_errors_name_the_way_out(tmp_path, tiny_dir):
+    with pytest.raises(MechmodError, match="no config.json"):
+        load_model(str(tmp_path))
+    with pytest.raises(MechmodError, match="no mechmod adapter"):
+        adapter_for("bert")
+    # a pickle-only checkpoint is refused: weights load from safetensors only
+    pkl = tmp_path / "pickled"
+    pkl.mkdir()
+    for f in tiny_dir.iterdir():
+        if f.name != "model.safetensors":
+            (pkl / f.name).write_bytes(f.read_bytes())
+    torch.save({"x": torch.zeros(1)}, pkl / "pytorch_model.bin")
+    with pytest.raises(MechmodError, match="cannot load"):
+        load_model(str(pkl))
+    with pytest.raises(MechmodError, match="dtype"):
+        load_model(str(tiny_dir), dtype="float8")
+
+
+def test_self_check_names_a_wrong_slot(tiny_dir):
+    import dataclasses
+
+    from mechmod.models import base, llava
+
+    wrong = dataclasses.replace(llava.ADAPTER, final_norm_path="model.language_model.no_such_norm")
+    model = load_model(str(tiny_dir), check=False)
+    with pytest.raises(MechmodError, match="no_such_norm"):
+        base.MLLM(model.model, model.processor, wrong, name="tiny")
+
+
+def test_models_command_lists_families_and_names(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for fam in ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "gemma3", "organism"):
+        assert fam in out
+
+
+# ------------------------------------------------------------------ answers
+class FakeTokenizer:
+    """Hand-made vocabulary: SentencePiece-like pieces with '▁' spaces."""
+
+    def __init__(self):
+        self.vocab = ["<unk>", "<s>", "▁blue", "Blue", "▁Blue", "blue", "▁gre", "en", "y", "▁red", "RED", "▁", "▁the"]
+        self.unk_token_id, self.all_special_ids = 0, [0, 1]
+
+    def encode(self, text, add_special_tokens=False):
+        table = {"blue": [5], " blue": [2], "Blue": [3], " Blue": [4], "BLUE": [0], " BLUE": [11, 0],
+                 "green": [0], " green": [6, 7], "Green": [0], " Green": [0], "GREEN": [0], " GREEN": [0],
+                 "grey": [0], " grey": [6, 8], "Grey": [0], " Grey": [0], "GREY": [0], " GREY": [0],
+                 "red": [0], " red": [9], "Red": [0], " Red": [0], "RED": [10], " RED": [11, 10]}
+        return table[text]
+
+    def decode(self, ids):
+        return "".join(self.vocab[i] for i in ids).replace("▁", " ")
+
+
+def test_labelset_variants_ambiguity_and_probabilities():
+    tok = FakeTokenizer()
+    ls = LabelSet(tok, ["blue", "red"])
+    assert ls.token_ids("blue") == [2, 3, 4, 5] and ls.token_ids("red") == [9, 10]
+    with pytest.raises(MechmodError, match="unambiguously"):
+        LabelSet(tok, ["green", "grey", "blue"])  # '▁gre' is shared and nothing else begins them
+    logits = torch.full((3, len(tok.vocab)), -1e4)
+    logits[0, 4] = 5.0  # ' Blue' top-1
+    logits[1, 10] = 5.0  # 'RED'
+    logits[2, 12] = 5.0  # ' the' -> other
+    assert ls.predict(logits) == ["blue", "red", OTHER]
+    v = torch.randn(2, len(tok.vocab))
+    p = torch.softmax(v, -1)
+    expected = torch.stack([p[:, [2, 3, 4, 5]].sum(-1), p[:, [9, 10]].sum(-1)], -1)
+    torch.testing.assert_close(ls.label_probs(v), expected)
+    layered = ls.top1_labels(logits[None].expand(2, 3, -1))
+    assert layered.shape == (2, 3) and list(layered[1]) == ["blue", "red", OTHER]
+    with pytest.raises(MechmodError, match="reserved"):
+        LabelSet(tok, ["blue", "other"])
+
+
+def test_labelset_half_precision_logits_read_in_float32():
+    tok = FakeTokenizer()
+    ls = LabelSet(tok, ["blue", "red"])
+    v = torch.randn(4, len(tok.vocab)) * 30
+    np.testing.assert_allclose(ls.label_probs(v.bfloat16()).numpy(), ls.label_probs(v.bfloat16().float()).numpy())
+    assert json.dumps(ls.predict(v))  # plain strings
