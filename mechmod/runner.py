@@ -34,6 +34,7 @@ from mechmod.uncertainty import UNCERTAINTY_MEASURES, entropy, label_entropy, re
 RUN_FILE = "run.json"
 PARTS_DIR = "parts"
 RESULTS_FILE = "results.parquet"
+GENERATED_DATASET = "dataset"  # `mechmod run` without --dataset generates one here
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def open_run(out: str | Path, config: RunConfig) -> Path:
             raise MechmodError(f"{out} holds a different run ({diff}); choose a new --out directory or "
                                "re-run with the same settings to resume")
     else:
-        if out.exists() and any(out.iterdir()):
+        if out.exists() and any(p.name != GENERATED_DATASET for p in out.iterdir()):
             raise MechmodError(f"{out} exists and is not a mechmod run directory; choose a new --out directory")
         out.mkdir(parents=True, exist_ok=True)
         _io.write_json(run_file, asdict(config))

@@ -152,7 +152,7 @@ def _measures(df: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     out = {"entropy": (df["h_v"].to_numpy(float), df["h_t"].to_numpy(float))}
     if "hl_v" in df:
         out["label_entropy"] = (df["hl_v"].to_numpy(float), df["hl_t"].to_numpy(float))
-    if "p_v" in df and "margin" in UNCERTAINTY_MEASURES:
+    if "p_v" in df and len(df) and "margin" in UNCERTAINTY_MEASURES:
         m = UNCERTAINTY_MEASURES["margin"]
         out["margin"] = (np.asarray(m(np.stack(df["p_v"].map(np.asarray)))),
                          np.asarray(m(np.stack(df["p_t"].map(np.asarray)))))
@@ -188,6 +188,20 @@ def summarize_run(run_dir: str | Path, results: pd.DataFrame | None = None, mode
     model = model or run_cfg.get("model") or "unknown"
     summary, out = summarize(results, model=model, radius=radius)
     _io.write_parquet(run_dir / "results.parquet", out)
+    summary = finite_or_none(summary)
     _io.write_json(run_dir / "summary.json", summary)
     study_report(summary, out).write(run_dir / "report.html")
     return summary
+
+
+def finite_or_none(obj: Any) -> Any:
+    """NaN / inf (an empty bin, an undefined rate) become JSON null."""
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj

@@ -45,7 +45,9 @@ def run_cmd(model, dataset_dir, groups, seed, lens, lens_path, backend, uncertai
     if lens == "tuned" and lens_path is None:
         raise MechmodError("--lens tuned needs --lens-path DIR (train one with `mechmod lens train --out DIR`)")
     if dataset_dir is None:
-        dataset_dir = out / "dataset"
+        from mechmod.runner import GENERATED_DATASET
+
+        dataset_dir = out / GENERATED_DATASET
         if not (dataset_dir / "manifest.json").is_file():
             from mechmod.data import generate_color
 
