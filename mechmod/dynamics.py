@@ -90,3 +90,43 @@ def oscillation_summary(oscillations, regions, controls, n_boot: int = 1000, see
     for name in sorted(set(ctl.tolist()) - {"none"}):
         out[f"control_{name}"] = bootstrap_mean_ci(osc[ctl == name], n_boot=n_boot, seed=seed)
     return out
+
+
+DH_EDGES = (-2.0, -1.5, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
+
+
+def logit_diff_by_dh(dh_rel, logit_diff, edges: Sequence[float] = DH_EDGES) -> dict[str, Any]:
+    """Mean per-layer logit difference (text minus vision answer) in bins of
+    dHrel (paper Fig. 6a). ``logit_diff`` [cases, layers]. Returns edges,
+    centers, n per bin and ``mean`` [bins][layers] (None for empty bins)."""
+    dh = np.asarray(dh_rel, dtype=float)
+    d = np.asarray(logit_diff, dtype=float)
+    if d.ndim != 2 or len(d) != len(dh):
+        raise ValueError(f"logit_diff must be [cases, layers] with one row per dh_rel value, got {d.shape} and {dh.shape}")
+    e = np.asarray(edges, dtype=float)
+    idx = np.clip(np.searchsorted(e, dh, side="right") - 1, 0, len(e) - 2)
+    ok = np.isfinite(dh) & (dh >= e[0]) & (dh <= e[-1])
+    mean, n = [], []
+    for b in range(len(e) - 1):
+        sel = ok & (idx == b)
+        n.append(int(sel.sum()))
+        mean.append(d[sel].mean(axis=0).tolist() if sel.any() else None)
+    return {"edges": e.tolist(), "centers": ((e[:-1] + e[1:]) / 2).tolist(), "n": n, "mean": mean,
+            "n_layers": int(d.shape[1])}
+
+
+def pick_case_study(image_ids, dts, final_diffs) -> str | None:
+    """The image whose descriptions dt 0, 1, 2 are all present and whose
+    final logit differences spread the most (the most instructive case for
+    paper Fig. 6b); None when no image has all three."""
+    img = np.asarray(image_ids, dtype=object)
+    dt = np.asarray(dts, dtype=int)
+    fd = np.asarray(final_diffs, dtype=float)
+    best, best_spread = None, -1.0
+    for image in dict.fromkeys(img.tolist()):
+        sel = img == image
+        if set(dt[sel].tolist()) >= {0, 1, 2}:
+            spread = float(np.ptp(fd[sel]))
+            if spread > best_spread:
+                best, best_spread = image, spread
+    return best

@@ -114,3 +114,44 @@ def following_curve_figure(curves: Mapping[str, Mapping[str, Any]], balances: Ma
     fig.add_hline(y=0.5, line=dict(color="black", width=1, dash="dot"))
     fig.update_yaxes(range=[-0.02, 1.02])
     return _layout(fig, "Text-following probability vs relative uncertainty", "dHrel (negative: text is easier)", "P(follow text)")
+
+
+def oscillation_figure(summary: Mapping[str, Any]) -> go.Figure:
+    """Mean oscillations per case with bootstrap 95% intervals, ambiguous vs
+    clear region and each control (paper Fig. 5)."""
+    osc = summary.get("oscillations") or {}
+    names = [k for k in ("ambiguous", "clear") if k in osc] + sorted(k for k in osc if k.startswith("control_"))
+    means = [osc[k].get("mean") for k in names]
+    lo = [(m - osc[k]["ci"][0]) if m is not None and osc[k].get("ci") else 0 for k, m in zip(names, means)]
+    hi = [(osc[k]["ci"][1] - m) if m is not None and osc[k].get("ci") else 0 for k, m in zip(names, means)]
+    labels = [f"{k.replace('control_', 'control: ')} (n={osc[k].get('n', 0)})" for k in names]
+    fig = go.Figure(go.Bar(x=labels, y=means, error_y=dict(type="data", symmetric=False, array=hi, arrayminus=lo),
+                           marker_color=[OTHER_COLOR if k.startswith("control") else TEXT_COLOR if k == "ambiguous"
+                                         else VISION_COLOR for k in names]))
+    return _layout(fig, "Oscillations between the vision and the text answer", "cases", "mean oscillations per case")
+
+
+def logit_diff_heatmap_figure(heatmap: Mapping[str, Any]) -> go.Figure:
+    """Mean logit(text answer) - logit(vision answer) per layer (x) and
+    dHrel bin (y) (paper Fig. 6a); red favours the text answer."""
+    z = [row if row is not None else [None] * heatmap["n_layers"] for row in heatmap["mean"]]
+    ylab = [f"{a:+.2f}..{b:+.2f} (n={n})" for a, b, n in zip(heatmap["edges"][:-1], heatmap["edges"][1:], heatmap["n"])]
+    finite = [abs(v) for row in z for v in row if v is not None]
+    zmax = max(finite) if finite else 1.0
+    fig = go.Figure(go.Heatmap(z=z, x=list(range(heatmap["n_layers"])), y=ylab, colorscale="RdBu_r", zmid=0,
+                               zmin=-zmax, zmax=zmax, colorbar=dict(title="logit diff")))
+    return _layout(fig, "Layer-wise logit difference (text - vision) by relative uncertainty",
+                   "layer (0 = embeddings)", "dHrel bin")
+
+
+def case_study_figure(case: Mapping[str, Any]) -> go.Figure:
+    """One image with its descriptions dt = 0, 1, 2: the per-layer logit
+    difference of each (paper Fig. 6b)."""
+    fig = go.Figure()
+    for c in case["cases"]:
+        fig.add_trace(go.Scatter(y=c["layer_logit_diff"], mode="lines+markers",
+                                 name=f"dt={c['dt']} (dHrel {c['dh_rel']:+.2f}, follows {c['follow']})"))
+    fig.add_hline(y=0, line_color=OTHER_COLOR, line_dash="dot")
+    return _layout(fig, f"Case study: {case['image_id']} (image says {case['answer_vision']}, "
+                        f"text says {case['answer_text']})", "layer (0 = embeddings)",
+                   "logit(text answer) - logit(vision answer)")

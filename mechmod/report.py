@@ -78,7 +78,7 @@ def headline_rows(summary: Mapping[str, Any]) -> list[tuple[str, Any]]:
     ]
 
 
-def study_report(summary: Mapping[str, Any], results: pd.DataFrame) -> Report:
+def study_report(summary: Mapping[str, Any], results: pd.DataFrame, extra_figures=None) -> Report:
     """The behavioural study's report (paper Figs. 2-4) from a summary and
     its results table."""
     rep = Report(f"mechmod study: {summary.get('model')}")
@@ -108,4 +108,15 @@ def study_report(summary: Mapping[str, Any], results: pd.DataFrame) -> Report:
         "P(text-following) among text- or vision-following cases, equal-count bins with Wilson 95% intervals; "
         "diamonds mark logistic-fit balance points with shaded bootstrap intervals; the low/high halves split at the median of H(t)+H(v).",
     )
+    if summary.get("oscillations"):
+        rep.add_figure("Oscillations by region and control (Fig. 5)", plots.oscillation_figure(summary),
+                       f"Layer-to-layer switches between the vision and the text answer under the {summary.get('lens', 'logit')} lens; "
+                       f"ambiguous = |dHrel - balance point| <= {summary.get('radius')}.")
+    if summary.get("logit_diff_heatmap"):
+        rep.add_figure("Logit difference by layer and dHrel (Fig. 6a)",
+                       plots.logit_diff_heatmap_figure(summary["logit_diff_heatmap"]))
+    if summary.get("case_study"):
+        rep.add_figure("Case study: one image, three descriptions (Fig. 6b)", plots.case_study_figure(summary["case_study"]))
+    for heading, fig in extra_figures or []:
+        rep.add_figure(heading, fig)
     return rep

@@ -26,7 +26,7 @@ import torch
 
 from mechmod import _io
 from mechmod.answers import LabelSet
-from mechmod.dynamics import count_oscillations_batch, layer_votes
+from mechmod.dynamics import commit_layer, count_oscillations_batch, last_sign_change, layer_votes
 from mechmod.errors import MechmodError
 from mechmod.tracing import trace
 from mechmod.uncertainty import UNCERTAINTY_MEASURES, entropy, label_entropy, relative_uncertainty
@@ -220,6 +220,7 @@ def _score_group(mllm, lens, sub: pd.DataFrame, images, labels: LabelSet, bs: in
     votes = layer_votes(np.asarray(top1_labels, dtype=object), np.asarray(ans_v, dtype=object), np.asarray(ans_t, dtype=object))
     osc = count_oscillations_batch(votes)
     diff = (_label_logit(lens_logits, labels, ans_t) - _label_logit(lens_logits, labels, ans_v)).numpy()
+    commit = commit_layer((lens_logits.argmax(-1) == m_logits.argmax(-1)[:, None]).numpy())
 
     y_v = [v.pred[i] for i in vi]
     y_t = [t.pred[i] for i in ti]
@@ -240,10 +241,16 @@ def _score_group(mllm, lens, sub: pd.DataFrame, images, labels: LabelSet, bs: in
                 layer_votes=[str(x) for x in votes[j]],
                 layer_logit_diff=[float(x) for x in diff[j]],
                 oscillations=int(osc[j]),
+                commit_layer=int(commit[j]),
+                last_sign_change=_or_minus_one(last_sign_change(diff[j])),
                 status="ok", error="",
             )
         )
     return rows
+
+
+def _or_minus_one(x: int | None) -> int:
+    return -1 if x is None else int(x)
 
 
 _BASE_COLUMNS = ("case_id", "group_id", "task", "dv", "dt", "control", "image_id", "answer_vision", "answer_text")
@@ -261,7 +268,7 @@ def _failed(rec, kind: str, reason: str) -> dict[str, Any]:
     return dict(
         _base(rec), y_v="", y_t="", y_m="", h_v=nan, h_t=nan, h_m=nan, hl_v=nan, hl_t=nan, hl_m=nan,
         p_v=[], p_t=[], p_m=[], dh_rel=nan, dh_rel_degenerate=False, follow="failed",
-        layer_votes=[], layer_logit_diff=[], oscillations=-1, status="failed", error=f"{kind}: {reason}",
+        layer_votes=[], layer_logit_diff=[], oscillations=-1, commit_layer=-1, last_sign_change=-1, status="failed", error=f"{kind}: {reason}",
     )
 
 

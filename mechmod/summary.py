@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from mechmod import _io
-from mechmod.dynamics import oscillation_summary
+from mechmod.dynamics import logit_diff_by_dh, oscillation_summary, pick_case_study
 from mechmod.errors import MechmodError
 from mechmod.following import (
     balance_point,
@@ -143,7 +143,32 @@ def summarize(results: pd.DataFrame, model: str | None = None, radius: float = 0
     }
     if "oscillations" in ok and est is not None:
         summary["oscillations"] = oscillation_summary(ok["oscillations"].to_numpy(int), regions, ok["control"].to_numpy(object))
+    if "layer_logit_diff" in main and len(main):
+        summary.update(_layer_dynamics(main))
     return summary, out
+
+
+def _layer_dynamics(main: pd.DataFrame) -> dict[str, Any]:
+    """Logit-difference heatmap by dHrel bin (Fig. 6a), the case study of one
+    image across dt 0-2 (Fig. 6b), and commit layers."""
+    diffs = np.stack(main["layer_logit_diff"].map(lambda v: np.asarray(v, float)).to_numpy())
+    out: dict[str, Any] = {"logit_diff_heatmap": logit_diff_by_dh(main["dh_rel"].to_numpy(float), diffs)}
+    image = pick_case_study(main["image_id"].to_numpy(object), main["dt"].to_numpy(int), diffs[:, -1])
+    if image is not None:
+        rows = main[main["image_id"] == image].sort_values("dt", kind="stable")
+        out["case_study"] = {
+            "image_id": image,
+            "dv": int(rows["dv"].iloc[0]),
+            "answer_vision": rows["answer_vision"].iloc[0],
+            "answer_text": rows["answer_text"].iloc[0],
+            "cases": [{"case_id": r.case_id, "dt": int(r.dt), "dh_rel": float(r.dh_rel), "follow": r.follow,
+                       "layer_logit_diff": [float(x) for x in r.layer_logit_diff]} for r in rows.itertuples()],
+        }
+    if "commit_layer" in main:
+        c = main["commit_layer"].to_numpy(float)
+        c = c[c >= 0]
+        out["commit_layer"] = bootstrap_mean_ci(c, n_boot=N_BOOT, seed=0)
+    return out
 
 
 def _measures(df: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -188,10 +213,25 @@ def summarize_run(run_dir: str | Path, results: pd.DataFrame | None = None, mode
     model = model or run_cfg.get("model") or "unknown"
     summary, out = summarize(results, model=model, radius=radius)
     _io.write_parquet(run_dir / "results.parquet", out)
+    summary["lens"] = run_cfg.get("lens", summary.get("lens"))
+    summary["uncertainty"] = run_cfg.get("uncertainty", "entropy")
     summary = finite_or_none(summary)
     _io.write_json(run_dir / "summary.json", summary)
-    study_report(summary, out).write(run_dir / "report.html")
+    study_report(summary, out, extra_figures=_lens_figures(run_cfg)).write(run_dir / "report.html")
     return summary
+
+
+def _lens_figures(run_cfg: dict) -> list:
+    """The tuned lens's held-out fidelity (written by `mechmod lens train`), when the run used one."""
+    path = Path(run_cfg["lens_path"]) / "fidelity.json" if run_cfg.get("lens_path") else None
+    if path is None or not path.is_file():
+        return []
+    from mechmod.lenses import lens_fidelity_figure
+
+    held = json.loads(path.read_text()).get("heldout") or {}
+    if not held.get("kl_logit"):
+        return []
+    return [("Lens fidelity: held-out KL(final || lens) per layer", lens_fidelity_figure(held["kl_logit"], held["kl_tuned"]))]
 
 
 def finite_or_none(obj: Any) -> Any:

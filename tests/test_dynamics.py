@@ -60,3 +60,26 @@ def test_oscillation_summary_means():
     assert s["ambiguous"]["mean"] == 3.0 and s["ambiguous"]["n"] == 2
     assert s["clear"]["mean"] == 0.5
     assert s["control_text_irrelevant"]["mean"] == 0.0 and s["control_text_irrelevant"]["n"] == 2
+
+
+def test_logit_diff_by_dh_bins_by_hand():
+    from mechmod.dynamics import logit_diff_by_dh
+
+    dh = np.array([-1.2, -0.9, 0.1, 0.2, 3.0])  # 3.0 is outside the edges
+    diffs = np.array([[1.0, 2.0], [3.0, 4.0], [0.0, -2.0], [2.0, 0.0], [9.0, 9.0]])
+    out = logit_diff_by_dh(dh, diffs, edges=[-2.0, -1.0, 0.0, 1.0])
+    assert out["n"] == [1, 1, 2]
+    assert out["mean"] == [[1.0, 2.0], [3.0, 4.0], [1.0, -1.0]]
+    assert out["centers"] == [-1.5, -0.5, 0.5] and out["n_layers"] == 2
+    empty = logit_diff_by_dh(np.array([0.5]), np.array([[1.0, 1.0]]), edges=[-1.0, 0.0, 1.0])
+    assert empty["mean"][0] is None and empty["n"] == [0, 1]
+
+
+def test_pick_case_study_prefers_the_image_whose_descriptions_disagree():
+    from mechmod.dynamics import pick_case_study
+
+    images = ["a", "a", "a", "b", "b", "b", "c", "c"]
+    dts = [0, 1, 2, 0, 1, 2, 0, 1]
+    final = [1.0, 1.1, 0.9, -3.0, 0.5, 4.0, -10.0, 10.0]  # c spreads most but lacks dt 2
+    assert pick_case_study(images, dts, final) == "b"
+    assert pick_case_study(["x"], [0], [0.0]) is None
