@@ -169,8 +169,11 @@ class MLLM:
         texts = [" ".join(p for p in (d, q) if p) for d, q in pieces]
         prompts = [self.prompt(t, with_image) for t in texts]
         kw: dict[str, Any] = {"text": prompts, "return_tensors": "pt", "padding": True}
+        bos = self.tokenizer.bos_token
+        if bos and all(p.startswith(bos) for p in prompts):  # the chat template wrote BOS (Gemma): not twice
+            kw["add_special_tokens"] = False
         if with_image:
-            kw["images"] = [im.convert("RGB") for im in images]
+            kw["images"] = [[im.convert("RGB")] for im in images]  # one image per prompt (Gemma 3 needs the nesting)
         try:
             batch = self.processor(**kw)
         except (ValueError, TypeError) as err:
@@ -189,8 +192,10 @@ class MLLM:
         The image placeholder is a special token, so the text after it is
         tokenized the same whether the processor expanded it to 1 or 576
         copies; with left padding the tokens after the last image token are
-        the last tokens of every row. So the unexpanded prompt's offsets,
-        aligned from the right, say which token belongs to which piece."""
+        the last tokens of every row. So the unexpanded prompt's tokens that
+        start after the placeholder, aligned from the right, say with their
+        offsets which token belongs to which piece (a token's leading space,
+        e.g. SentencePiece's "▁what", does not count as outside its piece)."""
         B, T = ids.shape
         image = ids == self.image_token_id
         desc = torch.zeros(B, T, dtype=torch.bool)
@@ -200,18 +205,21 @@ class MLLM:
         for i, (prompt, (d, q)) in enumerate(zip(prompts, pieces)):
             img_ph = self.adapter.image_placeholder
             cut = prompt.rfind(img_ph) + len(img_ph) if img_ph and img_ph in prompt else 0
-            tail = prompt[cut:]
-            enc = self.tokenizer(tail, add_special_tokens=False, return_offsets_mapping=True)
-            offsets = enc["offset_mapping"]
-            q_start = tail.rfind(q)
-            d_start = tail.rfind(d, 0, q_start) if d else -1
-            start = T - len(offsets)
-            for k, (a, b) in enumerate(offsets):
+            enc = self.tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
+            kept = [(t, a, b) for t, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]) if a >= cut]
+            start = T - len(kept)
+            if start < 0 or ids[i, start:].tolist() != [t for t, _, _ in kept]:
+                raise MechmodError(f"{self.name}: cannot align the text of prompt {i} with the processor's tokens "
+                                   f"(the text after {img_ph!r} tokenizes differently); {self.family} adapter")
+            q_start = prompt.rfind(q)
+            d_start = prompt.rfind(d, cut, q_start) if d else -1
+            for k, (_, a, b) in enumerate(kept):
                 if b <= a:
                     continue
-                if q_start >= 0 and a >= q_start and b <= q_start + len(q):
+                a = next((j for j in range(a, b) if not prompt[j].isspace()), a)  # a space inside a piece counts
+                if q_start >= cut and a >= q_start and b <= q_start + len(q):
                     ques[i, start + k] = True
-                elif d_start >= 0 and a >= d_start and b <= d_start + len(d):
+                elif d_start >= cut and a >= d_start and b <= d_start + len(d):
                     desc[i, start + k] = True
         last = torch.zeros(B, T, dtype=torch.bool)
         last[:, -1] = True

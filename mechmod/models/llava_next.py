@@ -7,8 +7,8 @@ ADAPTER = Adapter(
     family="llava_next",
     model_types=("llava_next",),
     model_class="LlavaNextForConditionalGeneration",
-    image_placeholder="<image>",
-    prompt_format="[INST] {image}\n{text} [/INST]",
+    image_placeholder="<image>\n",  # the hub chat templates put each image as "<image>\n" before the text
+    prompt_format="[INST] {image}{text} [/INST]",
     description="LLaVA-NeXT (1.6): CLIP ViT-L/14-336 with any-resolution tiles + Mistral/Vicuna",
     builtin={
         "llava-1.6-mistral-7b": "llava-hf/llava-v1.6-mistral-7b-hf",
