@@ -70,8 +70,11 @@ def run_cmd(model, dataset_dir, groups, seed, lens, lens_path, backend, uncertai
 @click.option("--radius", default=None, type=float, help="Ambiguous-region half-width (default: the run's, else 0.5).")
 def summarize_cmd(run_dir, radius):
     """Recompute RUN/summary.json and RUN/report.html from RUN/results.parquet alone."""
+    from mechmod.runner import PARTS_DIR, RESULTS_FILE, finalize
     from mechmod.summary import summarize_run
 
+    if not (run_dir / RESULTS_FILE).is_file() and any((run_dir / PARTS_DIR).glob("part-*.parquet")):
+        finalize(run_dir)  # an unfinished run: merge what its parts hold
     summarize_run(run_dir, radius=radius)
     _print_headline(run_dir)
 
