@@ -39,15 +39,38 @@ class ResidualTrace:
 
 def trace(mllm, encoded, backend: str = "nnsight", keep_resid: bool = True) -> ResidualTrace:
     """Run ``encoded`` through ``mllm`` (no grad) and read the answer position."""
-    if backend not in BACKENDS:
-        raise MechmodError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     T = encoded.inputs["input_ids"].shape[1]
     if not bool((encoded.answer_index == T - 1).all()):
         raise MechmodError("trace: the answer must be the last position of every row (left padding)")
+    return _run(mllm, encoded.inputs, None, backend, keep_resid)
+
+
+def trace_at(mllm, inputs: dict, positions: torch.Tensor, backend: str = "nnsight") -> ResidualTrace:
+    """Like :func:`trace` for inputs whose answers sit at ``positions`` [B]
+    (right-padded suffixes over a cached image prefix, see
+    :mod:`mechmod.prefix`). The logits are the unembedding of the last
+    layer's residual at the answer, which is what the model computes there
+    (checked for every model by :func:`self_check`)."""
+    return _run(mllm, inputs, positions.long(), backend, keep_resid=True)
+
+
+def _run(mllm, inputs, positions, backend, keep_resid) -> ResidualTrace:
+    if backend not in BACKENDS:
+        raise MechmodError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    B = inputs["input_ids"].shape[0]
+    where = (slice(None), -1) if positions is None else (torch.arange(B), positions)
+    run = _trace_nnsight if backend == "nnsight" else _trace_transformer_lens
     with torch.no_grad():
-        if backend == "nnsight":
-            return _trace_nnsight(mllm, encoded, keep_resid)
-        return _trace_transformer_lens(mllm, encoded, keep_resid)
+        logits, saved = run(mllm, inputs, where, keep_resid, want_logits=positions is None)
+        resid = torch.stack([s.float().cpu() for s in saved], dim=1) if saved else None
+        if logits is None:
+            last = saved[-1]
+            logits = mllm.lm_head(_unembed_input(mllm, last))
+    return ResidualTrace(logits=logits.float().cpu(), resid=resid)
+
+
+def _unembed_input(mllm, h):
+    return mllm.final_norm(h.to(next(mllm.final_norm.parameters()).device)).to(mllm.lm_head.weight.device)
 
 
 def _nnsight_model(mllm):
@@ -67,19 +90,20 @@ def _envoy(root, path: str):
     return obj
 
 
-def _trace_nnsight(mllm, encoded, keep_resid: bool) -> ResidualTrace:
+def _trace_nnsight(mllm, inputs, where, keep_resid: bool, want_logits: bool):
     model = _nnsight_model(mllm)
     n = mllm.n_layers
     saved: list = []
-    with model.trace(**encoded.inputs, logits_to_keep=1):
+    logits = None
+    with model.trace(**inputs, logits_to_keep=1):
         layers = _envoy(model, mllm.adapter.layers_path)
         if keep_resid:
-            saved.append(layers[0].input[:, -1].save())
+            saved.append(layers[0].input[where].save())
             for i in range(n):
-                saved.append(_layer_hidden(layers[i].output)[:, -1].save())
-        logits = model.output.logits[:, -1].save()
-    resid = torch.stack([s.float() for s in saved], dim=1).cpu() if keep_resid else None
-    return ResidualTrace(logits=logits.float().cpu(), resid=resid)
+                saved.append(_layer_hidden(layers[i].output)[where].save())
+        if want_logits:
+            logits = model.output.logits[:, -1].save()
+    return logits, saved
 
 
 def _layer_hidden(output):
@@ -97,22 +121,21 @@ def _bridge(mllm):
     return cached
 
 
-def _trace_transformer_lens(mllm, encoded, keep_resid: bool) -> ResidualTrace:
+def _trace_transformer_lens(mllm, inputs, where, keep_resid: bool, want_logits: bool):
     bridge = _bridge(mllm)
     n = mllm.n_layers
-    names = [f"blocks.{i}.hook_in" for i in range(1)] + [f"blocks.{i}.hook_out" for i in range(n)]
+    names = ["blocks.0.hook_in"] + [f"blocks.{i}.hook_out" for i in range(n)]
     store: dict[str, torch.Tensor] = {}
 
     def keep(tensor, hook):
-        store[hook.name] = _layer_hidden(tensor)[:, -1].detach()
+        store[hook.name] = _layer_hidden(tensor)[where].detach()
         return tensor
 
     hooks = [(name, keep) for name in names] if keep_resid else []
     with bridge.hooks(fwd_hooks=hooks):
-        out = bridge.original_model(**encoded.inputs, logits_to_keep=1)
-    logits = out.logits[:, -1].float().cpu()
-    resid = torch.stack([store[k].float() for k in names], dim=1).cpu() if keep_resid else None
-    return ResidualTrace(logits=logits, resid=resid)
+        out = bridge.original_model(**inputs, logits_to_keep=1)
+    logits = out.logits[:, -1] if want_logits else None
+    return logits, [store[k] for k in names] if keep_resid else []
 
 
 def self_check(mllm, backend: str = "nnsight") -> None:

@@ -49,6 +49,10 @@ class Adapter:
     vision_path: str = "model.vision_tower"
     projector_path: str = "model.multi_modal_projector"
     image_token_attr: str = "image_token_id"
+    # M-RoPE families keep per-prompt position offsets of the text after the
+    # image ("rope deltas") on the model after a forward; the tail of a
+    # cached prefix needs them (mechmod.prefix)
+    rope_deltas_path: str | None = None
     builtin: dict[str, str] = field(default_factory=dict)  # short name -> hub id
 
     def module(self, model: nn.Module, path: str) -> nn.Module:

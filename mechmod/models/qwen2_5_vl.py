@@ -13,6 +13,7 @@ ADAPTER = Adapter(
     description="Qwen2.5-VL: windowed-attention native-resolution ViT + Qwen2.5 LM with M-RoPE",
     vision_path="model.visual",
     projector_path="model.visual.merger",
+    rope_deltas_path="model.rope_deltas",
     builtin={
         "qwen2.5-vl-3b": "Qwen/Qwen2.5-VL-3B-Instruct",
         "qwen2.5-vl-7b": "Qwen/Qwen2.5-VL-7B-Instruct",

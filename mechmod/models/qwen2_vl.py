@@ -15,6 +15,7 @@ ADAPTER = Adapter(
     description="Qwen2-VL: native-resolution ViT (2x2 merge) + Qwen2 LM with M-RoPE",
     vision_path="model.visual",
     projector_path="model.visual.merger",
+    rope_deltas_path="model.rope_deltas",
     builtin={
         "qwen2-vl-2b": "Qwen/Qwen2-VL-2B-Instruct",
         "qwen2-vl-7b": "Qwen/Qwen2-VL-7B-Instruct",

@@ -1,0 +1,146 @@
+"""Shared image prefixes: the image part of a prompt is computed once per
+image and its KV cache reused by every prompt that shows that image.
+
+In every supported family the image comes before the text, so a prompt is
+``prefix + tail`` where the prefix (chat template start and the image
+tokens) is the same for the vision-only prompt and for every description
+paired with the image. :func:`trace_shared` runs
+
+1. the prefixes of several images in one batched forward (images whose
+   prefixes have the same length and tensor shapes), keeping the KV cache
+   (and so the vision tower runs once per image);
+2. the tails of all prompts of those images in batches, right-padded, over
+   the cache rows of their image (``batch_select_indices``); right padding
+   is exact without any mask: pads come after the answer and a causal
+   model's answer position never sees them.
+
+The answer-position residuals of every layer are read by
+:func:`mechmod.tracing.trace_at`. Cached and uncached results agree to
+float32 rounding (tests/test_prefix.py, every family).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from mechmod.errors import MechmodError
+from mechmod.tracing import ResidualTrace, trace_at
+
+_PROBE_QUESTION = "?"
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """One image's prefix inputs (batch of 1), their length and a grouping key."""
+
+    inputs: dict[str, torch.Tensor]
+    length: int
+
+    @property
+    def key(self) -> tuple:
+        return (self.length,) + tuple((k, tuple(v.shape[1:])) for k, v in sorted(self.inputs.items()))
+
+
+def image_prefix(mllm, image) -> Prefix:
+    """Encode ``image`` once (image processor, placeholder expansion) and cut
+    the prompt before its text tail."""
+    enc = mllm.encode([image], [None], [_PROBE_QUESTION])
+    T = enc.inputs["input_ids"].shape[1]
+    tail = tail_ids(mllm, enc.prompts[0])
+    if enc.inputs["input_ids"][0, T - len(tail):].tolist() != tail:
+        raise MechmodError(f"{mllm.name}: the prompt's text tail does not tokenize apart from its image prefix; "
+                           "run without prefix sharing (--no-share-prefix)")
+    P = T - len(tail)
+    inputs = {k: (v[:, :P] if v.ndim >= 2 and v.shape[:2] == (1, T) else v) for k, v in enc.inputs.items()}
+    return Prefix(inputs=inputs, length=P)
+
+
+def tail_ids(mllm, prompt: str) -> list[int]:
+    """Token ids of the prompt's text after the image placeholder (the
+    tokens whose text starts after it; the placeholder is a special token, so
+    they are the processor's last tokens too)."""
+    ph = mllm.adapter.image_placeholder
+    cut = prompt.rfind(ph) + len(ph) if ph in prompt else 0
+    enc = mllm.tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
+    return [t for t, (a, _) in zip(enc["input_ids"], enc["offset_mapping"]) if a >= cut]
+
+
+def _rope_deltas(mllm) -> torch.Tensor | None:
+    path = mllm.adapter.rope_deltas_path
+    if path is None:
+        return None
+    owner, _, attr = path.rpartition(".")
+    value = getattr(mllm.adapter.module(mllm.model, owner) if owner else mllm.model, attr, None)
+    if not isinstance(value, torch.Tensor):
+        raise MechmodError(f"{mllm.name}: no rope deltas at {path!r} after the prefix forward ({mllm.family} adapter)")
+    return value.clone()
+
+
+def _cat_prefixes(prefixes: Sequence[Prefix]) -> dict[str, torch.Tensor]:
+    return {k: torch.cat([p.inputs[k] for p in prefixes], dim=0) for k in prefixes[0].inputs}
+
+
+def trace_shared(mllm, images: Sequence[Any], prompts_per_image: Sequence[Sequence[tuple[str | None, str]]],
+                 batch_size: int = 8, backend: str = "nnsight") -> list[ResidualTrace]:
+    """For each image, trace its prompts ``(description or None, question)``
+    over one shared prefix. Returns one ResidualTrace per image (rows in
+    the order given)."""
+    if len(images) != len(prompts_per_image):
+        raise MechmodError(f"trace_shared: {len(images)} images but {len(prompts_per_image)} prompt lists")
+    prefixes = [image_prefix(mllm, im) for im in images]
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(prefixes):
+        groups.setdefault(p.key, []).append(i)
+    logits: list[list[torch.Tensor]] = [[] for _ in images]
+    resid: list[list[torch.Tensor]] = [[] for _ in images]
+    for members in groups.values():
+        for start in range(0, len(members), batch_size):
+            chunk = members[start : start + batch_size]
+            _trace_group(mllm, [prefixes[i] for i in chunk], [prompts_per_image[i] for i in chunk],
+                         batch_size, backend, [logits[i] for i in chunk], [resid[i] for i in chunk])
+    return [ResidualTrace(logits=torch.cat(lg), resid=torch.cat(rs)) for lg, rs in zip(logits, resid)]
+
+
+def _trace_group(mllm, prefixes, prompt_lists, batch_size, backend, logits_out, resid_out) -> None:
+    """Prefixes of a few same-shaped images in one forward, then their tails."""
+    inputs = {k: v.to(mllm.device) for k, v in _cat_prefixes(prefixes).items()}
+    with torch.no_grad():
+        out = mllm.model(**inputs, use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    P = prefixes[0].length
+    deltas = _rope_deltas(mllm)
+    rows = []  # (image slot in this group, tail ids)
+    for slot, prompts in enumerate(prompt_lists):
+        for desc, question in prompts:
+            text = " ".join(x for x in (desc or "", question) if x)
+            rows.append((slot, tail_ids(mllm, mllm.prompt(text, with_image=True))))
+    pad = mllm.tokenizer.pad_token_id if mllm.tokenizer.pad_token_id is not None else 0
+    results = []
+    for start in range(0, len(rows), batch_size):
+        part = rows[start : start + batch_size]
+        S = max(len(t) for _, t in part)
+        ids = torch.full((len(part), S), pad, dtype=torch.long)
+        for r, (_, t) in enumerate(part):
+            ids[r, : len(t)] = torch.tensor(t)
+        positions = torch.tensor([len(t) - 1 for _, t in part])
+        rows_cache = copy.deepcopy(cache)
+        rows_cache.batch_select_indices(torch.tensor([slot for slot, _ in part], device=mllm.device))
+        tail_inputs = {
+            "input_ids": ids.to(mllm.device),
+            "attention_mask": torch.ones(len(part), P + S, dtype=torch.long, device=mllm.device),
+            "past_key_values": rows_cache,
+            "use_cache": True,
+        }
+        if deltas is not None:  # M-RoPE: text positions continue from the image's, offset per prefix
+            slots = torch.tensor([slot for slot, _ in part], device=deltas.device)
+            tail_inputs["position_ids"] = (torch.arange(P, P + S, device=deltas.device)[None, :]
+                                           + deltas.reshape(-1, 1)[slots]).to(mllm.device)
+        results.append((part, trace_at(mllm, tail_inputs, positions.to(mllm.device), backend=backend)))
+    for part, tr in results:
+        for r, (slot, _) in enumerate(part):
+            logits_out[slot].append(tr.logits[r : r + 1])
+            resid_out[slot].append(tr.resid[r : r + 1])

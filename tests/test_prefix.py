@@ -1,0 +1,53 @@
+"""Shared image prefixes give what full prompts give, in every family:
+log-probs within 1e-4 (fp32) and identical layer votes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from mechmod.answers import LabelSet
+from mechmod.models import load_model
+from mechmod.prefix import trace_shared
+from mechmod.tracing import trace
+from tiny_families import COLORS, FAMILIES, build_tiny
+from tiny_llava import build_tiny_llava
+
+PROMPTS = [
+    (None, "What color is the circle?"),
+    ("The circle is blue.", "What color is the circle?"),
+    ("A banana is red and the circle is the same color as a banana.", "What color is the circle?"),
+    ("The square is green.", "What color is the square? Answer with one word."),
+]
+
+
+@pytest.fixture(scope="module", params=("llava",) + tuple(FAMILIES))
+def mllm(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp(request.param)
+    path = build_tiny_llava(out) if request.param == "llava" else build_tiny(request.param, out)
+    return load_model(str(path))
+
+
+def _images():
+    return [Image.new("RGB", (800, 600), (200, 30, 30)), Image.new("RGB", (224, 224), (30, 30, 200)),
+            Image.new("RGB", (800, 600), (30, 200, 30))]
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+def test_cached_prefix_equals_full_prompts(mllm, batch_size):
+    images = _images()
+    shared = trace_shared(mllm, images, [PROMPTS] * len(images), batch_size=batch_size)
+    labels = LabelSet(mllm.tokenizer, COLORS)
+    for image, got in zip(images, shared):
+        enc = mllm.encode([image] * len(PROMPTS), [d for d, _ in PROMPTS], [q for _, q in PROMPTS])
+        ref = trace(mllm, enc)
+        assert got.resid.shape == ref.resid.shape
+        lp_got, lp_ref = torch.log_softmax(got.logits, -1), torch.log_softmax(ref.logits, -1)
+        assert float((lp_got - lp_ref).abs().max()) <= 1e-4
+        assert float((got.resid - ref.resid).abs().max()) <= 1e-4
+        # identical layer votes under the logit lens
+        with torch.no_grad():
+            votes_got = labels.top1_labels(mllm.lm_head(mllm.final_norm(got.resid)))
+            votes_ref = labels.top1_labels(mllm.lm_head(mllm.final_norm(ref.resid)))
+        assert (votes_got == votes_ref).all()
