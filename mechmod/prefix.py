@@ -69,6 +69,13 @@ def tail_ids(mllm, prompt: str) -> list[int]:
     return [t for t, (a, _) in zip(enc["input_ids"], enc["offset_mapping"]) if a >= cut]
 
 
+def _cache_kwarg(model) -> str:
+    """transformers renamed ``past_key_values`` to ``cache`` (5.2x)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def _rope_deltas(mllm) -> torch.Tensor | None:
     path = mllm.adapter.rope_deltas_path
     if path is None:
@@ -132,7 +139,7 @@ def _trace_group(mllm, prefixes, prompt_lists, batch_size, backend, logits_out, 
         tail_inputs = {
             "input_ids": ids.to(mllm.device),
             "attention_mask": torch.ones(len(part), P + S, dtype=torch.long, device=mllm.device),
-            "past_key_values": rows_cache,
+            _cache_kwarg(mllm.model): rows_cache,
             "use_cache": True,
         }
         if deltas is not None:  # M-RoPE: text positions continue from the image's, offset per prefix

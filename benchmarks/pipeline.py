@@ -1,0 +1,265 @@
+"""Benchmark: mechmod's runner against the naive loop and the compute bound.
+
+    python -m benchmarks.pipeline [--quick] [--device cpu|cuda] [--shape small|llava7b]
+
+On one random-weight LLaVA-shaped model and one set of conflict cases, in
+one run:
+
+(a) naive loop: one case at a time, a full forward of each of its three
+    inputs with ``output_hidden_states=True``, the logit lens on every
+    position of every layer;
+(b) mechmod's runner (``run_study``: shared image prefixes, batched tails,
+    answer position only, one lens matmul per batch, rows streamed to disk).
+
+Each runs in its own subprocess so that its peak RSS is its own. The FLOP
+lower bound counts the work the study cannot avoid with prefix sharing
+(vision tower and LM prefix once per image, each prompt's text tail once,
+the final unembedding and the lens at the answer position) and divides it
+by this machine's matmul throughput, measured in the same run. Prints one
+JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+SHAPES = {
+    # image tokens dominate the sequence, as in LLaVA-1.5 (576 of ~620)
+    "small": dict(image_size=336, patch_size=14, vision_hidden=128, vision_layers=2, vision_heads=4, vision_mlp=512,
+                  text_hidden=256, text_layers=4, text_heads=4, text_mlp=1024, max_positions=1024),
+    "quick": dict(image_size=224, patch_size=14, vision_hidden=64, vision_layers=2, vision_heads=2, vision_mlp=256,
+                  text_hidden=128, text_layers=2, text_heads=2, text_mlp=512, max_positions=512),
+    # LLaVA-1.5-7B proportions (CLIP ViT-L/14-336 + Llama-2-7B), for a lent GPU
+    "llava7b": dict(image_size=336, patch_size=14, vision_hidden=1024, vision_layers=24, vision_heads=16,
+                    vision_mlp=4096, text_hidden=4096, text_layers=32, text_heads=32, text_mlp=11008,
+                    max_positions=4096),
+}
+
+
+@dataclass(frozen=True)
+class Setup:
+    model_dir: str
+    dataset_dir: str
+    device: str
+    dtype: str
+    batch_size: int
+
+
+def build(shape: str, root: Path, groups: int, dv: list[int], device: str) -> Setup:
+    """A random LLaVA of the given shape (word-level tokenizer, CLIP
+    processor) and a colour dataset, both saved under ``root``."""
+    import torch
+
+    from mechmod.data import generate_color
+    from mechmod.models.organism.data import all_training_texts
+    from mechmod.models.organism.model import OrganismConfig, build_model, build_processor, build_tokenizer, words_of
+
+    cfg = OrganismConfig(**SHAPES[shape])
+    tok = build_tokenizer(words_of(all_training_texts(n_groups=300, seed=0)))
+    model = build_model(cfg, tok, seed=0)
+    model.set_attn_implementation("sdpa")
+    model.save_pretrained(root / "model", safe_serialization=True)
+    build_processor(tok, cfg).save_pretrained(root / "model")
+    generate_color(root / "dataset", groups=groups, seed=0, dv=dv, progress=False)
+    dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    del model
+    torch.manual_seed(0)
+    return Setup(str(root / "model"), str(root / "dataset"), device, dtype, batch_size=16 if device == "cpu" else 64)
+
+
+# ----------------------------------------------------------------- workers
+def run_naive(setup: Setup) -> dict:
+    """One case at a time, three full forwards with all hidden states, the
+    lens on every position of every layer."""
+    import torch
+
+    from mechmod.data import load_cases, open_image
+    from mechmod.models import load_model
+
+    mllm = load_model(setup.model_dir, device=setup.device, dtype=setup.dtype)
+    cases = load_cases(setup.dataset_dir)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for rec in cases.itertuples():
+            image = open_image(setup.dataset_dir, rec.image_path)
+            for images, desc in (([image], [None]), ([None], [rec.description]), ([image], [rec.description])):
+                enc = mllm.encode(images, desc, [rec.question])
+                out = mllm.model(**enc.inputs, output_hidden_states=True)
+                for h in out.hidden_states:  # lens on every position
+                    mllm.lm_head(mllm.final_norm(h)).float().log_softmax(-1)
+    _sync(setup.device)
+    dt = time.perf_counter() - t0
+    return {"seconds": dt, "cases": len(cases), "cases_per_s": len(cases) / dt, "peak_rss_mb": _peak_rss_mb(),
+            "peak_gpu_mb": _peak_gpu_mb(setup.device)}
+
+
+def run_runner(setup: Setup) -> dict:
+    import torch
+
+    from mechmod.data import load_cases
+    from mechmod.lenses import LogitLens, Unembed
+    from mechmod.models import load_model
+    from mechmod.runner import RunConfig, dataset_fingerprint, run_study
+
+    mllm = load_model(setup.model_dir, device=setup.device, dtype=setup.dtype)
+    n = len(load_cases(setup.dataset_dir))
+    cfg = RunConfig(model=setup.model_dir, dataset=setup.dataset_dir, dataset_sha256=dataset_fingerprint(setup.dataset_dir),
+                    batch_size=setup.batch_size)
+    with tempfile.TemporaryDirectory() as out:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            run_study(mllm, LogitLens(Unembed(mllm.final_norm, mllm.lm_head)), setup.dataset_dir, Path(out) / "run",
+                      cfg, progress=False)
+        _sync(setup.device)
+        dt = time.perf_counter() - t0
+    return {"seconds": dt, "cases": n, "cases_per_s": n / dt, "peak_rss_mb": _peak_rss_mb(),
+            "peak_gpu_mb": _peak_gpu_mb(setup.device)}
+
+
+def matmul_flops_per_s(device: str, dtype: str, size: int = 1024, seconds: float = 2.0) -> float:
+    """Measured dense matmul throughput (FLOP/s) at this process's threads."""
+    import torch
+
+    dt = getattr(torch, dtype)
+    a = torch.randn(size, size, device=device, dtype=dt)
+    b = torch.randn(size, size, device=device, dtype=dt)
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        n += 1
+    _sync(device)
+    return 2 * size**3 * n / (time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------- the bound
+def lower_bound_flops(setup: Setup) -> dict:
+    """FLOPs of the work the study cannot avoid with prefix sharing."""
+    from mechmod.data import load_cases
+    from mechmod.models import load_model
+    from mechmod.prefix import image_prefix, tail_ids
+
+    mllm = load_model(setup.model_dir, device="cpu", dtype="float32", check=False)
+    cfg = mllm.model.config
+    vc, tc = cfg.vision_config, cfg.text_config
+    d, L, V = tc.hidden_size, tc.num_hidden_layers, tc.vocab_size
+    kv = tc.num_key_value_heads * (d // tc.num_attention_heads)
+    lm_lin = L * (2 * d * d + 2 * d * kv + 3 * d * tc.intermediate_size)  # q,o + k,v + gate,up,down
+    n_patch = (vc.image_size // vc.patch_size) ** 2
+    vis_lin = vc.num_hidden_layers * (4 * vc.hidden_size**2 + 2 * vc.hidden_size * vc.intermediate_size)
+    proj = vc.hidden_size * d + d * d
+
+    def lm(tokens: int, context_before: int) -> float:
+        # linear layers + attention scores and values over the causal context
+        attn = sum(2 * 2 * d * (context_before + t + 1) for t in range(tokens)) * L
+        return 2 * lm_lin * tokens + attn
+
+    n_seq = n_patch + 1
+    vision = 2 * vis_lin * n_seq + vc.num_hidden_layers * 2 * 2 * vc.hidden_size * n_seq**2 + 2 * proj * n_patch
+    cases = load_cases(setup.dataset_dir)
+    from mechmod.data import open_image
+
+    first = cases.iloc[0]
+    prefix_len = image_prefix(mllm, open_image(setup.dataset_dir, first.image_path)).length
+    unembed = 2 * d * V
+    total = 0.0
+    images = cases["image_path"].nunique()
+    total += images * (vision + lm(prefix_len, 0))
+    for q in cases.drop_duplicates(["image_path", "question"])["question"]:  # vision-only tails
+        total += lm(len(tail_ids(mllm, mllm.prompt(q, True))), prefix_len) + unembed
+    for desc, q in cases.drop_duplicates(["description", "question"])[["description", "question"]].itertuples(index=False):
+        n_tok = len(mllm.tokenizer(mllm.prompt(f"{desc} {q}", False))["input_ids"])
+        total += lm(n_tok, 0) + unembed  # text-only prompts
+    for desc, q in cases[["description", "question"]].itertuples(index=False):  # multimodal tails + lens
+        total += lm(len(tail_ids(mllm, mllm.prompt(f"{desc} {q}", True))), prefix_len) + (L + 1) * unembed
+    return {"flops": total, "images": int(images), "prefix_tokens": int(prefix_len), "cases": len(cases)}
+
+
+# ------------------------------------------------------------------ driver
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _peak_gpu_mb(device: str) -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _child(part: str, setup: Setup, threads: int) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    cmd = [sys.executable, "-m", "benchmarks.pipeline", "--part", part, "--setup", json.dumps(asdict(setup)),
+           "--threads", str(threads)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"benchmark part {part!r} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small model and few cases (under a minute)")
+    p.add_argument("--shape", choices=sorted(SHAPES), default=None)
+    p.add_argument("--groups", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--skip-naive", action="store_true", help="(GPU, large shapes) time the runner only")
+    p.add_argument("--part", choices=["naive", "runner"], help=argparse.SUPPRESS)
+    p.add_argument("--setup", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(a.threads)
+    if a.part:
+        setup = Setup(**json.loads(a.setup))
+        print(json.dumps(run_naive(setup) if a.part == "naive" else run_runner(setup)))
+        return 0
+    shape = a.shape or ("quick" if a.quick else "small")
+    groups = a.groups or (1 if a.quick else 2)
+    dv = [0, 7] if a.quick else [0, 4, 9]
+    with tempfile.TemporaryDirectory(prefix="mechmod-bench-") as tmp:
+        setup = build(shape, Path(tmp), groups, dv, a.device)
+        naive = None if a.skip_naive else _child("naive", setup, a.threads)
+        runner = _child("runner", setup, a.threads)
+        bound = lower_bound_flops(setup)
+        flops_per_s = matmul_flops_per_s(a.device, setup.dtype)
+    bound_s = bound["flops"] / flops_per_s
+    result = {
+        "shape": shape, "device": a.device, "dtype": setup.dtype, "threads": a.threads, "cases": runner["cases"],
+        "images": bound["images"], "prefix_tokens": bound["prefix_tokens"],
+        "naive_cases_per_s": naive and round(naive["cases_per_s"], 3),
+        "runner_cases_per_s": round(runner["cases_per_s"], 3),
+        "speedup": naive and round(runner["cases_per_s"] / naive["cases_per_s"], 2),
+        "naive_peak_rss_mb": naive and round(naive["peak_rss_mb"]),
+        "runner_peak_rss_mb": round(runner["peak_rss_mb"]),
+        "runner_peak_gpu_mb": runner["peak_gpu_mb"] and round(runner["peak_gpu_mb"]),
+        "bound_gflop": round(bound["flops"] / 1e9, 2),
+        "matmul_gflop_per_s": round(flops_per_s / 1e9, 1),
+        "bound_seconds": round(bound_s, 3),
+        "runner_seconds": round(runner["seconds"], 3),
+        "fraction_of_bound": round(bound_s / runner["seconds"], 3),
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
