@@ -77,7 +77,7 @@ def build(shape: str, root: Path, groups: int, dv: list[int], device: str) -> Se
 
 
 # ----------------------------------------------------------------- workers
-def run_naive(setup: Setup) -> dict:
+def run_naive(setup: Setup, mllm=None) -> dict:
     """One case at a time, three full forwards with all hidden states, the
     lens on every position of every layer."""
     import torch
@@ -85,7 +85,8 @@ def run_naive(setup: Setup) -> dict:
     from mechmod.data import load_cases, open_image
     from mechmod.models import load_model
 
-    mllm = load_model(setup.model_dir, device=setup.device, dtype=setup.dtype)
+    mllm = mllm or load_model(setup.model_dir, device=setup.device, dtype=setup.dtype)
+    _reset_peak(setup.device)
     cases = load_cases(setup.dataset_dir)
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -102,7 +103,7 @@ def run_naive(setup: Setup) -> dict:
             "peak_gpu_mb": _peak_gpu_mb(setup.device)}
 
 
-def run_runner(setup: Setup) -> dict:
+def run_runner(setup: Setup, mllm=None) -> dict:
     import torch
 
     from mechmod.data import load_cases
@@ -110,19 +111,35 @@ def run_runner(setup: Setup) -> dict:
     from mechmod.models import load_model
     from mechmod.runner import RunConfig, dataset_fingerprint, run_study
 
-    mllm = load_model(setup.model_dir, device=setup.device, dtype=setup.dtype)
+    mllm = mllm or load_model(setup.model_dir, device=setup.device, dtype=setup.dtype)
+    _reset_peak(setup.device)
     n = len(load_cases(setup.dataset_dir))
     cfg = RunConfig(model=setup.model_dir, dataset=setup.dataset_dir, dataset_sha256=dataset_fingerprint(setup.dataset_dir),
                     batch_size=setup.batch_size)
-    with tempfile.TemporaryDirectory() as out:
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            run_study(mllm, LogitLens(Unembed(mllm.final_norm, mllm.lm_head)), setup.dataset_dir, Path(out) / "run",
-                      cfg, progress=False)
-        _sync(setup.device)
-        dt = time.perf_counter() - t0
-    return {"seconds": dt, "cases": n, "cases_per_s": n / dt, "peak_rss_mb": _peak_rss_mb(),
-            "peak_gpu_mb": _peak_gpu_mb(setup.device)}
+    from mechmod import runner
+
+    finalize, spent = runner.finalize, {}
+
+    def timed_finalize(out):  # summary + report: once per run, whatever its size
+        t = time.perf_counter()
+        result = finalize(out)
+        spent["finalize"] = time.perf_counter() - t
+        return result
+
+    runner.finalize = timed_finalize
+    try:
+        with tempfile.TemporaryDirectory() as out:
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                run_study(mllm, LogitLens(Unembed(mllm.final_norm, mllm.lm_head)), setup.dataset_dir,
+                          Path(out) / "run", cfg, progress=False)
+            _sync(setup.device)
+            dt = time.perf_counter() - t0
+    finally:
+        runner.finalize = finalize
+    return {"seconds": dt, "cases": n, "cases_per_s": n / dt, "finalize_seconds": spent.get("finalize"),
+            "scoring_cases_per_s": n / (dt - spent.get("finalize", 0.0)),
+            "peak_rss_mb": _peak_rss_mb(), "peak_gpu_mb": _peak_gpu_mb(setup.device)}
 
 
 def matmul_flops_per_s(device: str, dtype: str, size: int = 1024, seconds: float = 2.0) -> float:
@@ -144,13 +161,15 @@ def matmul_flops_per_s(device: str, dtype: str, size: int = 1024, seconds: float
 
 
 # ---------------------------------------------------------------- the bound
-def lower_bound_flops(setup: Setup) -> dict:
-    """FLOPs of the work the study cannot avoid with prefix sharing."""
-    from mechmod.data import load_cases
+def lower_bound_flops(setup: Setup, mllm=None) -> dict:
+    """FLOPs of the work the study cannot avoid with prefix sharing, total
+    and per unit (image prefix, vision-only tail, text-only prompt,
+    multimodal tail with its lens), so a larger study can be projected."""
+    from mechmod.data import load_cases, open_image
     from mechmod.models import load_model
     from mechmod.prefix import image_prefix, tail_ids
 
-    mllm = load_model(setup.model_dir, device="cpu", dtype="float32", check=False)
+    mllm = mllm or load_model(setup.model_dir, device="cpu", dtype="float32", check=False)
     cfg = mllm.model.config
     vc, tc = cfg.vision_config, cfg.text_config
     d, L, V = tc.hidden_size, tc.num_hidden_layers, tc.vocab_size
@@ -168,22 +187,113 @@ def lower_bound_flops(setup: Setup) -> dict:
     n_seq = n_patch + 1
     vision = 2 * vis_lin * n_seq + vc.num_hidden_layers * 2 * 2 * vc.hidden_size * n_seq**2 + 2 * proj * n_patch
     cases = load_cases(setup.dataset_dir)
-    from mechmod.data import open_image
-
-    first = cases.iloc[0]
-    prefix_len = image_prefix(mllm, open_image(setup.dataset_dir, first.image_path)).length
+    prefix_len = image_prefix(mllm, open_image(setup.dataset_dir, cases.iloc[0].image_path)).length
     unembed = 2 * d * V
-    total = 0.0
+    per_image = vision + lm(prefix_len, 0)
+    vis = [lm(len(tail_ids(mllm, mllm.prompt(q, True))), prefix_len) + unembed
+           for q in cases.drop_duplicates(["image_path", "question"])["question"]]
+    txt = [lm(len(mllm.tokenizer(mllm.prompt(f"{d_} {q}", False))["input_ids"]), 0) + unembed
+           for d_, q in cases.drop_duplicates(["description", "question"])[["description", "question"]].itertuples(index=False)]
+    mm = [lm(len(tail_ids(mllm, mllm.prompt(f"{d_} {q}", True))), prefix_len) + (L + 1) * unembed
+          for d_, q in cases[["description", "question"]].itertuples(index=False)]
     images = cases["image_path"].nunique()
-    total += images * (vision + lm(prefix_len, 0))
-    for q in cases.drop_duplicates(["image_path", "question"])["question"]:  # vision-only tails
-        total += lm(len(tail_ids(mllm, mllm.prompt(q, True))), prefix_len) + unembed
-    for desc, q in cases.drop_duplicates(["description", "question"])[["description", "question"]].itertuples(index=False):
-        n_tok = len(mllm.tokenizer(mllm.prompt(f"{desc} {q}", False))["input_ids"])
-        total += lm(n_tok, 0) + unembed  # text-only prompts
-    for desc, q in cases[["description", "question"]].itertuples(index=False):  # multimodal tails + lens
-        total += lm(len(tail_ids(mllm, mllm.prompt(f"{desc} {q}", True))), prefix_len) + (L + 1) * unembed
-    return {"flops": total, "images": int(images), "prefix_tokens": int(prefix_len), "cases": len(cases)}
+    total = images * per_image + sum(vis) + sum(txt) + sum(mm)
+    return {"flops": total, "images": int(images), "prefix_tokens": int(prefix_len), "cases": len(cases),
+            "per_image": per_image, "per_vision_tail": sum(vis) / len(vis), "per_text_prompt": sum(txt) / len(txt),
+            "per_multimodal_tail": sum(mm) / len(mm)}
+
+
+# the paper's colour study: 400 groups x 14 images; per group 3 dt x 3 controls
+PAPER_SCALE = {"images": 400 * 14, "vision_tails": 400 * 14 * 2, "text_prompts": 400 * 9, "multimodal": 400 * 14 * 9}
+
+
+def paper_scale_flops(bound: dict) -> float:
+    return (PAPER_SCALE["images"] * bound["per_image"] + PAPER_SCALE["vision_tails"] * bound["per_vision_tail"]
+            + PAPER_SCALE["text_prompts"] * bound["per_text_prompt"]
+            + PAPER_SCALE["multimodal"] * bound["per_multimodal_tail"])
+
+
+def build_on_gpu(shape: str, root: Path, groups: int, dv: list[int], device: str, vocab: int = 32064):
+    """A random-weight model of ``shape`` built directly on the GPU in bf16
+    (weight values do not change the cost), wrapped as an MLLM; the
+    vocabulary is padded to LLaVA-1.5's 32064 rows."""
+    import torch
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    from mechmod.data import generate_color
+    from mechmod.models import llava
+    from mechmod.models.base import MLLM
+    from mechmod.models.organism.data import all_training_texts
+    from mechmod.models.organism.model import IMAGE_TOKEN, OrganismConfig, build_processor, build_tokenizer, words_of
+
+    c = OrganismConfig(**SHAPES[shape])
+    tok = build_tokenizer(words_of(all_training_texts(n_groups=300, seed=0)))
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=c.vision_hidden, intermediate_size=c.vision_mlp,
+                                       num_hidden_layers=c.vision_layers, num_attention_heads=c.vision_heads,
+                                       image_size=c.image_size, patch_size=c.patch_size, projection_dim=768),
+        text_config=LlamaConfig(vocab_size=max(vocab, len(tok)), hidden_size=c.text_hidden,
+                                intermediate_size=c.text_mlp, num_hidden_layers=c.text_layers,
+                                num_attention_heads=c.text_heads, num_key_value_heads=c.text_heads,
+                                max_position_embeddings=c.max_positions, pad_token_id=tok.pad_token_id),
+        image_token_index=tok.convert_tokens_to_ids(IMAGE_TOKEN), image_seq_length=c.n_image_tokens,
+        vision_feature_select_strategy="default", vision_feature_layer=-2)
+    config.pad_token_id = tok.pad_token_id
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlavaForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
+    model.set_attn_implementation("sdpa")
+    mllm = MLLM(model.eval(), build_processor(tok, c), llava.ADAPTER, name=f"random-{shape}")
+    generate_color(root / "dataset", groups=groups, seed=0, dv=dv, progress=False)
+    setup = Setup("(in memory)", str(root / "dataset"), device, "bfloat16", batch_size=64)
+    return setup, mllm
+
+
+def _smoke(setup: Setup, mllm) -> None:
+    """Score a few cases without the runner's failure isolation, so a bug
+    shows its traceback instead of becoming failed rows."""
+    from mechmod import runner
+    from mechmod.data import load_cases
+    from mechmod.lenses import LogitLens, Unembed
+
+    cfg = runner.RunConfig(model="bench", dataset=setup.dataset_dir, dataset_sha256="-", batch_size=4)
+    rows = runner.score_chunk(mllm, LogitLens(Unembed(mllm.final_norm, mllm.lm_head)),
+                              load_cases(setup.dataset_dir).iloc[:6], Path(setup.dataset_dir), cfg)
+    if (rows["status"] != "ok").any():
+        raise SystemExit(f"smoke test failed: {rows['error'].iloc[0]}")
+
+
+def main_gpu(a, shape: str, groups: int, dv: list[int]) -> dict:
+    """Everything in one process on the GPU (peak memory by the CUDA allocator)."""
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="mechmod-bench-") as tmp:
+        setup, mllm = build_on_gpu(shape, Path(tmp), groups, dv, a.device)
+        peak = matmul_flops_per_s(a.device, "bfloat16", size=8192, seconds=3.0)
+        _smoke(setup, mllm)
+        run_runner(setup, mllm)  # warm-up (kernels, allocator)
+        naive = None if a.skip_naive else run_naive(setup, mllm)
+        runner = run_runner(setup, mllm)
+        bound = lower_bound_flops(setup, mllm)
+    scoring_s = runner["seconds"] - runner["finalize_seconds"]
+    achieved = bound["flops"] / scoring_s
+    paper = paper_scale_flops(bound)
+    return {
+        "shape": shape, "device": torch.cuda.get_device_name(), "dtype": "bfloat16", "cases": runner["cases"],
+        "images": bound["images"], "prefix_tokens": bound["prefix_tokens"],
+        "params_b": round(sum(p.numel() for p in mllm.model.parameters()) / 1e9, 2),
+        "naive_cases_per_s": naive and round(naive["cases_per_s"], 2),
+        "runner_cases_per_s": round(runner["cases_per_s"], 2),
+        "speedup": naive and round(runner["cases_per_s"] / naive["cases_per_s"], 2),
+        "runner_peak_gpu_mb": runner["peak_gpu_mb"] and round(runner["peak_gpu_mb"]),
+        "bound_tflop": round(bound["flops"] / 1e12, 2), "matmul_tflop_per_s": round(peak / 1e12, 1),
+        "runner_scoring_cases_per_s": round(runner["scoring_cases_per_s"], 2),
+        "finalize_seconds": round(runner["finalize_seconds"], 2),
+        "mfu": round(achieved / peak, 3), "fraction_of_bound": round(bound["flops"] / peak / runner["seconds"], 3),
+        "paper_scale_pflop": round(paper / 1e15, 2),
+        "paper_scale_projected_minutes": round((paper / achieved + runner["finalize_seconds"]) / 60, 2),
+        "paper_scale_minutes_at_bound": round(paper / peak / 60, 2),
+    }
 
 
 # ------------------------------------------------------------------ driver
@@ -195,6 +305,13 @@ def _peak_gpu_mb(device: str) -> float | None:
     import torch
 
     return torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
+
+
+def _reset_peak(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
 
 
 def _sync(device: str) -> None:
@@ -235,6 +352,9 @@ def main(argv=None) -> int:
     shape = a.shape or ("quick" if a.quick else "small")
     groups = a.groups or (1 if a.quick else 2)
     dv = [0, 7] if a.quick else [0, 4, 9]
+    if a.device.startswith("cuda"):
+        print(json.dumps(main_gpu(a, shape, groups, dv)))
+        return 0
     with tempfile.TemporaryDirectory(prefix="mechmod-bench-") as tmp:
         setup = build(shape, Path(tmp), groups, dv, a.device)
         naive = None if a.skip_naive else _child("naive", setup, a.threads)

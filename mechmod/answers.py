@@ -92,8 +92,12 @@ class LabelSet:
 
     def top1_labels(self, logits: torch.Tensor) -> np.ndarray:
         """[..., V] logits -> object array [...] of the top-1 token's label or 'other'."""
-        top = logits.argmax(dim=-1)
-        owner = self._index(logits.shape[-1])[top]
+        return self.labels_of(logits.argmax(dim=-1))
+
+    def labels_of(self, token_ids: torch.Tensor) -> np.ndarray:
+        """Token ids [...] -> object array [...] of their labels or 'other'."""
+        ids = token_ids.cpu()
+        owner = self._index(max(int(ids.max()) + 1, 1) if ids.numel() else 1)[ids]
         names = np.array(self.labels + [OTHER], dtype=object)
         return names[owner.numpy()]  # -1 indexes OTHER
 

@@ -58,7 +58,7 @@ def _run(mllm, inputs, positions, backend, keep_resid) -> ResidualTrace:
     if backend not in BACKENDS:
         raise MechmodError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     B = inputs["input_ids"].shape[0]
-    where = (slice(None), -1) if positions is None else (torch.arange(B), positions)
+    where = (slice(None), -1) if positions is None else (torch.arange(B, device=positions.device), positions)
     run = _trace_nnsight if backend == "nnsight" else _trace_transformer_lens
     with torch.no_grad():
         logits, saved = run(mllm, inputs, where, keep_resid, want_logits=positions is None)
@@ -78,7 +78,19 @@ def _nnsight_model(mllm):
     if cached is None:
         from nnsight import NNsight
 
-        cached = NNsight(mllm.model)
+        if getattr(mllm.model, "hf_device_map", None):
+            class Dispatched(NNsight):
+                # nnsight moves the inputs to the first parameter's device, which is
+                # 'meta' when accelerate offloads that module (a device map with
+                # "cpu"/"disk" entries); the inputs already sit where mllm.encode
+                # put them and accelerate's hooks move them from module to module.
+                @property
+                def device(self):
+                    return None
+
+            cached = Dispatched(mllm.model)
+        else:
+            cached = NNsight(mllm.model)
         mllm._nnsight = cached
     return cached
 
