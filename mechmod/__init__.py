@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "load_model": "mechmod.models",
     "trace": "mechmod.tracing",
+    "score": "mechmod.scoring",
     "LabelSet": "mechmod.answers",
     "Unembed": "mechmod.lenses",
     "LogitLens": "mechmod.lenses",

@@ -228,8 +228,8 @@ def balance_point(dh_rel, follows_text, n_boot: int = 1000, seed: int = 0, ci: f
     if status == "ok" and n_boot > 0:
         rng = np.random.default_rng(seed)
         w = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float)
-        ba, bb, _, _ = _logistic_fit(x, y, w)
-        ok = bb < 0
+        ba, bb, _, conv = _logistic_fit(x, y, w)
+        ok = (bb < 0) & conv  # a resample with no fitted crossing (separable, flat) gives no draw
         valid = float(ok.mean())
         bp = -ba[ok] / bb[ok]
         if bp.size >= 2:
@@ -280,8 +280,8 @@ def compare_balance_points(dh1, t1, dh2, t2, n_boot: int = 1000, seed: int = 0, 
         x, y = np.asarray(x, dtype=float), np.asarray(t, dtype=float)
         rng = np.random.default_rng(seed + 7919 * k)
         w = rng.multinomial(x.size, np.full(x.size, 1.0 / x.size), size=n_boot).astype(float)
-        a, b, _, _ = _logistic_fit(x, y, w)
-        bp = np.where(b < 0, -a / np.where(b == 0, -1, b), np.nan)
+        a, b, _, conv = _logistic_fit(x, y, w)
+        bp = np.where((b < 0) & conv, -a / np.where(b == 0, -1, b), np.nan)
         draws.append(bp)
     diff = draws[1] - draws[0]
     diff = diff[np.isfinite(diff)]

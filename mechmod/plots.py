@@ -155,3 +155,34 @@ def case_study_figure(case: Mapping[str, Any]) -> go.Figure:
     return _layout(fig, f"Case study: {case['image_id']} (image says {case['answer_vision']}, "
                         f"text says {case['answer_text']})", "layer (0 = embeddings)",
                    "logit(text answer) - logit(vision answer)")
+
+
+def compare_following_figure(curves: Mapping[str, Mapping[str, Any] | None],
+                             balances: Mapping[str, Mapping[str, Any] | None]) -> go.Figure:
+    """Several runs' following curves and balance points overlaid (paper
+    Fig. 4a): one named trace per run, each with its balance point and
+    interval. A run without a curve is left out of the plot."""
+    fig = following_curve_figure({k: v for k, v in curves.items() if v and v.get("centers") is not None}, balances)
+    fig.update_layout(title="Following curves compared: P(text) vs dHrel per run")
+    return fig
+
+
+def balance_points_figure(labels: Sequence[str], estimates: Sequence[float | None],
+                          intervals: Sequence[Sequence[float] | None]) -> go.Figure:
+    """Balance point of each run with its bootstrap interval (a forest
+    plot); a run without an estimate keeps its row, with no marker."""
+    x = [e for e in estimates]
+    hi = [(ci[1] - e) if e is not None and ci and None not in ci else None for e, ci in zip(estimates, intervals)]
+    lo = [(e - ci[0]) if e is not None and ci and None not in ci else None for e, ci in zip(estimates, intervals)]
+    fig = go.Figure(go.Scatter(
+        x=x, y=list(labels), mode="markers", marker=dict(size=12, symbol="diamond", color=TEXT_COLOR),
+        error_x=dict(type="data", symmetric=False, array=hi, arrayminus=lo), name="balance point",
+        hovertemplate="%{y}: %{x:+.3f}<extra></extra>",
+    ))
+    fig.add_vline(x=0, line=dict(color=OTHER_COLOR, dash="dot"))
+    fig.update_xaxes(range=[-2, 2])
+    fig.update_yaxes(type="category", autorange="reversed")  # the first run on top
+    fig = _layout(fig, "Balance points (95% bootstrap intervals)",
+                  "balance point (dHrel; < 0 vision preference, > 0 text preference)", "run")
+    fig.update_layout(height=max(380, 100 + 50 * len(labels)), showlegend=False)
+    return fig

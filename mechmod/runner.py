@@ -51,11 +51,14 @@ class RunConfig:
     uncertainty: str = "entropy"
     batch_size: int = 8
     radius: float = 0.5
+    share_prefix: bool = True
 
     def identity(self) -> dict[str, Any]:
-        """The fields that must match for a resume (batch size may change)."""
+        """The fields that must match for a resume (batch size and prefix
+        sharing change speed, not results)."""
         d = asdict(self)
         d.pop("batch_size")
+        d.pop("share_prefix")
         return d
 
 
@@ -85,6 +88,9 @@ def open_run(out: str | Path, config: RunConfig) -> Path:
             raise MechmodError(f"{out} holds a different run ({diff}); choose a new --out directory or "
                                "re-run with the same settings to resume")
     else:
+        from mechmod.guards import clean_stale_temps
+
+        clean_stale_temps(out, prefix=RUN_FILE)  # a run killed while writing run.json left its temp file
         if out.exists() and any(p.name != GENERATED_DATASET for p in out.iterdir()):
             raise MechmodError(f"{out} exists and is not a mechmod run directory; choose a new --out directory")
         out.mkdir(parents=True, exist_ok=True)
@@ -93,19 +99,56 @@ def open_run(out: str | Path, config: RunConfig) -> Path:
     return out
 
 
-def done_case_ids(out: str | Path) -> set[str]:
-    """Case ids already written to parts (finished or failed)."""
+def part_files(out: str | Path) -> list[Path]:
+    """The finished parts of a run, every rank's (``part-NNNNN.parquet`` of a
+    single process, ``part-rRRR-NNNNN.parquet`` of rank RRR), sorted. Hidden
+    temporary files of a killed writer never match."""
+    return sorted((Path(out) / PARTS_DIR).glob("part-*.parquet"))
+
+
+def _read_part(path: Path, columns: list[str] | None = None):
+    """A part as a pyarrow Table, or None when it cannot be read: it is then
+    renamed ``*.unreadable`` (so its cases are scored again) with a warning.
+    Parts are written by rename, so this only happens to a file damaged
+    after the fact."""
+    import warnings
+
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    try:
+        return pq.read_table(path, columns=columns)
+    except FileNotFoundError:
+        return None
+    except (pa.ArrowException, OSError) as err:
+        try:
+            path.rename(path.with_name(path.name + ".unreadable"))
+        except OSError:
+            pass
+        warnings.warn(f"{path}: unreadable ({err}); set aside as {path.name}.unreadable, its cases will be scored again")
+        return None
+
+
+def done_case_ids(out: str | Path) -> set[str]:
+    """Case ids already written to parts (finished or failed), by any rank."""
     done: set[str] = set()
-    for part in sorted((Path(out) / PARTS_DIR).glob("part-*.parquet")):
-        done.update(pq.read_table(part, columns=["case_id"]).column("case_id").to_pylist())
+    for part in part_files(out):
+        table = _read_part(part, columns=["case_id"])
+        if table is not None:
+            done.update(table.column("case_id").to_pylist())
     return done
 
 
-def _next_part_index(out: Path) -> int:
-    parts = sorted((out / PARTS_DIR).glob("part-*.parquet"))
-    return int(parts[-1].stem.split("-")[1]) + 1 if parts else 0
+def part_prefix(rank: int | None = None) -> str:
+    """File-name prefix of one writer's parts: ``part-`` alone, ``part-rRRR-`` for a rank."""
+    return "part-" if rank is None else f"part-r{rank:03d}-"
+
+
+def _next_part_index(out: Path, rank: int | None = None) -> int:
+    prefix = part_prefix(rank)
+    idx = [int(p.stem[len(prefix):]) for p in part_files(out)
+           if p.stem.startswith(prefix) and p.stem[len(prefix):].isdigit()]
+    return max(idx) + 1 if idx else 0
 
 
 # ---------------------------------------------------------------- decoding
@@ -124,6 +167,29 @@ def _traced(mllm, images, descriptions, questions, batch_size: int, backend: str
         if keep_resid:
             resid.append(tr.resid)
     return torch.cat(logits), (torch.cat(resid) if keep_resid else None)
+
+
+def _traced_shared(mllm, sub: pd.DataFrame, images, vis_keys, batch_size: int, backend: str):
+    """Vision-only and multimodal prompts over one cached prefix per image
+    (mechmod.prefix): returns (vision logits in vis_keys order, multimodal
+    logits and residuals in ``sub`` order)."""
+    from mechmod.prefix import trace_shared
+
+    paths = list(dict.fromkeys(sub["image_path"]))
+    prompts: dict[str, list] = {p: [] for p in paths}
+    where_v, where_m = [], []  # (image path, row in its prompt list)
+    for p, q in vis_keys:
+        where_v.append((p, len(prompts[p])))
+        prompts[p].append((None, q))
+    for p, d, q in zip(sub["image_path"], sub["description"], sub["question"]):
+        where_m.append((p, len(prompts[p])))
+        prompts[p].append((d, q))
+    traces = dict(zip(paths, trace_shared(mllm, [images[p] for p in paths], [prompts[p] for p in paths],
+                                          batch_size=batch_size, backend=backend)))
+    v_logits = torch.stack([traces[p].logits[i] for p, i in where_v])
+    m_logits = torch.stack([traces[p].logits[i] for p, i in where_m])
+    m_resid = torch.stack([traces[p].resid[i] for p, i in where_m])
+    return v_logits, m_logits, m_resid
 
 
 @dataclass(frozen=True)
@@ -149,7 +215,7 @@ def _readout(logits: torch.Tensor, labels: LabelSet) -> _Readout:
 def _label_logit(lens_logits: torch.Tensor, labels: LabelSet, answers: list[str]) -> torch.Tensor:
     """Per case and layer, the lens logit of a label: the max over the
     label's token variants. lens_logits [B, L+1, V] -> [B, L+1]."""
-    out = torch.empty(lens_logits.shape[:2])
+    out = torch.empty(lens_logits.shape[:2], device=lens_logits.device)
     for i, ans in enumerate(answers):
         ids = torch.as_tensor(labels.token_ids(ans))
         out[i] = lens_logits[i][:, ids].max(dim=-1).values
@@ -194,13 +260,23 @@ def _score_group(mllm, lens, sub: pd.DataFrame, images, labels: LabelSet, bs: in
     vis_keys = list(dict.fromkeys(zip(sub["image_path"], sub["question"])))
     txt_keys = list(dict.fromkeys(zip(sub["description"], sub["question"])))
     with torch.no_grad():
-        v_logits, _ = _traced(mllm, [images[p] for p, _ in vis_keys], [None] * len(vis_keys),
-                              [q for _, q in vis_keys], bs, config.backend, keep_resid=False)
         t_logits, _ = _traced(mllm, [None] * len(txt_keys), [d for d, _ in txt_keys],
                               [q for _, q in txt_keys], bs, config.backend, keep_resid=False)
-        m_logits, m_resid = _traced(mllm, [images[p] for p in sub["image_path"]], list(sub["description"]),
-                                    list(sub["question"]), bs, config.backend, keep_resid=True)
-        lens_logits = torch.cat([lens.forward_all(m_resid[s : s + bs]) for s in range(0, len(sub), bs)])
+        if config.share_prefix:
+            v_logits, m_logits, m_resid = _traced_shared(mllm, sub, images, vis_keys, bs, config.backend)
+        else:
+            v_logits, _ = _traced(mllm, [images[p] for p, _ in vis_keys], [None] * len(vis_keys),
+                                  [q for _, q in vis_keys], bs, config.backend, keep_resid=False)
+            m_logits, m_resid = _traced(mllm, [images[p] for p in sub["image_path"]], list(sub["description"]),
+                                        list(sub["question"]), bs, config.backend, keep_resid=True)
+        top_ids, diff_parts = [], []
+        ans_v, ans_t = list(sub["answer_vision"]), list(sub["answer_text"])
+        for s in range(0, len(sub), bs):  # one lens matmul per batch, reduced where it ran
+            ll = lens.forward_all(m_resid[s : s + bs])
+            top_ids.append(ll.argmax(-1).cpu())
+            diff_parts.append((_label_logit(ll, labels, ans_t[s : s + bs])
+                               - _label_logit(ll, labels, ans_v[s : s + bs])).float().cpu())
+        top_ids, diff = torch.cat(top_ids), torch.cat(diff_parts).numpy()
     v, t, m = _readout(v_logits, labels), _readout(t_logits, labels), _readout(m_logits, labels)
     v_idx = {k: i for i, k in enumerate(vis_keys)}
     t_idx = {k: i for i, k in enumerate(txt_keys)}
@@ -215,12 +291,10 @@ def _score_group(mllm, lens, sub: pd.DataFrame, images, labels: LabelSet, bs: in
     dh, degenerate = relative_uncertainty(u_t, u_v)
     dh, degenerate = np.asarray(dh, dtype=float), np.asarray(degenerate, dtype=bool)
 
-    top1_labels = labels.top1_labels(lens_logits)  # [B, L+1] of label strings or 'other'
-    ans_v, ans_t = list(sub["answer_vision"]), list(sub["answer_text"])
+    top1_labels = labels.labels_of(top_ids)  # [B, L+1] of label strings or 'other'
     votes = layer_votes(np.asarray(top1_labels, dtype=object), np.asarray(ans_v, dtype=object), np.asarray(ans_t, dtype=object))
     osc = count_oscillations_batch(votes)
-    diff = (_label_logit(lens_logits, labels, ans_t) - _label_logit(lens_logits, labels, ans_v)).numpy()
-    commit = commit_layer((lens_logits.argmax(-1) == m_logits.argmax(-1)[:, None]).numpy())
+    commit = commit_layer((top_ids == m_logits.argmax(-1)[:, None]).numpy())
 
     y_v = [v.pred[i] for i in vi]
     y_t = [t.pred[i] for i in ti]
@@ -280,55 +354,94 @@ def _isolate_failures(mllm, lens, chunk: pd.DataFrame, dataset_dir: Path, config
         try:
             rows.append(score_chunk(mllm, lens, one, dataset_dir, config))
         except (MechmodError, RuntimeError, ValueError) as e:  # per-case failure, recorded
-            kind = "oom" if "out of memory" in str(e).lower() else "model"
-            rows.append(pd.DataFrame([_failed(next(one.itertuples(index=False)), kind, str(e))]))
+            oom = "out of memory" in str(e).lower()
+            reason = f"{e} (lower --batch-size, or use --dtype bfloat16 / --device-map auto)" if oom else str(e)
+            rows.append(pd.DataFrame([_failed(next(one.itertuples(index=False)), "oom" if oom else "model", reason)]))
     return pd.concat(rows, ignore_index=True)
+
+
+def score_cases(mllm, lens, cases: pd.DataFrame, dataset_dir: Path, config: RunConfig) -> pd.DataFrame:
+    """Rows for ``cases`` (best in image order); a case that cannot be scored
+    is recorded as failed with its reason while the others are scored."""
+    try:
+        rows = score_chunk(mllm, lens, cases, dataset_dir, config)
+    except (MechmodError, RuntimeError, ValueError) as err:
+        rows = _isolate_failures(mllm, lens, cases, dataset_dir, config, err)
+    from mechmod.guards import flag_nonfinite
+
+    return flag_nonfinite(rows)
 
 
 # -------------------------------------------------------------------- run
 def run_study(mllm, lens, dataset_dir: str | Path, out: str | Path, config: RunConfig,
-              chunk_size: int | None = None, progress: bool = True) -> Path:
+              chunk_size: int | None = None, progress: bool = True, world=None) -> Path:
     """Run (or resume) the study into ``out``; returns the run directory
-    after :func:`finalize`."""
+    after :func:`finalize`.
+
+    Data parallel (``world.size > 1``, by default detected from the
+    launcher's environment, see :mod:`mechmod.distributed`): each rank scores
+    its share of the images (:func:`~mechmod.distributed.shard_cases`) into
+    its own parts; rank 0 finalizes after every rank is done (other ranks
+    return the run directory without finalizing)."""
+    from mechmod import distributed, guards
     from mechmod.data import load_cases
     from tqdm.auto import tqdm
 
+    world = world or distributed.setup()
     dataset_dir = Path(dataset_dir)
-    out = open_run(out, config)
+    if world.is_main:
+        out = open_run(out, config)
+    world.barrier()  # run.json exists before the other ranks check it
+    if not world.is_main:
+        out = open_run(out, config)
+    rank = world.rank if world.parallel else None
+    # a killed writer's half-written temporary files (never read) go; each rank only touches its own
+    guards.clean_stale_temps(out / PARTS_DIR, prefix=part_prefix(rank) if world.parallel else "")
     cases = load_cases(dataset_dir)
+    mine = distributed.shard_cases(cases, world.rank, world.size)
     done = done_case_ids(out)
-    pending = cases[~cases["case_id"].isin(done)].sort_values(["image_id", "case_id"], kind="stable")
+    pending = mine[~mine["case_id"].isin(done)].sort_values(["image_id", "case_id"], kind="stable")
     chunk_size = chunk_size or max(4 * config.batch_size, 32)
-    part = _next_part_index(out)
-    bar = tqdm(total=len(cases), initial=len(cases) - len(pending), desc="cases", unit="case", disable=not progress)
+    part = _next_part_index(out, rank)
+    desc = f"cases (rank {world.rank}/{world.size})" if world.parallel else "cases"
+    bar = tqdm(total=len(mine), initial=len(mine) - len(pending), desc=desc, unit="case",
+               disable=not progress or not world.is_main)
     for chunk in _chunks(pending, chunk_size):
-        try:
-            rows = score_chunk(mllm, lens, chunk, dataset_dir, config)
-        except (MechmodError, RuntimeError, ValueError) as err:
-            rows = _isolate_failures(mllm, lens, chunk, dataset_dir, config, err)
-        _io.write_parquet(out / PARTS_DIR / f"part-{part:05d}.parquet", rows)
+        rows = score_cases(mllm, lens, chunk, dataset_dir, config)
+        _io.write_parquet(out / PARTS_DIR / f"{part_prefix(rank)}{part:05d}.parquet", rows)
         part += 1
         bar.update(len(chunk))
     bar.close()
+    world.barrier()  # every rank's parts are written
+    if not world.is_main:
+        return out
+    missing = set(cases["case_id"]) - done_case_ids(out)
+    if missing:
+        raise MechmodError(f"{out}: {len(missing)} case(s) have no result after all ranks finished "
+                           f"(e.g. {sorted(missing)[0]!r}); re-run the same command to resume")
     return finalize(out)
 
 
 def read_parts(out: str | Path) -> pd.DataFrame:
-    import pyarrow.parquet as pq
-
-    parts = sorted((Path(out) / PARTS_DIR).glob("part-*.parquet"))
+    parts = part_files(out)
     if not parts:
         raise MechmodError(f"{out}: no results yet (no {PARTS_DIR}/part-*.parquet)")
-    df = pd.concat([pq.read_table(p).to_pandas() for p in parts], ignore_index=True)
+    tables = [t for t in (_read_part(p) for p in parts) if t is not None]
+    if not tables:
+        raise MechmodError(f"{out}: no readable part in {PARTS_DIR}/; re-run the same command to score the cases again")
+    df = pd.concat([t.to_pandas() for t in tables], ignore_index=True)
     return df.drop_duplicates("case_id", keep="last").sort_values("case_id", kind="stable").reset_index(drop=True)
 
 
 def finalize(out: str | Path) -> Path:
     """Merge the parts into results.parquet, then write summary.json and
-    report.html from it."""
+    report.html from it. Call it where no other process writes to ``out``
+    (rank 0 after the last barrier)."""
+    from mechmod.guards import clean_stale_temps
     from mechmod.summary import summarize_run
 
     out = Path(out)
+    clean_stale_temps(out)  # e.g. a results.parquet temp of a finalize killed midway
     results = read_parts(out)
     model = json.loads((out / RUN_FILE).read_text()).get("model") if (out / RUN_FILE).is_file() else None
     summarize_run(out, results=results, model=model)

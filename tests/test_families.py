@@ -13,7 +13,7 @@ from mechmod.answers import LabelSet
 from mechmod.errors import MechmodError
 from mechmod.models import load_model
 from mechmod.tracing import trace
-from tiny_families import COLORS, FAMILIES, build_tiny
+from tests.tiny_families import COLORS, FAMILIES, build_tiny
 
 TL_FAMILIES = {"llava_next", "qwen2_5_vl", "gemma3"}  # TransformerLens 4.3 bridges these; not Qwen2-VL
 DESCS = ["the circle is red .", "There is a blue square in this picture."]

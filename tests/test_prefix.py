@@ -11,8 +11,8 @@ from mechmod.answers import LabelSet
 from mechmod.models import load_model
 from mechmod.prefix import trace_shared
 from mechmod.tracing import trace
-from tiny_families import COLORS, FAMILIES, build_tiny
-from tiny_llava import build_tiny_llava
+from tests.tiny_families import COLORS, FAMILIES, build_tiny
+from tests.tiny_llava import build_tiny_llava
 
 PROMPTS = [
     (None, "What color is the circle?"),

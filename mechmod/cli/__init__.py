@@ -18,6 +18,8 @@ COMMAND_MODULES = [
     "mechmod.cli.dataset",
     "mechmod.cli.organism",
     "mechmod.cli.models",
+    "mechmod.cli.compare",
+    "mechmod.cli.patch",
 ]
 
 

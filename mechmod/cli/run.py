@@ -26,43 +26,121 @@ DEFAULT_GROUPS = 12
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", default=None, help="float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on CUDA).")
 @click.option("--batch-size", default=8, show_default=True)
+@click.option("--share-prefix/--no-share-prefix", default=True, show_default=True,
+              help="Compute each image's prefix (and vision features) once and reuse its KV cache.")
 @click.option("--radius", default=0.5, show_default=True, help="Half-width of the ambiguous region around the balance point.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model repository's own code to run (off by default).")
+@click.option("--device-map", default=None,
+              help="Spread the model over devices (accelerate big-model inference): auto, balanced, balanced_low_0, "
+                   "sequential, or a JSON object {module: device}; --device is then ignored.")
+@click.option("--num-processes", default=1, show_default=True,
+              help="Data-parallel processes on this machine (each scores its share of the images; same as "
+                   "`accelerate launch --num_processes N -m mechmod run ...`).")
+@click.option("--chunk-size", default=None, type=int,
+              help="Cases per written part (default max(4 x batch size, 32)); a kill loses at most one chunk.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory (created, or resumed).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def run_cmd(model, dataset_dir, groups, seed, lens, lens_path, backend, uncertainty, device, dtype, batch_size,
-            radius, trust_remote_code, out, quiet):
+            share_prefix, radius, trust_remote_code, device_map, num_processes, chunk_size, out, quiet):
     """Run the behavioural study: three answers per conflict case, entropies,
     dHrel, following curve, balance point, per-layer votes. Writes
     RUN/results.parquet, RUN/summary.json and RUN/report.html; re-running
-    the same command resumes an interrupted run."""
-    from mechmod.lenses import LogitLens, TunedLens, Unembed
-    from mechmod.models import load_model
-    from mechmod.runner import RunConfig, dataset_fingerprint, run_study
+    the same command resumes an interrupted run (with any number of processes)."""
+    from mechmod import distributed
 
     if batch_size < 1:
         raise MechmodError(f"--batch-size must be >= 1, got {batch_size}")
+    if chunk_size is not None and chunk_size < 1:
+        raise MechmodError(f"--chunk-size must be >= 1, got {chunk_size}")
+    if num_processes < 1:
+        raise MechmodError(f"--num-processes must be >= 1, got {num_processes}")
     if lens == "tuned" and lens_path is None:
         raise MechmodError("--lens tuned needs --lens-path DIR (train one with `mechmod lens train --out DIR`)")
+    dmap = parse_device_map(device_map)
+    world = distributed.World() if num_processes > 1 else distributed.setup()
     if dataset_dir is None:
-        from mechmod.runner import GENERATED_DATASET
-
-        dataset_dir = out / GENERATED_DATASET
-        if not (dataset_dir / "manifest.json").is_file():
+        dataset_dir = out / "dataset"  # mechmod.runner.GENERATED_DATASET (not imported: the launcher stays light)
+        if world.is_main and not (dataset_dir / "manifest.json").is_file():
             from mechmod.data import generate_color
 
             click.echo(f"generating a color dataset ({groups} groups, seed {seed}) into {dataset_dir}", err=True)
             generate_color(dataset_dir, groups=groups, seed=seed, controls=True, progress=not quiet)
+        world.barrier()  # the other ranks use the dataset rank 0 generated
+    if world.is_main and (Path(dataset_dir) / "manifest.json").is_file():
+        from mechmod.data import load_cases
+
+        load_cases(dataset_dir)  # a malformed dataset is refused before any model is loaded
+    if num_processes > 1:
+        ctx = click.get_current_context()
+        args = _child_args(ctx, dataset_dir=dataset_dir)
+        rc = distributed.launch_local(num_processes, args)
+        if rc != 0:
+            raise MechmodError(f"a data-parallel process exited with code {rc}; the others were stopped. "
+                               "Re-run the same command to resume (finished parts are kept)")
+        return  # rank 0 printed the headline
+    from mechmod.lenses import LogitLens, TunedLens, Unembed
+    from mechmod.models import load_model
+    from mechmod.runner import RunConfig, dataset_fingerprint, run_study
+
+    if world.parallel and str(device) == "cuda" and dmap is None:
+        import torch
+
+        device = f"cuda:{world.local_rank % max(1, torch.cuda.device_count())}"  # one GPU per local rank (shared if fewer)
     config = RunConfig(
         model=str(model), dataset=str(Path(dataset_dir).resolve()), dataset_sha256=dataset_fingerprint(dataset_dir),
         lens=lens, lens_path=str(lens_path) if lens_path else None, backend=backend, uncertainty=uncertainty,
-        batch_size=batch_size, radius=radius,
+        batch_size=batch_size, radius=radius, share_prefix=share_prefix,
     )
-    mllm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    mllm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code, device_map=dmap)
     unembed = Unembed(mllm.final_norm, mllm.lm_head)
     lens_mod = TunedLens.load(lens_path, unembed) if lens == "tuned" else LogitLens(unembed)
-    run_study(mllm, lens_mod, dataset_dir, out, config, progress=not quiet)
-    _print_headline(out)
+    run_study(mllm, lens_mod, dataset_dir, out, config, chunk_size=chunk_size, progress=not quiet, world=world)
+    if world.is_main:
+        _print_headline(out)
+    distributed.teardown()
+
+
+DEVICE_MAP_NAMES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def parse_device_map(value: str | None):
+    """``--device-map``: None, one of accelerate's strategies, or a JSON
+    object mapping module names to devices (a GPU index, "cpu", "cuda:1")."""
+    import json
+
+    if value is None:
+        return None
+    value = value.strip()
+    if value in DEVICE_MAP_NAMES:
+        return value
+    try:
+        dmap = json.loads(value)
+    except json.JSONDecodeError:
+        dmap = None
+    if not isinstance(dmap, dict) or not dmap or not all(
+            isinstance(k, str) and isinstance(v, (str, int)) and not isinstance(v, bool) for k, v in dmap.items()):
+        raise MechmodError(f"--device-map {value!r}: give one of {', '.join(DEVICE_MAP_NAMES)} or a JSON object "
+                           'mapping module names to devices, e.g. \'{"model.language_model.layers.0": 0, "": "cpu"}\'')
+    return dmap
+
+
+def _child_args(ctx: click.Context, **override) -> list[str]:
+    """The command line of one data-parallel process: this command's options
+    as given (``override`` replacing some), without --num-processes."""
+    args = [ctx.command.name]
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or param.name == "num_processes":
+            continue
+        value = override.get(param.name, ctx.params.get(param.name))
+        flag = max(param.opts, key=len)
+        if param.is_flag:
+            if param.secondary_opts:  # --x/--no-x: say which
+                args.append(flag if value else max(param.secondary_opts, key=len))
+            elif value:
+                args.append(flag)
+        elif value is not None:
+            args += [flag, str(value)]
+    return args
 
 
 @cli.command("summarize")

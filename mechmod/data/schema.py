@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
@@ -285,8 +286,15 @@ def _read_manifest(d: Path) -> dict:
     if not isinstance(man, dict) or man.get("format") != FORMAT:
         raise MechmodError(f"{mpath}: format is {man.get('format') if isinstance(man, dict) else None!r}, "
                            f"expected {FORMAT!r}")
-    if CASES not in man.get("files", []):
+    files = man.get("files", [])
+    if not isinstance(files, list) or CASES not in files:
         raise MechmodError(f"{mpath}: does not list {CASES}")
+    if not isinstance(man.get("sha256", {}), dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in man.get("sha256", {}).items()):
+        raise MechmodError(f"{mpath}: 'sha256' must map file names to hex digests")
+    n = man.get("n_cases")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise MechmodError(f"{mpath}: 'n_cases' is {n!r}, expected the number of rows of {CASES}")
     return man
 
 
@@ -316,8 +324,9 @@ def load_cases(d: str | os.PathLike, verify_hashes: bool = False):
         raise MechmodError(f"{cpath}: content does not match the digest in manifest.json (modified or corrupt)")
     try:
         table = pq.read_table(cpath)
+        table.validate(full=True)  # e.g. text that is not UTF-8 (parquet readers do not check)
     except (pa.ArrowException, OSError) as err:
-        raise MechmodError(f"{cpath}: cannot read as parquet ({err})") from None
+        raise MechmodError(f"{cpath}: cannot read as parquet, or holds invalid data such as non-UTF-8 text ({err})") from None
     validate_table(table, where=str(cpath), root=d, check_files=True)
     if table.num_rows != man.get("n_cases"):
         raise MechmodError(f"{cpath}: has {table.num_rows} rows but manifest.json says n_cases={man.get('n_cases')}")
@@ -327,7 +336,12 @@ def load_cases(d: str | os.PathLike, verify_hashes: bool = False):
             raise MechmodError(f"{cpath}: image_path {rel!r} resolves outside {d}")
     if verify_hashes:
         for rel, digest in digests.items():
-            if rel != CASES and _sha256(d / rel) != digest:
+            if rel == CASES:
+                continue
+            rel = _check_rel(rel, "manifest.json sha256 entry")
+            if not (d / rel).is_file() or not (d / rel).resolve().is_relative_to(root):
+                raise MechmodError(f"{d / rel}: listed in manifest.json but missing or outside {d}")
+            if _sha256(d / rel) != digest:
                 raise MechmodError(f"{d / rel}: content does not match the digest in manifest.json")
     df = table.to_pandas()
     df["candidates"] = df["candidates"].map(list)
@@ -352,7 +366,10 @@ def open_image(d: str | os.PathLike, rel: str, max_pixels: int = MAX_PIXELS):
     if path.stat().st_size == 0:
         raise MechmodError(f"{path}: image file is empty (0 bytes)")
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # PIL's own bomb warning (its limit is above ours): refuse, don't warn
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
             w, h = im.size
             if w * h > max_pixels:
                 raise MechmodError(f"{path}: image is {w}x{h} = {w * h} pixels, over the limit of "
@@ -361,10 +378,10 @@ def open_image(d: str | os.PathLike, rel: str, max_pixels: int = MAX_PIXELS):
             return im.convert("RGB")
     except MechmodError:
         raise
-    except Image.DecompressionBombError as err:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise MechmodError(f"{path}: refused as a decompression bomb ({err})") from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise MechmodError(f"{path}: cannot decode the image, truncated or corrupt ({err})") from None
+    except Exception as err:  # noqa: BLE001 - decoders of untrusted bytes raise many types (OSError, EOFError, struct.error...)
+        raise MechmodError(f"{path}: cannot decode the image, truncated or corrupt ({type(err).__name__}: {err})") from None
 
 
 def dataset_counts(values: Iterable) -> dict[str, int]:

@@ -70,13 +70,37 @@ def _parse_dtype(dtype):
     return names[dtype]
 
 
+def _map_device(device_map) -> str:
+    """"cuda" when a device map may put weights on a GPU, else "cpu"."""
+    import torch
+
+    values = device_map.values() if isinstance(device_map, dict) else [device_map]
+    on_cpu = all(str(v) in ("cpu", "disk", "meta") for v in values)
+    return "cpu" if on_cpu or not torch.cuda.is_available() else "cuda"
+
+
+def _check_unembedding_placed(mllm: MLLM, device_map) -> None:
+    """The final norm and lm_head must hold their weights on a device: the
+    lenses copy them, and the answers are read through them. A device map that
+    offloads them (to "cpu" beside GPUs, or "disk") is refused."""
+    for name, module in (("final norm", mllm.final_norm), ("lm_head", mllm.lm_head)):
+        if any(p.device.type == "meta" for p in module.parameters()):
+            raise MechmodError(
+                f"--device-map {device_map!r} offloads the model's {name} ({mllm.adapter.final_norm_path if name != 'lm_head' else mllm.adapter.lm_head_path}) "
+                "to cpu/disk, but the lens needs its weights in memory; place it on a device "
+                f'(e.g. add "{mllm.adapter.lm_head_path}": 0 and "{mllm.adapter.final_norm_path}": 0) or free GPU memory')
+
+
 def load_model(name_or_path: str = ORGANISM, device: str = "cpu", dtype=None,
                trust_remote_code: bool = False, check: bool = True, device_map=None) -> MLLM:
     """Load a multimodal model by short name, local directory or hub id.
 
     Weights are read from safetensors only (``use_safetensors=True``: a
     pickle checkpoint is refused). ``trust_remote_code`` runs the
-    repository's own code and is off unless asked. With ``check`` the
+    repository's own code and is off unless asked. ``device_map`` (``"auto"``,
+    ``"balanced"``, a dict ``{module: device}``) spreads the model over devices
+    with accelerate (``device`` is then ignored); tracing reads every layer
+    wherever it sits. With ``check`` the
     adapter runs one tiny forward and checks every slot (see
     :func:`mechmod.tracing.self_check`)."""
     import transformers
@@ -92,6 +116,8 @@ def load_model(name_or_path: str = ORGANISM, device: str = "cpu", dtype=None,
         raise MechmodError(f"cannot load the config of {name_or_path!r} ({err}); give a local model directory, "
                            f"a reachable hub id, or one of {', '.join(builtin_models())}") from None
     adapter = adapter_for(config.model_type)
+    if device_map is not None:  # accelerate places the weights; the default dtype follows where they go
+        device = _map_device(device_map)
     torch_dtype = _parse_dtype(dtype) or default_dtype(device)
     cls = getattr(transformers, adapter.model_class)
     kw = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True)
@@ -105,6 +131,8 @@ def load_model(name_or_path: str = ORGANISM, device: str = "cpu", dtype=None,
     if device_map is None:
         model = model.to(device)
     mllm = MLLM(model, processor, adapter, name=str(name_or_path))
+    if device_map is not None:
+        _check_unembedding_placed(mllm, device_map)
     if check:
         from mechmod.tracing import self_check
 

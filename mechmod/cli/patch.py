@@ -1,0 +1,154 @@
+"""`mechmod patch` (activation patching) and `mechmod steer` (preference
+steering). Each writes parquet tables, a summary JSON and an HTML report
+into --out (atomically); they may share one directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mechmod.cli import cli
+from mechmod.errors import MechmodError
+
+DEFAULT_GROUPS = 3
+
+
+def _shared(f):
+    opts = [
+        click.option("--model", default="organism", show_default=True, help="Built-in name, local directory or hub id."),
+        click.option("--dataset", "dataset_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+                     help="A dataset directory (mechmod dataset ...). Default: generate a colour dataset into OUT/dataset."),
+        click.option("--groups", default=None, type=click.IntRange(min=1),
+                     help=f"Groups of the generated colour dataset (default {DEFAULT_GROUPS}; not with --dataset)."),
+        click.option("--seed", default=0, show_default=True, help="Seed of the generated dataset and of the split."),
+        click.option("--dv", multiple=True, type=click.IntRange(0, 13), help="Visual tiers to generate (repeatable; default all)."),
+        click.option("--backend", type=click.Choice(["nnsight", "transformer_lens"]), default="nnsight", show_default=True),
+        click.option("--device", default="cpu", show_default=True),
+        click.option("--dtype", default=None, help="float32, bfloat16 or float16 (default: the model's)."),
+        click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Cases per batch."),
+        click.option("--max-rows", default=64, show_default=True, type=click.IntRange(min=1),
+                     help="Rows per forward of a sweep (cases x settings stacked)."),
+        click.option("--threads", default=None, type=click.IntRange(min=1),
+                     help="torch CPU threads (1 is fastest for the organism on a busy machine)."),
+        click.option("--trust-remote-code", is_flag=True, help="Allow the model repository's own code to run."),
+        click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Output directory."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _dataset(dataset_dir, groups, seed, dv, out: Path) -> Path:
+    if dataset_dir is not None:
+        if groups is not None or dv:
+            raise MechmodError("give --dataset DIR or --groups N [--dv ...], not both")
+        if not (Path(dataset_dir) / "manifest.json").is_file():
+            raise MechmodError(f"{dataset_dir}: not a mechmod dataset (no manifest.json)")
+        return Path(dataset_dir)
+    from mechmod.data import generate_color
+
+    target = out / "dataset"
+    if not (target / "manifest.json").is_file():
+        groups = groups or DEFAULT_GROUPS
+        click.echo(f"generating a colour dataset ({groups} groups, seed {seed}) into {target}", err=True)
+        kw = {"dv": list(dv)} if dv else {}
+        generate_color(target, groups=groups, seed=seed, controls=True, progress=False, **kw)
+    return target
+
+
+def _load(model, device, dtype, trust_remote_code, threads=None):
+    import torch
+
+    from mechmod.models import load_model
+
+    if threads:
+        torch.set_num_threads(threads)
+
+    return load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+
+
+@cli.command("patch")
+@_shared
+@click.option("--direction", "directions", multiple=True, type=click.Choice(["V->C", "T->C", "I->C"]),
+              help="Pairs: conflict <- vision-only, <- text-only, <- image-irrelevant control (default all).")
+@click.option("--positions", "positions", multiple=True,
+              type=click.Choice(["image", "description", "question", "template", "last", "all"]),
+              help="Position groups (default image, description, question, last).")
+@click.option("--component", "components", multiple=True, type=click.Choice(["resid", "attn", "mlp"]),
+              help="Components to patch (default resid).")
+@click.option("--no-units", is_flag=True, help="Skip single heads and MLPs.")
+@click.option("--knockout", "knockouts", multiple=True, type=click.Choice(["zero", "mean"]),
+              help="Knock-out modes for heads and MLPs (default both).")
+def patch_cmd(model, dataset_dir, groups, seed, dv, backend, device, dtype, batch_size, max_rows, threads,
+              trust_remote_code, out, directions, positions, components, no_units, knockouts):
+    """Activation patching: per layer, copy the residual stream (or attention
+    / MLP output) at a position group from a source prompt into the conflict
+    prompt; flip rate and logit-difference restoration per layer, first
+    layer with 50% flips, critical window, dHrel bins; heads and MLPs at the
+    last token patched and knocked out. Writes OUT/patch_layers.parquet,
+    OUT/patch_units.parquet, OUT/patch_summary.json, OUT/patch_report.html."""
+    from mechmod import _io
+    from mechmod.data import load_cases
+    from mechmod.interventions.figures import patch_lines, patch_report
+    from mechmod.interventions.patch_study import PatchStudyConfig, run_patching
+
+    ds = _dataset(dataset_dir, groups, seed, dv, out)
+    defaults = PatchStudyConfig()
+    cfg = PatchStudyConfig(directions=tuple(directions) or defaults.directions, positions=tuple(positions) or defaults.positions,
+                           components=tuple(components) or defaults.components, units=not no_units,
+                           knockouts=tuple(knockouts) or defaults.knockouts, batch_size=batch_size, max_rows=max_rows,
+                           backend=backend)
+    mllm = _load(model, device, dtype, trust_remote_code, threads)
+    study = run_patching(mllm, ds, load_cases(ds), cfg)
+    summary = dict(study.summary, model=str(model), dataset=str(ds))
+    _io.write_parquet(out / "patch_layers.parquet", study.layers)
+    _io.write_parquet(out / "patch_units.parquet", study.units)
+    _io.write_json(out / "patch_summary.json", summary)
+    patch_report(summary, str(model)).write(out / "patch_report.html")
+    for line in patch_lines(summary):
+        click.echo(line)
+    click.echo(f"-> {out / 'patch_report.html'}")
+
+
+@cli.command("steer")
+@_shared
+@click.option("--layer", "layers", multiple=True, type=int, help="Layers to steer at (repeatable; default all).")
+@click.option("--alpha", "alphas", multiple=True, type=float, help="Steering strengths (repeatable; 0 is always added).")
+@click.option("--positions", type=click.Choice(["all", "last"]), default="all", show_default=True,
+              help="Add the direction at every attended position or only the last.")
+@click.option("--train-fraction", default=0.5, show_default=True, type=click.FloatRange(0.05, 0.95),
+              help="Share of groups the directions are estimated on.")
+@click.option("--pooled", is_flag=True, help="Direction = pooled difference of means (default: within-group differences, "
+              "which cancel the answer colours).")
+@click.option("--n-boot", default=200, show_default=True, type=click.IntRange(min=0), help="Bootstrap draws per balance point.")
+def steer_cmd(model, dataset_dir, groups, seed, dv, backend, device, dtype, batch_size, max_rows, threads,
+              trust_remote_code, out, layers, alphas, positions, train_fraction, pooled, n_boot):
+    """Preference steering: direction = mean text-following minus mean
+    vision-following answer-position residual at a layer (train groups);
+    add alpha * direction while answering the held-out conflicts; TFR,
+    following curve and balance point per alpha. Writes
+    OUT/steer_rows.parquet, OUT/steer_summary.json, OUT/steer_directions.safetensors,
+    OUT/steer_report.html."""
+    from safetensors.torch import save_file
+
+    from mechmod import _io
+    from mechmod.data import load_cases
+    from mechmod.interventions.figures import steer_lines, steer_report
+    from mechmod.interventions.steering import DEFAULT_ALPHAS, SteerStudyConfig, run_steering
+
+    ds = _dataset(dataset_dir, groups, seed, dv, out)
+    cfg = SteerStudyConfig(layers=tuple(layers) or None, alphas=tuple(alphas) or DEFAULT_ALPHAS, positions=positions,
+                           train_fraction=train_fraction, within_group=not pooled, seed=seed, batch_size=batch_size, max_rows=max_rows,
+                           n_boot=n_boot, backend=backend)
+    mllm = _load(model, device, dtype, trust_remote_code, threads)
+    study = run_steering(mllm, ds, load_cases(ds), cfg)
+    summary = dict(study.summary, model=str(model), dataset=str(ds))
+    _io.write_parquet(out / "steer_rows.parquet", study.rows)
+    with _io.atomic_path(out / "steer_directions.safetensors") as tmp:
+        save_file({f"layer_{k}": v.contiguous().cpu() for k, v in study.directions.items()}, str(tmp))
+    _io.write_json(out / "steer_summary.json", summary)
+    steer_report(summary, str(model)).write(out / "steer_report.html")
+    for line in steer_lines(summary):
+        click.echo(line)
+    click.echo(f"-> {out / 'steer_report.html'}")

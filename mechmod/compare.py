@@ -1,0 +1,175 @@
+"""Several runs side by side (paper Fig. 4a): their following curves and
+balance points overlaid, a table of TFR, balance point and interval, and
+the bootstrap difference of every pair of balance points.
+
+``compare_runs(run_dirs)`` reads each run's summary.json and results.parquet
+(written by ``mechmod run``) and returns a plain dict (the JSON that
+``mechmod compare`` writes); ``comparison_report(comparison)`` renders it.
+No estimator lives here: the curves and balance points are the runs' own,
+the pairwise differences come from
+:func:`mechmod.following.compare_balance_points`.
+"""
+
+from __future__ import annotations
+
+import json
+from itertools import combinations
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from mechmod.errors import MechmodError
+
+N_BOOT = 1000
+
+
+def decided_cases(results: pd.DataFrame) -> pd.DataFrame:
+    """The cases a following curve is drawn from: scored, no control, and
+    following either the text or the vision answer."""
+    ok = results[results["status"] == "ok"] if "status" in results else results
+    main = ok[ok["control"] == "none"] if "control" in ok else ok
+    return main[main["follow"].isin(["text", "vision"])]
+
+
+def load_run(run_dir: str | Path) -> tuple[dict[str, Any], pd.DataFrame]:
+    """(summary, results) of a finished run directory."""
+    run_dir = Path(run_dir)
+    s_path, r_path = run_dir / "summary.json", run_dir / "results.parquet"
+    for p in (s_path, r_path):
+        if not p.is_file():
+            raise MechmodError(f"{run_dir}: no {p.name}; give run directories written by `mechmod run` "
+                               "(or finish one with `mechmod summarize RUN`)")
+    try:
+        summary = json.loads(s_path.read_text())
+    except json.JSONDecodeError as err:
+        raise MechmodError(f"{s_path}: not valid JSON ({err}); rewrite it with `mechmod summarize {run_dir}`") from None
+    try:
+        results = pd.read_parquet(r_path, columns=None)
+    except Exception as err:  # pyarrow raises several types for a bad file
+        raise MechmodError(f"{r_path}: cannot read as parquet ({err})") from None
+    missing = {"dh_rel", "follow"} - set(results.columns)
+    if missing:
+        raise MechmodError(f"{r_path}: missing columns {sorted(missing)}")
+    return summary, results
+
+
+def run_labels(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = None) -> list[str]:
+    """One distinct label per run: the given ones, else the directory names
+    (parent/name where two names clash)."""
+    paths = [Path(p) for p in run_dirs]
+    if labels is not None:
+        labels = list(labels)
+        if len(labels) != len(paths):
+            raise MechmodError(f"{len(labels)} labels for {len(paths)} runs; give one label per run")
+    else:
+        labels = [p.resolve().name for p in paths]
+        if len(set(labels)) < len(labels):
+            labels = [f"{p.resolve().parent.name}/{p.resolve().name}" for p in paths]
+    if len(set(labels)) < len(labels):
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        raise MechmodError(f"run labels must differ, {dup} repeat; pass --label once per run")
+    return labels
+
+
+def compare_runs(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = None,
+                 n_boot: int = N_BOOT, seed: int = 0) -> dict[str, Any]:
+    """Per-run headline numbers and curves, and every pair's balance-point
+    difference (second minus first, bootstrap interval and p-value; only
+    where both runs have a balance point, i.e. status 'ok')."""
+    from mechmod.following import compare_balance_points
+
+    if len(run_dirs) < 2:
+        raise MechmodError(f"compare needs at least 2 runs, got {len(run_dirs)}")
+    labels = run_labels(run_dirs, labels)
+    runs, decided = [], {}
+    for label, run_dir in zip(labels, run_dirs):
+        summary, results = load_run(run_dir)
+        d = decided_cases(results)
+        decided[label] = (d["dh_rel"].to_numpy(float), (d["follow"] == "text").to_numpy())
+        bal = summary.get("balance") or {}
+        runs.append({
+            "label": label,
+            "run_dir": str(Path(run_dir).resolve()),
+            "model": summary.get("model"),
+            "n_cases": summary.get("n_cases"),
+            "n_decided": int(len(d)),
+            "tfr": summary.get("tfr"),
+            "tfr_both_correct": summary.get("tfr_both_correct"),
+            "balance_point": summary.get("balance_point"),
+            "balance_ci": summary.get("balance_ci"),
+            "balance_status": bal.get("status"),
+            "balance_interpolated": bal.get("interpolated"),
+            "balance": bal,
+            "curve": summary.get("curve"),
+        })
+    status = {r["label"]: r["balance_status"] for r in runs}
+    pairs = []
+    for a, b in combinations(labels, 2):
+        (x1, t1), (x2, t2) = decided[a], decided[b]
+        if status[a] == status[b] == "ok":
+            diff = {**compare_balance_points(x1, t1, x2, t2, n_boot=n_boot, seed=seed), "note": ""}
+        else:  # a degenerate, flat or separable fit has no balance point to bootstrap
+            bad = ", ".join(f"{k}: {status[k]}" for k in (a, b) if status[k] != "ok")
+            diff = {"difference": None, "ci": None, "p_value": None, "n_valid": 0,
+                    "note": f"not compared: no balance point ({bad})"}
+        pairs.append({"first": a, "second": b, **diff})
+    return {"runs": runs, "pairs": pairs, "n_boot": n_boot, "seed": seed}
+
+
+def _fmt(x: Any) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, float):
+        return f"{x:.3f}" if np.isfinite(x) else "n/a"
+    return str(x)
+
+
+def _interval(ci) -> str:
+    return "n/a" if not ci or None in ci else f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
+
+
+def comparison_report(comparison: dict[str, Any], title: str = "mechmod: runs compared"):
+    """A self-contained HTML report (:class:`mechmod.report.Report`)."""
+    from mechmod import plots
+    from mechmod.report import Report
+
+    runs = comparison["runs"]
+    rep = Report(title)
+    head = ["run", "model", "cases", "decided", "TFR", "TFR (both correct)", "balance point", "95% CI", "status"]
+    rows = [[r["label"], r["model"], r["n_cases"], r["n_decided"], _fmt(r["tfr"]), _fmt(r["tfr_both_correct"]),
+             _fmt(r["balance_point"]), _interval(r["balance_ci"]), r["balance_status"]] for r in runs]
+    rep.sections.append(_table("Headline numbers", head, rows))
+    rep.add_figure(
+        "Following curves and balance points (Fig. 4a)",
+        plots.compare_following_figure({r["label"]: r["curve"] for r in runs}, {r["label"]: r["balance"] for r in runs}),
+        "P(text-following) among text- or vision-following cases per run (equal-count bins, Wilson 95% intervals); "
+        "diamonds and dashed lines mark each run's logistic-fit balance point, shaded: its bootstrap interval.",
+    )
+    rep.add_figure(
+        "Balance points with 95% bootstrap intervals",
+        plots.balance_points_figure([r["label"] for r in runs], [r["balance_point"] for r in runs],
+                                    [r["balance_ci"] for r in runs]),
+        "Left of 0: inherent vision preference; right of 0: inherent text preference. "
+        "A run without a marker has no balance point (its status says why).",
+    )
+    pair_rows = [[p["first"], p["second"], _fmt(p["difference"]), _interval(p["ci"]),
+                  "n/a" if p["p_value"] is None else f"{p['p_value']:.3f}", p["n_valid"], p.get("note", "")]
+                 for p in comparison["pairs"]]
+    rep.sections.append(_table(
+        "Pairwise balance-point differences (second - first)",
+        ["first", "second", "difference", "95% CI", "p-value", "valid bootstrap draws", "note"], pair_rows,
+        f"Independent case bootstrap of both runs ({comparison['n_boot']} draws); p-value: two-sided, from the "
+        "bootstrap distribution's mass on either side of zero.",
+    ))
+    return rep
+
+
+def _table(heading: str, head: list[str], rows: list[list[Any]], caption: str = "") -> str:
+    import html
+
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    cap = f'<p class="caption">{html.escape(caption)}</p>' if caption else ""
+    return f"<h2>{html.escape(heading)}</h2><table><tr>{th}</tr>{body}</table>{cap}"

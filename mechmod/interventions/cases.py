@@ -1,0 +1,141 @@
+"""Conflict cases as intervention inputs: the clean (unpatched) answers of
+each case, and the standard source -> target prompt pairs.
+
+Answers follow the behavioural run (mechmod.runner): the top-1 token's
+label or 'other'; dHrel from the full-vocabulary entropies of the
+vision-only and text-only runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mechmod.answers import LabelSet
+from mechmod.errors import MechmodError
+from mechmod.following import follow_outcome
+from mechmod.tracing import trace
+from mechmod.uncertainty import entropy, relative_uncertainty
+
+# direction -> (what the source prompt is, which clean answer is the source's)
+DIRECTIONS = {
+    "V->C": "conflict <- vision-only (image + question)",
+    "T->C": "conflict <- text-only (description + question)",
+    "I->C": "conflict <- image-irrelevant control (same image, text about an absent shape)",
+}
+_SOURCE_ANSWER = {"V->C": "y_v", "T->C": "y_t", "I->C": "y_ctrl"}
+
+
+class Images:
+    """Images of a dataset directory, opened once."""
+
+    def __init__(self, dataset_dir: str | Path):
+        self.dir = Path(dataset_dir)
+        self._cache: dict[str, Any] = {}
+
+    def __getitem__(self, rel: str | None):
+        if rel is None:
+            return None
+        if rel not in self._cache:
+            from mechmod.data import open_image
+
+            self._cache[rel] = open_image(self.dir, rel)
+        return self._cache[rel]
+
+
+def encode(mllm, images: Images, image_paths, descriptions, questions):
+    """Encoded prompts: image_paths / descriptions entries may be None."""
+    return mllm.encode([images[p] for p in image_paths], list(descriptions), list(questions))
+
+
+def batches(df: pd.DataFrame, size: int) -> Iterator[pd.DataFrame]:
+    for s in range(0, len(df), size):
+        yield df.iloc[s : s + size]
+
+
+def _logits(mllm, images, paths, descs, questions, bs, backend, keep_resid=False):
+    out, resid = [], []
+    for s in range(0, len(questions), bs):
+        tr = trace(mllm, encode(mllm, images, paths[s : s + bs], descs[s : s + bs], questions[s : s + bs]),
+                   backend=backend, keep_resid=keep_resid)
+        out.append(tr.logits)
+        if keep_resid:
+            resid.append(tr.resid)
+    return torch.cat(out), (torch.cat(resid) if keep_resid else None)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """Clean answers, one row per case (the input table's columns plus
+    y_v, y_t, y_m, h_v, h_t, dh_rel, follow and, for conflict cases with an
+    image-irrelevant control, y_ctrl). ``resid`` [N, L+1, D] float32: the
+    multimodal answer-position residuals (when asked for)."""
+
+    table: pd.DataFrame
+    resid: torch.Tensor | None = None
+
+
+def baseline(mllm, dataset_dir, cases: pd.DataFrame, batch_size: int = 8, backend: str = "nnsight",
+             keep_resid: bool = False) -> Baseline:
+    """Clean vision-only, text-only and multimodal runs of ``cases``."""
+    images = Images(dataset_dir)
+    cases = cases.reset_index(drop=True)
+    parts, resid = [], None
+    for cand, sub in cases.groupby(cases["candidates"].map(tuple), sort=False):
+        labels = LabelSet(mllm.tokenizer, list(cand))
+        vk = list(dict.fromkeys(zip(sub["image_path"], sub["question"])))
+        tk = list(dict.fromkeys(zip(sub["description"], sub["question"])))
+        v, _ = _logits(mllm, images, [p for p, _ in vk], [None] * len(vk), [q for _, q in vk], batch_size, backend)
+        t, _ = _logits(mllm, images, [None] * len(tk), [d for d, _ in tk], [q for _, q in tk], batch_size, backend)
+        m, r = _logits(mllm, images, list(sub["image_path"]), list(sub["description"]), list(sub["question"]),
+                       batch_size, backend, keep_resid)
+        vi = [vk.index(k) for k in zip(sub["image_path"], sub["question"])]
+        ti = [tk.index(k) for k in zip(sub["description"], sub["question"])]
+        h_v, h_t = entropy(v).numpy()[vi], entropy(t).numpy()[ti]
+        dh, _ = relative_uncertainty(h_t, h_v)
+        part = sub.copy()
+        part["y_v"] = np.asarray(labels.predict(v), dtype=object)[vi]
+        part["y_t"] = np.asarray(labels.predict(t), dtype=object)[ti]
+        part["y_m"] = labels.predict(m)
+        part["h_v"], part["h_t"], part["dh_rel"] = h_v, h_t, dh
+        part["follow"] = follow_outcome(part["y_m"], part["y_v"], part["y_t"])
+        parts.append(part)
+        if keep_resid:
+            resid = torch.zeros(len(cases), *r.shape[1:]) if resid is None else resid
+            resid[torch.tensor(sub.index.to_numpy())] = r
+    table = pd.concat(parts).sort_index()
+    ctrl = table[table["control"] == "image_irrelevant"].set_index(["image_id", "dt"])["y_m"]
+    key = list(zip(table["image_id"], table["dt"]))
+    table["y_ctrl"] = [ctrl.get(k) if c == "none" else None for k, c in zip(key, table["control"])]
+    return Baseline(table=table.reset_index(drop=True), resid=resid)
+
+
+def standard_pairs(table: pd.DataFrame, direction: str) -> pd.DataFrame:
+    """Source -> target pairs of one direction (DIRECTIONS) from a baseline
+    table: one row per conflict case whose source and target answers are
+    both labels and differ. Columns: the case's, ``src_image_path``,
+    ``src_description``, ``src_question``, ``a_src``, ``a_tgt``."""
+    if direction not in DIRECTIONS:
+        raise MechmodError(f"unknown patch direction {direction!r}; one of {list(DIRECTIONS)}")
+    conf = table[table["control"] == "none"].copy()
+    if direction == "I->C":
+        ctrl = table[table["control"] == "image_irrelevant"].set_index(["image_id", "dt"])
+        keys = list(zip(conf["image_id"], conf["dt"]))
+        has = [k in ctrl.index for k in keys]
+        conf, keys = conf[has], [k for k, h in zip(keys, has) if h]
+        conf["src_image_path"] = [ctrl.loc[k, "image_path"] for k in keys]
+        conf["src_description"] = [ctrl.loc[k, "description"] for k in keys]
+        conf["src_question"] = [ctrl.loc[k, "question"] for k in keys]
+    else:
+        vision = direction == "V->C"
+        conf["src_image_path"] = list(conf["image_path"]) if vision else [None] * len(conf)
+        conf["src_description"] = [None] * len(conf) if vision else list(conf["description"])
+        conf["src_question"] = list(conf["question"])
+    conf["a_src"], conf["a_tgt"] = conf[_SOURCE_ANSWER[direction]], conf["y_m"]
+    labels = conf["candidates"].map(set)
+    ok = [(s in lab) and (t in lab) and s != t for s, t, lab in zip(conf["a_src"], conf["a_tgt"], labels)]
+    return conf[ok].reset_index(drop=True)

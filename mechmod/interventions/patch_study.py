@@ -1,0 +1,206 @@
+"""The patching study over a dataset: layer sweeps for the standard
+directions x components x position groups, then single heads and MLPs at
+the last token (patched per direction, knocked out to classify them).
+
+Tables (one row per case x layer, and per case x unit) and a summary dict
+(curves with first-50% layer, critical window and dHrel bins; head
+classification) for ``mechmod patch``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mechmod.answers import LabelSet
+from mechmod.errors import MechmodError
+from mechmod.following import balance_point, following_rates
+from mechmod.interventions import heads as H
+from mechmod.interventions.cases import DIRECTIONS, Images, baseline, batches, encode, standard_pairs
+from mechmod.interventions.patching import (COMPONENTS, STUDY_GROUPS, PatchSpec, logit_diff, patch_layers,
+                                            restoration, summarize_curve)
+from mechmod.summary import finite_or_none
+
+
+@dataclass(frozen=True)
+class PatchStudyConfig:
+    """Which sweeps a patching study runs."""
+
+    directions: tuple[str, ...] = tuple(DIRECTIONS)
+    positions: tuple[str, ...] = STUDY_GROUPS
+    components: tuple[str, ...] = ("resid",)
+    units: bool = True
+    knockouts: tuple[str, ...] = H.KNOCKOUT_MODES
+    batch_size: int = 8
+    max_rows: int = 64
+    dh_bins: int = 4
+    t_min: float = 2.0
+    backend: str = "nnsight"
+
+    def __post_init__(self):
+        bad = ([d for d in self.directions if d not in DIRECTIONS] + [c for c in self.components if c not in COMPONENTS]
+               + [k for k in self.knockouts if k not in H.KNOCKOUT_MODES])
+        if bad:
+            raise MechmodError(f"PatchStudyConfig: unknown {bad}")
+        for g in self.positions:
+            PatchSpec(positions=g)
+
+
+@dataclass(frozen=True)
+class PatchStudy:
+    layers: pd.DataFrame
+    units: pd.DataFrame
+    summary: dict
+
+
+def _pair_metric(labels: LabelSet, a_src: Sequence[str], a_tgt: Sequence[str]):
+    """Patched logits [B, V] -> [B, 2]: (LD src - tgt, flipped to the source's answer)."""
+    def metric(logits):
+        ld = logit_diff(logits, labels, a_src, a_tgt)
+        flipped = torch.tensor([p == a for p, a in zip(labels.predict(logits), a_src)], dtype=torch.float32)
+        return torch.stack([ld, flipped], 1)
+    return metric
+
+
+def run_patching(mllm, dataset_dir, cases: pd.DataFrame, config: PatchStudyConfig = PatchStudyConfig(),
+                 progress: bool = False) -> PatchStudy:
+    """Run the study on ``cases`` (conflict cases and their image-irrelevant
+    controls; other rows are ignored)."""
+    cfg = config
+    cases = cases[cases["control"].isin(["none", "image_irrelevant"])]
+    if not (cases["control"] == "none").any():
+        raise MechmodError("run_patching: no conflict cases (control == 'none')")
+    base = baseline(mllm, dataset_dir, cases, cfg.batch_size, cfg.backend).table
+    label_sets = {c: LabelSet(mllm.tokenizer, list(c)) for c in base["candidates"].map(tuple).unique()}
+    images = Images(dataset_dir)
+    layer_rows, curves, unit_rows, pairs_n = [], [], [], {}
+    for direction in cfg.directions:
+        pairs = standard_pairs(base, direction)
+        pairs_n[direction] = len(pairs)
+        for cand, sub in pairs.groupby(pairs["candidates"].map(tuple), sort=False):
+            labels = label_sets[cand]
+            for b in batches(sub, cfg.batch_size):
+                src = encode(mllm, images, b["src_image_path"], b["src_description"], b["src_question"])
+                tgt = encode(mllm, images, b["image_path"], b["description"], b["question"])
+                metric = _pair_metric(labels, list(b["a_src"]), list(b["a_tgt"]))
+                tgt_m = metric(_clean_logits(mllm, tgt, cfg.backend))
+                for comp in cfg.components:
+                    for group in cfg.positions:
+                        spec = PatchSpec(component=comp, positions=group)
+                        res, src_logits, align = patch_layers(mllm, src, tgt, spec, metric, max_rows=cfg.max_rows,
+                                                              backend=cfg.backend)
+                        layer_rows.append(_layer_frame(direction, comp, group, b, res, metric(src_logits), tgt_m,
+                                                       align.n_pairs))
+                if cfg.units:
+                    us = H.units(mllm)
+                    res, src_logits = H.patch_units(mllm, src, tgt, us, metric, max_rows=cfg.max_rows, backend=cfg.backend)
+                    unit_rows.append(_unit_frame(f"patch {direction}", us, b, res, metric(src_logits), tgt_m))
+    layers = pd.concat(layer_rows, ignore_index=True) if layer_rows else pd.DataFrame(columns=_LAYER_COLUMNS)
+    for (d, c, g), sub in layers.groupby(["direction", "component", "positions"], sort=False):
+        wide_f = sub.pivot(index="case_id", columns="layer", values="flipped")
+        wide_r = sub.pivot(index="case_id", columns="layer", values="restoration")
+        dh = sub.drop_duplicates("case_id").set_index("case_id").loc[wide_f.index, "dh_rel"]
+        curves.append(summarize_curve(d, c, g, list(wide_f.columns), wide_f.to_numpy(bool), wide_r.to_numpy(float),
+                                      dh.to_numpy(float), cfg.dh_bins).to_dict())
+    if cfg.units and cfg.knockouts:
+        unit_rows.extend(_knockouts(mllm, base, images, label_sets, cfg))
+    units = pd.concat(unit_rows, ignore_index=True) if unit_rows else pd.DataFrame()
+    summary = _summary(base, pairs_n, curves, units, cfg)
+    return PatchStudy(layers=layers, units=units, summary=summary)
+
+
+def _clean_logits(mllm, enc, backend):
+    from mechmod.interventions.core import forward
+
+    return forward(mllm, enc.inputs, backend=backend)[0]
+
+
+_LAYER_COLUMNS = ["direction", "component", "positions", "case_id", "group_id", "dv", "dt", "dh_rel", "a_src",
+                  "a_tgt", "layer", "n_aligned", "ld_patched", "ld_target", "ld_source", "restoration", "flipped"]
+
+
+def _layer_frame(direction, comp, group, b, res, src_m, tgt_m, n_aligned) -> pd.DataFrame:
+    L, B = res.shape[:2]
+    ld = res[..., 0].numpy()
+    rows = {
+        "direction": direction, "component": comp, "positions": group,
+        "case_id": np.tile(b["case_id"].to_numpy(), L), "group_id": np.tile(b["group_id"].to_numpy(), L),
+        "dv": np.tile(b["dv"].to_numpy(), L), "dt": np.tile(b["dt"].to_numpy(), L),
+        "dh_rel": np.tile(b["dh_rel"].to_numpy(float), L),
+        "a_src": np.tile(b["a_src"].to_numpy(object), L).astype(str), "a_tgt": np.tile(b["a_tgt"].to_numpy(object), L).astype(str),
+        "layer": np.repeat(np.arange(L), B), "n_aligned": np.tile(n_aligned.numpy(), L),
+        "ld_patched": ld.reshape(-1), "ld_target": np.tile(tgt_m[:, 0].numpy(), L),
+        "ld_source": np.tile(src_m[:, 0].numpy(), L),
+        "flipped": res[..., 1].numpy().reshape(-1) > 0.5,
+    }
+    rows["restoration"] = restoration(rows["ld_patched"], rows["ld_target"], rows["ld_source"])
+    return pd.DataFrame(rows)[_LAYER_COLUMNS]
+
+
+def _unit_frame(analysis, us, b, res, src_m, tgt_m) -> pd.DataFrame:
+    U, B = res.shape[:2]
+    ld = res[..., 0].numpy().reshape(-1)
+    t, s = np.tile(tgt_m[:, 0].numpy(), U), np.tile(src_m[:, 0].numpy(), U)
+    return pd.DataFrame({
+        "analysis": analysis, "unit": np.repeat([u.name for u in us], B), "kind": np.repeat([u.kind for u in us], B),
+        "layer": np.repeat([u.layer for u in us], B), "head": np.repeat([u.head for u in us], B),
+        "case_id": np.tile(b["case_id"].to_numpy(), U), "ld": ld, "ld_clean": t, "ld_source": s,
+        "restoration": restoration(ld, t, s), "flipped": res[..., 1].numpy().reshape(-1) > 0.5,
+    })
+
+
+def _knockouts(mllm, base: pd.DataFrame, images, label_sets: dict, cfg: PatchStudyConfig) -> list[pd.DataFrame]:
+    """Knock every unit out on the conflict cases; LD = text - vision answer."""
+    conf = base[base["control"] == "none"]
+    us = H.units(mllm)
+
+    def enc_batches():  # encoded twice rather than held (pixel values are large)
+        for _, sub in conf.groupby(conf["candidates"].map(tuple), sort=False):
+            for b in batches(sub, cfg.batch_size):
+                yield b, encode(mllm, images, b["image_path"], b["description"], b["question"])
+
+    means = H.mean_outputs(mllm, (e for _, e in enc_batches()), us, cfg.backend) if "mean" in cfg.knockouts else None
+    out = []
+    for b, enc in enc_batches():
+        labels = label_sets[tuple(b["candidates"].iloc[0])]
+        at, av = list(b["answer_text"]), list(b["answer_vision"])
+
+        def metric(logits, labels=labels, at=at, av=av):
+            ld = logit_diff(logits, labels, at, av)
+            return torch.stack([ld, torch.zeros_like(ld)], 1)
+        clean = metric(_clean_logits(mllm, enc, cfg.backend))
+        for mode in cfg.knockouts:
+            res = H.knockout_units(mllm, enc, us, mode, means, metric, max_rows=cfg.max_rows, backend=cfg.backend)
+            f = _unit_frame(f"knockout {mode}", us, b, res, clean, clean)
+            f["contrib"] = f["ld_clean"] - f["ld"]
+            out.append(f.drop(columns=["ld_source", "restoration", "flipped"]))
+    return out
+
+
+def _summary(base, pairs_n, curves, units, cfg) -> dict:
+    conf = base[base["control"] == "none"]
+    tv = conf["follow"].isin(["text", "vision"]).to_numpy()
+    bp = balance_point(conf["dh_rel"].to_numpy(float)[tv], (conf["follow"] == "text").to_numpy()[tv], n_boot=200)
+    s = {"config": asdict(cfg), "n_conflict_cases": int(len(conf)), "following": following_rates(conf["follow"]),
+         "balance_point": bp.to_dict(), "n_pairs": pairs_n, "directions": DIRECTIONS, "curves": curves,
+         "units": {}}
+    if len(units):
+        for analysis, sub in units.groupby("analysis", sort=False):
+            per = []
+            for (layer, kind, head, name), u in sub.groupby(["layer", "kind", "head", "unit"], sort=True):
+                row = {"unit": name, "layer": int(layer), "kind": kind, "head": int(head), "n": int(len(u))}
+                if analysis.startswith("knockout"):
+                    row["contrib"] = u["contrib"].to_numpy(float)
+                else:
+                    row["restoration"] = float(np.nanmean(u["restoration"])) if u["restoration"].notna().any() else None
+                    row["flip_rate"] = float(u["flipped"].mean())
+                per.append(row)
+            if analysis.startswith("knockout"):
+                mean, t, label = H.classify_units([r.pop("contrib") for r in per], cfg.t_min)
+                for r, m_, t_, l_ in zip(per, mean, t, label):
+                    r.update(mean_contrib=float(m_), t=float(t_), promotes=str(l_))
+            s["units"][analysis] = per
+    return finite_or_none(s)

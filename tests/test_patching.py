@@ -1,0 +1,258 @@
+"""Activation patching on the tiny LLaVA: ground truths (source == target,
+full residual, last layer's last token), the batched sweep against a naive
+per-example per-layer loop with plain PyTorch hooks, span alignment, head
+and MLP knock-outs, nnsight == TransformerLens, metrics on hand-made
+arrays, the dataset-level study and the CLI."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from mechmod.interventions import heads as H
+from mechmod.interventions import patch_study
+from mechmod.interventions.core import forward
+from mechmod.interventions.patching import (PatchSpec, align_positions, critical_window, first_layer_reaching,
+                                            flip_rate, flips_by_dh, patch_layers, restoration)
+from mechmod.models import load_model
+from tests.tiny_llava import build_tiny_llava
+
+Q = "What color is the circle ?"
+RED, BLUE = (200, 30, 30), (30, 30, 200)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run ~100x faster on one thread than on two busy cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def mllm(tmp_path_factory):
+    return load_model(str(build_tiny_llava(tmp_path_factory.mktemp("tiny") / "model")))
+
+
+def img(rgb):
+    return Image.new("RGB", (40, 30), rgb)
+
+
+def conflict(m, descs=("The circle is red .", "The square is blue ."), colors=(RED, BLUE)):
+    return m.encode([img(c) for c in colors], list(descs), [Q] * len(descs))
+
+
+def vision(m, colors=(RED, BLUE)):
+    return m.encode([img(c) for c in colors], [None] * len(colors), [Q] * len(colors))
+
+
+def clean(m, enc, backend="nnsight"):
+    return forward(m, enc.inputs, backend=backend)[0]
+
+
+@pytest.mark.parametrize("component", ["resid", "attn", "mlp"])
+def test_patch_with_source_equal_to_target_changes_nothing(mllm, component):
+    enc = conflict(mllm)
+    out, src, _ = patch_layers(mllm, enc, enc, PatchSpec(component, "all"))
+    assert out.shape == (mllm.n_layers, 2, clean(mllm, enc).shape[-1])
+    torch.testing.assert_close(out, clean(mllm, enc).expand_as(out), atol=1e-5, rtol=0)
+
+
+def test_full_residual_patch_reproduces_the_source_at_every_layer(mllm):
+    target = conflict(mllm)
+    source = conflict(mllm, descs=("The square is blue .", "The circle is red ."), colors=(BLUE, RED))
+    assert source.inputs["input_ids"].shape == target.inputs["input_ids"].shape
+    out, src_logits, align = patch_layers(mllm, source, target, PatchSpec("resid", "all"))
+    assert (clean(mllm, target) - src_logits).abs().max() > 1e-3  # not vacuous
+    for layer in range(mllm.n_layers):  # layer 0 included: all positions from the source = the source's run
+        torch.testing.assert_close(out[layer], src_logits, atol=1e-5, rtol=0)
+    # 'all' on identical layouts is the identity on every non-pad position
+    attended = target.inputs["attention_mask"].bool()
+    assert align.valid.sum(1).tolist() == attended.sum(1).tolist()
+    assert torch.equal(align.src[align.valid], align.tgt[align.valid])
+
+
+def test_last_layer_last_token_reproduces_the_source_logits(mllm):
+    source, target = vision(mllm), conflict(mllm)  # different lengths
+    assert source.inputs["input_ids"].shape[1] != target.inputs["input_ids"].shape[1]
+    last = mllm.n_layers - 1
+    out, src_logits, _ = patch_layers(mllm, source, target, PatchSpec("resid", "last", layers=(last,)))
+    torch.testing.assert_close(out[0], src_logits, atol=1e-5, rtol=0)
+
+
+def test_alignment_is_by_span(mllm):
+    source, target = vision(mllm), conflict(mllm, descs=("The circle is red .", "The circle has the same color as a banana ."))
+    al = align_positions(source, target, ("description", "question", "last"))
+    Ts, Tt = source.inputs["input_ids"].shape[1], target.inputs["input_ids"].shape[1]
+    for i in range(2):
+        qs = torch.nonzero(source.spans["question"][i]).flatten().tolist()
+        qt = torch.nonzero(target.spans["question"][i]).flatten().tolist()
+        pairs = sorted(zip(al.src[i][al.valid[i]].tolist(), al.tgt[i][al.valid[i]].tolist()))
+        assert pairs == sorted(list(zip(qs, qt)) + [(Ts - 1, Tt - 1)])  # no description in a vision-only source
+        assert [int(source.inputs["input_ids"][i, a]) for a in qs] == [int(target.inputs["input_ids"][i, b]) for b in qt]
+
+
+def _naive(m, src_enc, tgt_enc, layer, component):
+    """Single example, single layer, plain forward hooks, aligned by hand."""
+    mod = m.layers[layer] if component == "resid" else m.layers[layer].mlp
+    qs = torch.nonzero(src_enc.spans["question"][0]).flatten()
+    qt = torch.nonzero(tgt_enc.spans["question"][0]).flatten()
+    src_pos = torch.cat([qs, torch.tensor([src_enc.inputs["input_ids"].shape[1] - 1])])
+    tgt_pos = torch.cat([qt, torch.tensor([tgt_enc.inputs["input_ids"].shape[1] - 1])])
+    saved = {}
+
+    def grab(module, args, out):
+        saved["h"] = (out[0] if isinstance(out, tuple) else out)[0, src_pos].clone()
+
+    def put(module, args, out):
+        h = (out[0] if isinstance(out, tuple) else out).clone()
+        h[0, tgt_pos] = saved["h"]
+        return (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
+
+    with torch.no_grad():
+        hd = mod.register_forward_hook(grab)
+        m.model(**src_enc.inputs)
+        hd.remove()
+        hd = mod.register_forward_hook(put)
+        logits = m.model(**tgt_enc.inputs).logits[0, -1]
+        hd.remove()
+    return logits.float()
+
+
+@pytest.mark.parametrize("component", ["resid", "mlp"])
+def test_batched_sweep_equals_naive_per_example_per_layer_loop(mllm, component):
+    colors, descs = (RED, BLUE), ("The circle is red .", "The circle has the same color as a banana .")
+    source, target = vision(mllm, colors), conflict(mllm, descs, colors)
+    out, _, _ = patch_layers(mllm, source, target, PatchSpec(component, ("question", "last")), chunk=mllm.n_layers)
+    for i in range(2):
+        s1 = mllm.encode([img(colors[i])], [None], [Q])
+        t1 = mllm.encode([img(colors[i])], [descs[i]], [Q])
+        for layer in range(mllm.n_layers):
+            torch.testing.assert_close(out[layer, i], _naive(mllm, s1, t1, layer, component), atol=1e-4, rtol=0)
+
+
+def test_backends_agree(mllm):
+    source, target = vision(mllm), conflict(mllm)
+    for spec in (PatchSpec("resid", ("question", "last")), PatchSpec("attn", "last"), PatchSpec("mlp", "question")):
+        a = patch_layers(mllm, source, target, spec, backend="nnsight")[0]
+        b = patch_layers(mllm, source, target, spec, backend="transformer_lens")[0]
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    us = H.units(mllm)
+    for mode in ("zero",):
+        a = H.knockout_units(mllm, target, us, mode, backend="nnsight")
+        b = H.knockout_units(mllm, target, us, mode, backend="transformer_lens")
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    a = H.patch_units(mllm, source, target, us, backend="nnsight")[0]
+    b = H.patch_units(mllm, source, target, us, backend="transformer_lens")[0]
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
+def test_head_knockout_matches_a_plain_hook_and_mean_of_self_is_identity(mllm):
+    target = conflict(mllm)
+    us = H.units(mllm)
+    out = H.knockout_units(mllm, target, us, "zero", chunk=3)  # chunks of 3 units cross layer boundaries
+    n_heads = sum(u.kind == "head" for u in us) // mllm.n_layers
+    dh = mllm.d_model // n_heads
+    for k, u in enumerate(us):
+        if u.kind != "head":
+            continue
+        o_proj = mllm.layers[u.layer].self_attn.o_proj
+
+        def zero(module, args, h=u.head):
+            x = args[0].clone()
+            x[:, -1, h * dh:(h + 1) * dh] = 0
+            return (x,)
+
+        hd = o_proj.register_forward_pre_hook(zero)
+        with torch.no_grad():
+            ref = mllm.model(**target.inputs).logits[:, -1].float()
+        hd.remove()
+        torch.testing.assert_close(out[k], ref, atol=1e-4, rtol=0)
+    one = conflict(mllm, descs=("The circle is red .",), colors=(RED,))
+    means = H.mean_outputs(mllm, [one], us)
+    same = H.knockout_units(mllm, one, us, "mean", means=means)
+    torch.testing.assert_close(same, clean(mllm, one).expand_as(same), atol=1e-5, rtol=0)
+    src_eq = H.patch_units(mllm, target, target, us)[0]
+    torch.testing.assert_close(src_eq, clean(mllm, target).expand_as(src_eq), atol=1e-5, rtol=0)
+
+
+def test_classify_units_by_sign_and_significance():
+    contrib = np.array([[1.0, 1.2, 0.9, 1.1], [-2.0, -2.1, -1.9, -2.0], [1.0, -1.0, 0.5, -0.5]])
+    mean, t, label = H.classify_units(contrib, t_min=2.0)
+    assert list(label) == ["text", "vision", "neutral"]
+    np.testing.assert_allclose(mean, [1.05, -2.0, 0.0])
+
+
+def test_metrics_on_hand_values():
+    np.testing.assert_allclose(restoration([1.0, 2.0, 3.0, 0.0], [1.0, 1.0, 1.0, 2.0], [3.0, 3.0, 1.0, 4.0]),
+                               [0.0, 0.5, np.nan, -1.0])
+    assert flip_rate(["red", "blue", "red", "red"], ["red", "red", "red", "green"]) == 0.5
+    assert flip_rate([], []) is None
+
+
+def test_first_layer_and_critical_window_on_hand_arrays():
+    assert first_layer_reaching([0.1, 0.3, 0.6, 0.9]) == 2
+    assert first_layer_reaching([0.1, 0.5], layers=[4, 7]) == 7
+    assert first_layer_reaching([0.1, np.nan, 0.2]) is None
+    w = critical_window([0.0, 0.1, 0.5, 0.4, 0.0])
+    assert (w["start"], w["end"], w["length"]) == (2, 3, 2) and w["share"] == pytest.approx(0.9)
+    w = critical_window([0.3, 0.3, 0.3, 0.1])  # 0-2 holds 0.9, 1-3 only 0.7
+    assert (w["start"], w["end"]) == (0, 2)
+    w = critical_window([-1.0, 0.85, 0.15], layers=[10, 11, 12])  # negatives count as 0
+    assert (w["start"], w["end"]) == (11, 11)
+    assert critical_window([0.0, -0.2]) is None
+    bins = flips_by_dh([-1.0, -0.9, 1.0, 1.1], [[0, 1], [0, 1], [0, 0], [1, 1]], bins=2)
+    assert [b["n"] for b in bins] == [2, 2]
+    assert bins[0]["flip_rate"] == [0.0, 1.0] and bins[0]["first_50"] == 1
+    assert bins[1]["flip_rate"] == [0.5, 0.5] and bins[1]["first_50"] == 0
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from mechmod.data import generate_color
+
+    return generate_color(tmp_path_factory.mktemp("ds") / "ds", groups=1, seed=0, dv=[0], progress=False)
+
+
+def test_patch_study_tables_and_ground_truth(mllm, dataset, monkeypatch):
+    from mechmod.data import load_cases
+
+    real = patch_study.baseline
+
+    def labelled(*a, **k):  # the random tiny model answers 'other': give it answers so that pairs exist
+        b = real(*a, **k)
+        t = b.table
+        t["y_v"], t["y_t"], t["y_m"], t["y_ctrl"] = t["answer_vision"], t["answer_text"], t["answer_text"], t["answer_vision"]
+        return b
+
+    monkeypatch.setattr(patch_study, "baseline", labelled)
+    cfg = patch_study.PatchStudyConfig(directions=("V->C", "I->C"), positions=("question", "last"), knockouts=("zero",))
+    study = patch_study.run_patching(mllm, dataset, load_cases(dataset), cfg)
+    n = study.summary["n_pairs"]
+    assert n == {"V->C": 3, "I->C": 3}
+    assert len(study.layers) == 6 * 2 * mllm.n_layers
+    last = study.layers[(study.layers["positions"] == "last") & (study.layers["layer"] == mllm.n_layers - 1)]
+    np.testing.assert_allclose(last["ld_patched"], last["ld_source"], atol=1e-4)
+    np.testing.assert_allclose(last["restoration"], 1.0, atol=1e-3)
+    assert len(study.summary["curves"]) == 4
+    assert set(study.summary["units"]) == {"patch V->C", "patch I->C", "knockout zero"}
+    assert {u["promotes"] for u in study.summary["units"]["knockout zero"]} <= {"text", "vision", "neutral"}
+    json.dumps(study.summary, allow_nan=False)
+
+
+def test_patch_cli_writes_results(mllm, dataset, tmp_path):
+    import mechmod.cli.patch  # noqa: F401 - registers the commands
+    from mechmod.cli import main
+
+    out = tmp_path / "out"
+    rc = main(["patch", "--model", mllm.name, "--dataset", str(dataset), "--out", str(out), "--positions", "last",
+               "--knockout", "zero"])
+    assert rc == 0
+    summary = json.loads((out / "patch_summary.json").read_text())
+    assert {"curves", "n_pairs", "units", "balance_point"} <= set(summary)
+    assert isinstance(pd.read_parquet(out / "patch_units.parquet"), pd.DataFrame)
+    assert (out / "patch_layers.parquet").is_file() and (out / "patch_report.html").stat().st_size > 100_000
