@@ -375,7 +375,9 @@ def main(argv=None) -> int:
         "matmul_gflop_per_s": round(flops_per_s / 1e9, 1),
         "bound_seconds": round(bound_s, 3),
         "runner_seconds": round(runner["seconds"], 3),
+        "runner_finalize_seconds": round(runner["finalize_seconds"], 3),
         "fraction_of_bound": round(bound_s / runner["seconds"], 3),
+        "fraction_of_bound_scoring": round(bound_s / (runner["seconds"] - runner["finalize_seconds"]), 3),
     }
     print(json.dumps(result))
     return 0
