@@ -69,6 +69,16 @@ def tail_ids(mllm, prompt: str) -> list[int]:
     return [t for t, (a, _) in zip(enc["input_ids"], enc["offset_mapping"]) if a >= cut]
 
 
+def _cache_rows(cache, slots: torch.Tensor):
+    """A cache holding the prefix rows ``slots`` (one gather per layer). The
+    layers are copied shallowly: selecting and the tail's updates rebind
+    their tensors, so the shared prefix cache is never written."""
+    rows = copy.copy(cache)
+    rows.layers = [copy.copy(layer) for layer in cache.layers]
+    rows.batch_select_indices(slots)
+    return rows
+
+
 def _cache_kwarg(model) -> str:
     """transformers renamed ``past_key_values`` to ``cache`` (5.2x)."""
     import inspect
@@ -134,8 +144,7 @@ def _trace_group(mllm, prefixes, prompt_lists, batch_size, backend, logits_out, 
         for r, (_, t) in enumerate(part):
             ids[r, : len(t)] = torch.tensor(t)
         positions = torch.tensor([len(t) - 1 for _, t in part])
-        rows_cache = copy.deepcopy(cache)
-        rows_cache.batch_select_indices(torch.tensor([slot for slot, _ in part], device=mllm.device))
+        rows_cache = _cache_rows(cache, torch.tensor([slot for slot, _ in part], device=mllm.device))
         tail_inputs = {
             "input_ids": ids.to(mllm.device),
             "attention_mask": torch.ones(len(part), P + S, dtype=torch.long, device=mllm.device),
