@@ -186,3 +186,14 @@ def balance_points_figure(labels: Sequence[str], estimates: Sequence[float | Non
                   "balance point (dHrel; < 0 vision preference, > 0 text preference)", "run")
     fig.update_layout(height=max(380, 100 + 50 * len(labels)), showlegend=False)
     return fig
+
+
+def attention_by_layer_figure(attention: Mapping[str, Sequence[float]]) -> go.Figure:
+    """Mean attention mass of the answer position on the image, description
+    and question tokens per decoder layer (conflict cases)."""
+    colors = {"image": VISION_COLOR, "description": TEXT_COLOR, "question": OTHER_COLOR}
+    fig = go.Figure()
+    for span, values in attention.items():
+        fig.add_trace(go.Scatter(x=list(range(len(values))), y=list(values), mode="lines+markers", name=span,
+                                 line=dict(color=colors.get(span))))
+    return _layout(fig, "Where the answer position attends", "decoder layer", "attention mass (mean over heads)")

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import torch
 
 from mechmod.errors import MechmodError
-from mechmod.tracing import ResidualTrace, trace_at
+from mechmod.tracing import SPANS, ResidualTrace, span_mass, trace_at
 
 _PROBE_QUESTION = "?"
 
@@ -60,13 +60,9 @@ def image_prefix(mllm, image) -> Prefix:
 
 
 def tail_ids(mllm, prompt: str) -> list[int]:
-    """Token ids of the prompt's text after the image placeholder (the
-    tokens whose text starts after it; the placeholder is a special token, so
-    they are the processor's last tokens too)."""
-    ph = mllm.adapter.image_placeholder
-    cut = prompt.rfind(ph) + len(ph) if ph in prompt else 0
-    enc = mllm.tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
-    return [t for t, (a, _) in zip(enc["input_ids"], enc["offset_mapping"]) if a >= cut]
+    """Token ids of the prompt's text after the image placeholder (see
+    :meth:`mechmod.models.base.MLLM.tail`)."""
+    return mllm.tail(prompt)[0]
 
 
 def _cache_rows(cache, slots: torch.Tensor):
@@ -102,10 +98,12 @@ def _cat_prefixes(prefixes: Sequence[Prefix]) -> dict[str, torch.Tensor]:
 
 
 def trace_shared(mllm, images: Sequence[Any], prompts_per_image: Sequence[Sequence[tuple[str | None, str]]],
-                 batch_size: int = 8, backend: str = "nnsight") -> list[ResidualTrace]:
+                 batch_size: int = 8, backend: str = "nnsight", attention: bool = False) -> list[ResidualTrace]:
     """For each image, trace its prompts ``(description or None, question)``
     over one shared prefix. Returns one ResidualTrace per image (rows in
-    the order given)."""
+    the order given); with ``attention`` its ``span_attention`` holds the
+    answer position's attention mass on the image, description and
+    question tokens per layer."""
     if len(images) != len(prompts_per_image):
         raise MechmodError(f"trace_shared: {len(images)} images but {len(prompts_per_image)} prompt lists")
     prefixes = [image_prefix(mllm, im) for im in images]
@@ -114,15 +112,18 @@ def trace_shared(mllm, images: Sequence[Any], prompts_per_image: Sequence[Sequen
         groups.setdefault(p.key, []).append(i)
     logits: list[list[torch.Tensor]] = [[] for _ in images]
     resid: list[list[torch.Tensor]] = [[] for _ in images]
+    mass: list[list[torch.Tensor]] = [[] for _ in images]
     for members in groups.values():
         for start in range(0, len(members), batch_size):
             chunk = members[start : start + batch_size]
             _trace_group(mllm, [prefixes[i] for i in chunk], [prompts_per_image[i] for i in chunk],
-                         batch_size, backend, [logits[i] for i in chunk], [resid[i] for i in chunk])
-    return [ResidualTrace(logits=torch.cat(lg), resid=torch.cat(rs)) for lg, rs in zip(logits, resid)]
+                         batch_size, backend, attention, [logits[i] for i in chunk], [resid[i] for i in chunk],
+                         [mass[i] for i in chunk])
+    return [ResidualTrace(logits=torch.cat(lg), resid=torch.cat(rs), span_attention=torch.cat(ms) if ms else None)
+            for lg, rs, ms in zip(logits, resid, mass)]
 
 
-def _trace_group(mllm, prefixes, prompt_lists, batch_size, backend, logits_out, resid_out) -> None:
+def _trace_group(mllm, prefixes, prompt_lists, batch_size, backend, attention, logits_out, resid_out, mass_out) -> None:
     """Prefixes of a few same-shaped images in one forward, then their tails."""
     inputs = {k: v.to(mllm.device) for k, v in _cat_prefixes(prefixes).items()}
     with torch.no_grad():
@@ -130,21 +131,21 @@ def _trace_group(mllm, prefixes, prompt_lists, batch_size, backend, logits_out, 
     cache = out.past_key_values
     P = prefixes[0].length
     deltas = _rope_deltas(mllm)
-    rows = []  # (image slot in this group, tail ids)
+    image_keys = (inputs["input_ids"] == mllm.image_token_id).cpu()  # [images, P]
+    rows = []  # (image slot in this group, tail ids, what each tail token is)
     for slot, prompts in enumerate(prompt_lists):
         for desc, question in prompts:
             text = " ".join(x for x in (desc or "", question) if x)
-            rows.append((slot, tail_ids(mllm, mllm.prompt(text, with_image=True))))
+            rows.append((slot, *mllm.tail(mllm.prompt(text, with_image=True), desc or "", question)))
     pad = mllm.tokenizer.pad_token_id if mllm.tokenizer.pad_token_id is not None else 0
-    results = []
     for start in range(0, len(rows), batch_size):
         part = rows[start : start + batch_size]
-        S = max(len(t) for _, t in part)
+        S = max(len(t) for _, t, _ in part)
         ids = torch.full((len(part), S), pad, dtype=torch.long)
-        for r, (_, t) in enumerate(part):
+        for r, (_, t, _) in enumerate(part):
             ids[r, : len(t)] = torch.tensor(t)
-        positions = torch.tensor([len(t) - 1 for _, t in part])
-        rows_cache = _cache_rows(cache, torch.tensor([slot for slot, _ in part], device=mllm.device))
+        positions = torch.tensor([len(t) - 1 for _, t, _ in part])
+        rows_cache = _cache_rows(cache, torch.tensor([slot for slot, _, _ in part], device=mllm.device))
         tail_inputs = {
             "input_ids": ids.to(mllm.device),
             "attention_mask": torch.ones(len(part), P + S, dtype=torch.long, device=mllm.device),
@@ -152,11 +153,15 @@ def _trace_group(mllm, prefixes, prompt_lists, batch_size, backend, logits_out, 
             "use_cache": True,
         }
         if deltas is not None:  # M-RoPE: text positions continue from the image's, offset per prefix
-            slots = torch.tensor([slot for slot, _ in part], device=deltas.device)
+            slots = torch.tensor([slot for slot, _, _ in part], device=deltas.device)
             tail_inputs["position_ids"] = (torch.arange(P, P + S, device=deltas.device)[None, :]
                                            + deltas.reshape(-1, 1)[slots]).to(mllm.device)
-        results.append((part, trace_at(mllm, tail_inputs, positions.to(mllm.device), backend=backend)))
-    for part, tr in results:
-        for r, (slot, _) in enumerate(part):
+        tr = trace_at(mllm, tail_inputs, positions.to(mllm.device), backend=backend, attention=attention)
+        for r, (slot, _, kinds) in enumerate(part):
             logits_out[slot].append(tr.logits[r : r + 1])
             resid_out[slot].append(tr.resid[r : r + 1])
+            if attention:
+                keys = {name: torch.cat([image_keys[slot] if name == "image" else torch.zeros(P, dtype=torch.bool),
+                                         torch.tensor([k == name for k in kinds] + [False] * (S - len(kinds)))])
+                        for name in SPANS}
+                mass_out[slot].append(span_mass(tr.attn[r : r + 1], {n: m[None] for n, m in keys.items()}))

@@ -117,6 +117,10 @@ def study_report(summary: Mapping[str, Any], results: pd.DataFrame, extra_figure
                        plots.logit_diff_heatmap_figure(summary["logit_diff_heatmap"]))
     if summary.get("case_study"):
         rep.add_figure("Case study: one image, three descriptions (Fig. 6b)", plots.case_study_figure(summary["case_study"]))
+    if summary.get("attention_by_layer"):
+        rep.add_figure("Attention of the answer position by layer", plots.attention_by_layer_figure(summary["attention_by_layer"]),
+                       "Mean over conflict cases and heads of the attention weight the answer position puts on image, "
+                       "description and question tokens (the rest goes to the chat template).")
     for heading, fig in extra_figures or []:
         rep.add_figure(heading, fig)
     return rep

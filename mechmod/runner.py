@@ -28,7 +28,7 @@ from mechmod import _io
 from mechmod.answers import LabelSet
 from mechmod.dynamics import commit_layer, count_oscillations_batch, last_sign_change, layer_votes
 from mechmod.errors import MechmodError
-from mechmod.tracing import trace
+from mechmod.tracing import SPANS, trace
 from mechmod.uncertainty import UNCERTAINTY_MEASURES, entropy, label_entropy, relative_uncertainty
 
 RUN_FILE = "run.json"
@@ -52,6 +52,7 @@ class RunConfig:
     batch_size: int = 8
     radius: float = 0.5
     share_prefix: bool = True
+    attention: bool = True
 
     def identity(self) -> dict[str, Any]:
         """The fields that must match for a resume (batch size and prefix
@@ -157,22 +158,28 @@ def _chunks(df: pd.DataFrame, size: int) -> Iterator[pd.DataFrame]:
         yield df.iloc[start : start + size]
 
 
-def _traced(mllm, images, descriptions, questions, batch_size: int, backend: str, keep_resid: bool):
-    """Trace prompts in batches; returns (logits [N, V], resid [N, L+1, d] or None)."""
-    logits, resid = [], []
+def _traced(mllm, images, descriptions, questions, batch_size: int, backend: str, keep_resid: bool,
+            attention: bool = False):
+    """Trace prompts in batches; returns (logits [N, V], resid [N, L+1, d] or
+    None, span attention mass [N, L, 3] or None)."""
+    from mechmod.tracing import span_mass
+
+    logits, resid, mass = [], [], []
     for s in range(0, len(questions), batch_size):
         enc = mllm.encode(images[s : s + batch_size], descriptions[s : s + batch_size], questions[s : s + batch_size])
-        tr = trace(mllm, enc, backend=backend)
+        tr = trace(mllm, enc, backend=backend, attention=attention)
         logits.append(tr.logits)
         if keep_resid:
             resid.append(tr.resid)
-    return torch.cat(logits), (torch.cat(resid) if keep_resid else None)
+        if attention:
+            mass.append(span_mass(tr.attn, enc.spans))
+    return torch.cat(logits), (torch.cat(resid) if keep_resid else None), (torch.cat(mass) if attention else None)
 
 
-def _traced_shared(mllm, sub: pd.DataFrame, images, vis_keys, batch_size: int, backend: str):
+def _traced_shared(mllm, sub: pd.DataFrame, images, vis_keys, batch_size: int, backend: str, attention: bool):
     """Vision-only and multimodal prompts over one cached prefix per image
     (mechmod.prefix): returns (vision logits in vis_keys order, multimodal
-    logits and residuals in ``sub`` order)."""
+    logits, residuals and span attention masses in ``sub`` order)."""
     from mechmod.prefix import trace_shared
 
     paths = list(dict.fromkeys(sub["image_path"]))
@@ -185,11 +192,12 @@ def _traced_shared(mllm, sub: pd.DataFrame, images, vis_keys, batch_size: int, b
         where_m.append((p, len(prompts[p])))
         prompts[p].append((d, q))
     traces = dict(zip(paths, trace_shared(mllm, [images[p] for p in paths], [prompts[p] for p in paths],
-                                          batch_size=batch_size, backend=backend)))
+                                          batch_size=batch_size, backend=backend, attention=attention)))
     v_logits = torch.stack([traces[p].logits[i] for p, i in where_v])
     m_logits = torch.stack([traces[p].logits[i] for p, i in where_m])
     m_resid = torch.stack([traces[p].resid[i] for p, i in where_m])
-    return v_logits, m_logits, m_resid
+    m_mass = torch.stack([traces[p].span_attention[i] for p, i in where_m]) if attention else None
+    return v_logits, m_logits, m_resid, m_mass
 
 
 @dataclass(frozen=True)
@@ -260,15 +268,17 @@ def _score_group(mllm, lens, sub: pd.DataFrame, images, labels: LabelSet, bs: in
     vis_keys = list(dict.fromkeys(zip(sub["image_path"], sub["question"])))
     txt_keys = list(dict.fromkeys(zip(sub["description"], sub["question"])))
     with torch.no_grad():
-        t_logits, _ = _traced(mllm, [None] * len(txt_keys), [d for d, _ in txt_keys],
-                              [q for _, q in txt_keys], bs, config.backend, keep_resid=False)
+        t_logits, _, _ = _traced(mllm, [None] * len(txt_keys), [d for d, _ in txt_keys],
+                                 [q for _, q in txt_keys], bs, config.backend, keep_resid=False)
         if config.share_prefix:
-            v_logits, m_logits, m_resid = _traced_shared(mllm, sub, images, vis_keys, bs, config.backend)
+            v_logits, m_logits, m_resid, m_mass = _traced_shared(mllm, sub, images, vis_keys, bs, config.backend,
+                                                                 config.attention)
         else:
-            v_logits, _ = _traced(mllm, [images[p] for p, _ in vis_keys], [None] * len(vis_keys),
-                                  [q for _, q in vis_keys], bs, config.backend, keep_resid=False)
-            m_logits, m_resid = _traced(mllm, [images[p] for p in sub["image_path"]], list(sub["description"]),
-                                        list(sub["question"]), bs, config.backend, keep_resid=True)
+            v_logits, _, _ = _traced(mllm, [images[p] for p, _ in vis_keys], [None] * len(vis_keys),
+                                     [q for _, q in vis_keys], bs, config.backend, keep_resid=False)
+            m_logits, m_resid, m_mass = _traced(mllm, [images[p] for p in sub["image_path"]], list(sub["description"]),
+                                                list(sub["question"]), bs, config.backend, keep_resid=True,
+                                                attention=config.attention)
         top_ids, diff_parts = [], []
         ans_v, ans_t = list(sub["answer_vision"]), list(sub["answer_text"])
         for s in range(0, len(sub), bs):  # one lens matmul per batch, reduced where it ran
@@ -316,11 +326,20 @@ def _score_group(mllm, lens, sub: pd.DataFrame, images, labels: LabelSet, bs: in
                 layer_logit_diff=[float(x) for x in diff[j]],
                 oscillations=int(osc[j]),
                 commit_layer=int(commit[j]),
+                **_attention_columns(m_mass, j),
                 last_sign_change=_or_minus_one(last_sign_change(diff[j])),
                 status="ok", error="",
             )
         )
     return rows
+
+
+def _attention_columns(mass, j: int) -> dict[str, list[float]]:
+    """attn_image / attn_description / attn_question: the answer position's
+    attention mass on each span, one value per decoder layer."""
+    if mass is None:
+        return {f"attn_{name}": [] for name in SPANS}
+    return {f"attn_{name}": [float(x) for x in mass[j, :, k]] for k, name in enumerate(SPANS)}
 
 
 def _or_minus_one(x: int | None) -> int:
@@ -342,7 +361,8 @@ def _failed(rec, kind: str, reason: str) -> dict[str, Any]:
     return dict(
         _base(rec), y_v="", y_t="", y_m="", h_v=nan, h_t=nan, h_m=nan, hl_v=nan, hl_t=nan, hl_m=nan,
         p_v=[], p_t=[], p_m=[], dh_rel=nan, dh_rel_degenerate=False, follow="failed",
-        layer_votes=[], layer_logit_diff=[], oscillations=-1, commit_layer=-1, last_sign_change=-1, status="failed", error=f"{kind}: {reason}",
+        layer_votes=[], layer_logit_diff=[], oscillations=-1, commit_layer=-1, last_sign_change=-1,
+        **_attention_columns(None, 0), status="failed", error=f"{kind}: {reason}",
     )
 
 

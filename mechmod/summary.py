@@ -164,6 +164,10 @@ def _layer_dynamics(main: pd.DataFrame) -> dict[str, Any]:
             "cases": [{"case_id": r.case_id, "dt": int(r.dt), "dh_rel": float(r.dh_rel), "follow": r.follow,
                        "layer_logit_diff": [float(x) for x in r.layer_logit_diff]} for r in rows.itertuples()],
         }
+    if "attn_image" in main and main["attn_image"].map(len).gt(0).all():
+        out["attention_by_layer"] = {
+            span: np.stack(main[f"attn_{span}"].map(lambda v: np.asarray(v, float)).to_numpy()).mean(0).tolist()
+            for span in ("image", "description", "question")}
     if "commit_layer" in main:
         c = main["commit_layer"].to_numpy(float)
         c = c[c >= 0]

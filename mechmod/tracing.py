@@ -16,6 +16,14 @@ import torch
 from mechmod.errors import MechmodError
 
 BACKENDS = ("nnsight", "transformer_lens")
+SPANS = ("image", "description", "question")
+
+
+def span_mass(attn: torch.Tensor, masks: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Attention mass of the answer position on each span: ``attn`` [B, L, K]
+    (head-averaged weights over K keys) and bool ``masks[name]`` [B, K] ->
+    [B, L, len(SPANS)] (the rest of the mass is on template tokens)."""
+    return torch.stack([(attn * masks[name][:, None, :].to(attn.dtype)).sum(-1) for name in SPANS], dim=-1)
 
 
 @dataclass(frozen=True)
@@ -25,10 +33,14 @@ class ResidualTrace:
     ``logits`` [B, V] float32: the model's next-token logits at the answer
     position. ``resid`` [B, n_layers + 1, d_model] float32 or None: the
     embedding output (decoder input) then each decoder layer's output, all
-    before the final norm."""
+    before the final norm. ``attn`` [B, n_layers, T_keys] float32 or None
+    (when asked): the answer position's attention weights in each layer,
+    averaged over heads."""
 
     logits: torch.Tensor
     resid: torch.Tensor | None
+    attn: torch.Tensor | None = None
+    span_attention: torch.Tensor | None = None  # [B, n_layers, len(SPANS)], see span_mass
 
     def __post_init__(self):
         if self.logits.ndim != 2:
@@ -37,36 +49,67 @@ class ResidualTrace:
             raise ValueError(f"ResidualTrace.resid must be [B, L+1, D], got {tuple(self.resid.shape)}")
 
 
-def trace(mllm, encoded, backend: str = "nnsight", keep_resid: bool = True) -> ResidualTrace:
-    """Run ``encoded`` through ``mllm`` (no grad) and read the answer position."""
+def trace(mllm, encoded, backend: str = "nnsight", keep_resid: bool = True, attention: bool = False) -> ResidualTrace:
+    """Run ``encoded`` through ``mllm`` (no grad) and read the answer position
+    (with ``attention``, also its head-averaged attention weights)."""
     T = encoded.inputs["input_ids"].shape[1]
     if not bool((encoded.answer_index == T - 1).all()):
         raise MechmodError("trace: the answer must be the last position of every row (left padding)")
-    return _run(mllm, encoded.inputs, None, backend, keep_resid)
+    return _run(mllm, encoded.inputs, None, backend, keep_resid, attention)
 
 
-def trace_at(mllm, inputs: dict, positions: torch.Tensor, backend: str = "nnsight") -> ResidualTrace:
+def trace_at(mllm, inputs: dict, positions: torch.Tensor, backend: str = "nnsight",
+             attention: bool = False) -> ResidualTrace:
     """Like :func:`trace` for inputs whose answers sit at ``positions`` [B]
     (right-padded suffixes over a cached image prefix, see
     :mod:`mechmod.prefix`). The logits are the unembedding of the last
     layer's residual at the answer, which is what the model computes there
     (checked for every model by :func:`self_check`)."""
-    return _run(mllm, inputs, positions.long(), backend, keep_resid=True)
+    return _run(mllm, inputs, positions.long(), backend, True, attention)
 
 
-def _run(mllm, inputs, positions, backend, keep_resid) -> ResidualTrace:
+def _run(mllm, inputs, positions, backend, keep_resid, attention=False) -> ResidualTrace:
     if backend not in BACKENDS:
         raise MechmodError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     B = inputs["input_ids"].shape[0]
     where = (slice(None), -1) if positions is None else (torch.arange(B, device=positions.device), positions)
     run = _trace_nnsight if backend == "nnsight" else _trace_transformer_lens
-    with torch.no_grad():
-        logits, saved = run(mllm, inputs, where, keep_resid, want_logits=positions is None)
+    attn_rows: list = []
+    with torch.no_grad(), (eager_attention(mllm) if attention else _nothing()):
+        logits, saved = run(mllm, dict(inputs, output_attentions=True) if attention else inputs, where, keep_resid,
+                            want_logits=positions is None, attn_out=attn_rows if attention else None)
         resid = torch.stack([s.float().cpu() for s in saved], dim=1) if saved else None
+        attn = torch.stack([a.float().mean(1).cpu() for a in attn_rows], dim=1) if attention else None
         if logits is None:
             last = saved[-1]
             logits = mllm.lm_head(_unembed_input(mllm, last))
-    return ResidualTrace(logits=logits.float().cpu(), resid=resid)
+    return ResidualTrace(logits=logits.float().cpu(), resid=resid, attn=attn)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class eager_attention:
+    """Eager attention while inside (the only kind that returns weights)."""
+
+    def __init__(self, mllm):
+        self.model = mllm.model
+
+    def __enter__(self):
+        self.before = getattr(self.model.config, "_attn_implementation", None) or "sdpa"
+        if self.before != "eager":
+            self.model.set_attn_implementation("eager")
+        return self
+
+    def __exit__(self, *exc):
+        if self.before != "eager":
+            self.model.set_attn_implementation(self.before)
+        return False
 
 
 def _unembed_input(mllm, h):
@@ -102,7 +145,7 @@ def _envoy(root, path: str):
     return obj
 
 
-def _trace_nnsight(mllm, inputs, where, keep_resid: bool, want_logits: bool):
+def _trace_nnsight(mllm, inputs, where, keep_resid: bool, want_logits: bool, attn_out=None):
     model = _nnsight_model(mllm)
     n = mllm.n_layers
     saved: list = []
@@ -115,6 +158,13 @@ def _trace_nnsight(mllm, inputs, where, keep_resid: bool, want_logits: bool):
                 saved.append(_layer_hidden(layers[i].output)[where].save())
         if want_logits:
             logits = model.output.logits[:, -1].save()
+        if attn_out is not None:
+            weights = model.output.attentions
+            if len(weights) != n:  # the TransformerLens bridge swapped the attention modules
+                raise MechmodError(f"{mllm.name}: the model returned {len(weights)} attention maps for {n} layers "
+                                   "(was a TransformerLens bridge booted on it?); reload the model for nnsight")
+            for i in range(n):  # [B, heads, keys] at the answer position
+                attn_out.append(weights[i][where[0], :, where[1], :].save())
     return logits, saved
 
 
@@ -133,7 +183,7 @@ def _bridge(mllm):
     return cached
 
 
-def _trace_transformer_lens(mllm, inputs, where, keep_resid: bool, want_logits: bool):
+def _trace_transformer_lens(mllm, inputs, where, keep_resid: bool, want_logits: bool, attn_out=None):
     bridge = _bridge(mllm)
     n = mllm.n_layers
     names = ["blocks.0.hook_in"] + [f"blocks.{i}.hook_out" for i in range(n)]
@@ -143,10 +193,22 @@ def _trace_transformer_lens(mllm, inputs, where, keep_resid: bool, want_logits: 
         store[hook.name] = _layer_hidden(tensor)[where].detach()
         return tensor
 
-    hooks = [(name, keep) for name in names] if keep_resid else []
+    def keep_pattern(pattern, hook):  # [B, heads, queries, keys] -> the answer's row
+        store[hook.name] = pattern[where[0], :, where[1], :].detach()
+        return pattern
+
+    patterns = [f"blocks.{i}.attn.hook_pattern" for i in range(n)] if attn_out is not None else []
+    hooks = ([(name, keep) for name in names] if keep_resid else []) + [(name, keep_pattern) for name in patterns]
+    inputs = {k: v for k, v in inputs.items() if k != "output_attentions"}
     with bridge.hooks(fwd_hooks=hooks):
         out = bridge.original_model(**inputs, logits_to_keep=1)
     logits = out.logits[:, -1] if want_logits else None
+    if attn_out is not None:
+        missing = [p for p in patterns if p not in store]
+        if missing:
+            raise MechmodError(f"the TransformerLens bridge of {mllm.name} did not fire {missing[0]}; "
+                               "use --backend nnsight for attention masses")
+        attn_out.extend(store[p] for p in patterns)
     return logits, [store[k] for k in names] if keep_resid else []
 
 

@@ -51,3 +51,17 @@ def test_cached_prefix_equals_full_prompts(mllm, batch_size):
             votes_got = labels.top1_labels(mllm.lm_head(mllm.final_norm(got.resid)))
             votes_ref = labels.top1_labels(mllm.lm_head(mllm.final_norm(ref.resid)))
         assert (votes_got == votes_ref).all()
+
+
+def test_attention_mass_over_a_cached_prefix_equals_full_prompts(mllm):
+    from mechmod.tracing import span_mass
+
+    images = _images()[:2]
+    shared = trace_shared(mllm, images, [PROMPTS] * len(images), batch_size=3, attention=True)
+    for image, got in zip(images, shared):
+        enc = mllm.encode([image] * len(PROMPTS), [d for d, _ in PROMPTS], [q for _, q in PROMPTS])
+        ref = span_mass(trace(mllm, enc, attention=True).attn, enc.spans)
+        assert got.span_attention.shape == (len(PROMPTS), mllm.n_layers, 3)
+        assert float((got.span_attention - ref).abs().max()) <= 1e-4
+        assert float(ref[0, :, 1].abs().max()) == 0.0  # the vision-only prompt has no description
+        assert (ref.sum(-1) <= 1 + 1e-5).all() and (ref >= 0).all()  # (sliding windows may see no image)

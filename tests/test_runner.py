@@ -3,6 +3,7 @@ refusal to mix runs, a bad image recorded as a failed case, the CLI."""
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -48,6 +49,9 @@ def test_run_writes_one_row_per_case_and_a_summary(setup, tmp_path):
     assert res["layer_votes"].map(len).eq(mllm.n_layers + 1).all()
     assert res["layer_logit_diff"].map(len).eq(mllm.n_layers + 1).all()
     assert set(res["follow"]) <= {"text", "vision", "other"}
+    for span in ("image", "description", "question"):
+        assert res[f"attn_{span}"].map(len).eq(mllm.n_layers).all()
+    assert (np.stack(res["attn_image"]) > 0).all()
     # unimodal answers are shared: every case of an image asking about its target has one vision answer
     same_q = res[res["control"] != "image_irrelevant"]
     assert same_q.groupby("image_id")["h_v"].agg(lambda h: h.max() - h.min()).max() < 1e-4
@@ -55,6 +59,8 @@ def test_run_writes_one_row_per_case_and_a_summary(setup, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert set(SUMMARY_KEYS) <= set(summary) and summary["n_cases"] == len(cases)
     assert (out / "report.html").stat().st_size > 100_000  # plotly.js embedded
+    assert len(summary["attention_by_layer"]["image"]) == mllm.n_layers
+    assert "Attention of the answer position" in (out / "report.html").read_text()
 
 
 def test_batch_size_does_not_change_results(setup, tmp_path):

@@ -31,6 +31,10 @@ def test_score_is_independent_of_batching_and_prefix_sharing(setup):
     for col in ("h_v", "h_t", "h_m", "dh_rel"):
         np.testing.assert_allclose(one[col], many[col], atol=1e-4, err_msg=col)
     np.testing.assert_allclose(np.stack(one["p_m"]), np.stack(many["p_m"]), atol=1e-5)
+    for span in ("image", "description", "question"):  # attention mass per layer, with and without the cache
+        a, b = np.stack(one[f"attn_{span}"]), np.stack(many[f"attn_{span}"])
+        assert a.shape == (len(cases), mllm.n_layers)
+        np.testing.assert_allclose(a, b, atol=1e-5, err_msg=span)
     p = np.stack(one["p_v"])
     assert p.shape == (len(cases), 6) and (p >= 0).all() and (p.sum(1) <= 1 + 1e-6).all()
 

@@ -28,6 +28,8 @@ DEFAULT_GROUPS = 12
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--share-prefix/--no-share-prefix", default=True, show_default=True,
               help="Compute each image's prefix (and vision features) once and reuse its KV cache.")
+@click.option("--attention/--no-attention", default=True, show_default=True,
+              help="Record the answer position's attention mass on image, description and question tokens per layer.")
 @click.option("--radius", default=0.5, show_default=True, help="Half-width of the ambiguous region around the balance point.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model repository's own code to run (off by default).")
 @click.option("--device-map", default=None,
@@ -41,7 +43,7 @@ DEFAULT_GROUPS = 12
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory (created, or resumed).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def run_cmd(model, dataset_dir, groups, seed, lens, lens_path, backend, uncertainty, device, dtype, batch_size,
-            share_prefix, radius, trust_remote_code, device_map, num_processes, chunk_size, out, quiet):
+            share_prefix, attention, radius, trust_remote_code, device_map, num_processes, chunk_size, out, quiet):
     """Run the behavioural study: three answers per conflict case, entropies,
     dHrel, following curve, balance point, per-layer votes. Writes
     RUN/results.parquet, RUN/summary.json and RUN/report.html; re-running
@@ -89,7 +91,7 @@ def run_cmd(model, dataset_dir, groups, seed, lens, lens_path, backend, uncertai
     config = RunConfig(
         model=str(model), dataset=str(Path(dataset_dir).resolve()), dataset_sha256=dataset_fingerprint(dataset_dir),
         lens=lens, lens_path=str(lens_path) if lens_path else None, backend=backend, uncertainty=uncertainty,
-        batch_size=batch_size, radius=radius, share_prefix=share_prefix,
+        batch_size=batch_size, radius=radius, share_prefix=share_prefix, attention=attention,
     )
     mllm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code, device_map=dmap)
     unembed = Unembed(mllm.final_norm, mllm.lm_head)

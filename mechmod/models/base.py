@@ -190,16 +190,37 @@ class MLLM:
         answer_index = torch.full((ids.shape[0],), ids.shape[1] - 1, dtype=torch.long)
         return Encoded(inputs=inputs, answer_index=answer_index, spans=spans, prompts=tuple(prompts))
 
-    def _spans(self, ids: torch.Tensor, prompts: list[str], pieces: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
-        """Masks of the image, description and question tokens.
+    def tail(self, prompt: str, description: str = "", question: str = "") -> tuple[list[int], list[str]]:
+        """The prompt's tokens after the image placeholder (all of them for a
+        text-only prompt) and what each is: 'description', 'question' or
+        'template'.
 
-        The image placeholder is a special token, so the text after it is
-        tokenized the same whether the processor expanded it to 1 or 576
-        copies; with left padding the tokens after the last image token are
-        the last tokens of every row. So the unexpanded prompt's tokens that
-        start after the placeholder, aligned from the right, say with their
-        offsets which token belongs to which piece (a token's leading space,
-        e.g. SentencePiece's "▁what", does not count as outside its piece)."""
+        The placeholder is a special token, so this text tokenizes the same
+        whether the processor expanded it to 1 or 576 copies: these are the
+        last tokens of the processor's row. Offsets say which piece a token
+        belongs to (a token's leading space, e.g. SentencePiece's "▁what",
+        does not count as outside its piece)."""
+        ph = self.adapter.image_placeholder
+        cut = prompt.rfind(ph) + len(ph) if ph and ph in prompt else 0
+        enc = self.tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
+        kept = [(t, a, b) for t, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]) if a >= cut]
+        q_start = prompt.rfind(question) if question else -1
+        d_start = prompt.rfind(description, cut, q_start if q_start >= 0 else len(prompt)) if description else -1
+        kinds = []
+        for _, a, b in kept:
+            kind = "template"
+            if b > a:
+                a = next((j for j in range(a, b) if not prompt[j].isspace()), a)  # a space inside a piece counts
+                if q_start >= cut and a >= q_start and b <= q_start + len(question):
+                    kind = "question"
+                elif d_start >= cut and a >= d_start and b <= d_start + len(description):
+                    kind = "description"
+            kinds.append(kind)
+        return [t for t, _, _ in kept], kinds
+
+    def _spans(self, ids: torch.Tensor, prompts: list[str], pieces: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
+        """Masks of the image, description and question tokens (left padding:
+        each prompt's :meth:`tail` is the end of its row)."""
         B, T = ids.shape
         image = ids == self.image_token_id
         desc = torch.zeros(B, T, dtype=torch.bool)
@@ -207,23 +228,16 @@ class MLLM:
         pad = self.tokenizer.pad_token_id
         attn = ids != pad if pad is not None else torch.ones_like(ids, dtype=torch.bool)
         for i, (prompt, (d, q)) in enumerate(zip(prompts, pieces)):
-            img_ph = self.adapter.image_placeholder
-            cut = prompt.rfind(img_ph) + len(img_ph) if img_ph and img_ph in prompt else 0
-            enc = self.tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
-            kept = [(t, a, b) for t, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]) if a >= cut]
-            start = T - len(kept)
-            if start < 0 or ids[i, start:].tolist() != [t for t, _, _ in kept]:
+            tail, kinds = self.tail(prompt, d, q)
+            start = T - len(tail)
+            if start < 0 or ids[i, start:].tolist() != tail:
                 raise MechmodError(f"{self.name}: cannot align the text of prompt {i} with the processor's tokens "
-                                   f"(the text after {img_ph!r} tokenizes differently); {self.family} adapter")
-            q_start = prompt.rfind(q)
-            d_start = prompt.rfind(d, cut, q_start) if d else -1
-            for k, (_, a, b) in enumerate(kept):
-                if b <= a:
-                    continue
-                a = next((j for j in range(a, b) if not prompt[j].isspace()), a)  # a space inside a piece counts
-                if q_start >= cut and a >= q_start and b <= q_start + len(q):
+                                   f"(the text after {self.adapter.image_placeholder!r} tokenizes differently); "
+                                   f"{self.family} adapter")
+            for k, kind in enumerate(kinds):
+                if kind == "question":
                     ques[i, start + k] = True
-                elif d_start >= cut and a >= d_start and b <= d_start + len(d):
+                elif kind == "description":
                     desc[i, start + k] = True
         last = torch.zeros(B, T, dtype=torch.bool)
         last[:, -1] = True
