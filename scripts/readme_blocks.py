@@ -1,0 +1,119 @@
+"""Write generated blocks into README.md (between ``<!-- NAME:begin -->`` and
+``<!-- NAME:end -->`` markers), so the numbers there come from commands,
+not from typing.
+
+    python scripts/readme_blocks.py findings RUN [--lens-fidelity LENS_DIR/fidelity.json]
+    python scripts/readme_blocks.py bench CPU.json [GPU.json ...]
+    python scripts/readme_blocks.py card          # `mechmod organism eval` card of the shipped organism
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    if begin not in text or end not in text:
+        raise SystemExit(f"README.md has no {begin} ... {end} markers")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{body.rstrip()}\n{end}{tail}"
+
+
+def _ci(d: dict | None) -> str:
+    if not d or d.get("mean") is None:
+        return "n/a"
+    ci = d.get("ci") or [None, None]
+    lo = "n/a" if ci[0] is None else f"{ci[0]:.3f}"
+    hi = "n/a" if ci[1] is None else f"{ci[1]:.3f}"
+    return f"{d['mean']:.3f} [{lo}, {hi}] (n={d.get('n')})"
+
+
+def findings(run: Path, fidelity: Path | None) -> str:
+    s = json.loads((run / "summary.json").read_text())
+    osc = s.get("oscillations") or {}
+    amb, clr = osc.get("ambiguous"), osc.get("clear")
+    ctl = {k: v for k, v in osc.items() if k.startswith("control_")}
+    lines = [f"Run: `{s['model']}`, {s['n_cases']} cases ({s.get('n_failed', 0)} failed), lens `{s.get('lens')}`; "
+             f"written by `python scripts/readme_blocks.py findings {run}`.", ""]
+    bp, ci = s.get("balance_point"), s.get("balance_ci")
+    bp_txt = "none (" + str((s.get("balance") or {}).get("status")) + ")" if bp is None else (
+        f"{bp:+.3f}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""))
+    lines += [f"- TFR {s['tfr']:.3f}, VFR {s['vfr']:.3f} (both-correct subset: TFR "
+              f"{'n/a' if s.get('tfr_both_correct') is None else format(s['tfr_both_correct'], '.3f')}); "
+              f"balance point {bp_txt}; monotone trend p = "
+              f"{(s.get('monotonicity') or {}).get('p_value', 'n/a')}."]
+    lines.append(f"- Mean oscillations per case: ambiguous {_ci(amb)}, clear {_ci(clr)}, "
+                 + ", ".join(f"{k.replace('control_', 'control ')} {_ci(v)}" for k, v in sorted(ctl.items())) + ".")
+    means = [x.get("mean") for x in (amb, clr) if x] + [v.get("mean") for v in ctl.values()]
+    if amb and clr and ctl and None not in means:
+        holds = amb["mean"] > clr["mean"] > max(v["mean"] for v in ctl.values())
+        separated = amb["ci"][0] > clr["ci"][1] if amb.get("ci") and clr.get("ci") else False
+        lines.append(f"- ambiguous > clear > control: **{'holds' if holds else 'does not hold'}** for these means"
+                     f" ({'the ambiguous and clear intervals do not overlap' if separated else 'the ambiguous and clear intervals overlap'}).")
+    else:
+        lines.append("- ambiguous > clear > control: cannot be assessed (no balance point, so no regions).")
+    att = s.get("attention_by_layer")
+    if att:
+        lines.append("- Attention of the answer position, mean per layer (image / description / question): "
+                     + "; ".join(f"L{i} {a:.2f}/{b:.2f}/{c:.2f}" for i, (a, b, c) in
+                                 enumerate(zip(att["image"], att["description"], att["question"]))) + ".")
+    if fidelity and fidelity.is_file():
+        f = json.loads(fidelity.read_text())["heldout"]
+        lines.append(f"- Lens fidelity, held-out KL(final || lens) in nats per residual index "
+                     f"(n={f['n_examples']}): logit lens " + ", ".join(f"{x:.3f}" for x in f["kl_logit"])
+                     + "; tuned lens " + ", ".join(f"{x:.3f}" for x in f["kl_tuned"]) + ".")
+    return "\n".join(lines)
+
+
+def bench(files: list[Path]) -> str:
+    rows = [json.loads(p.read_text().strip().splitlines()[-1]) for p in files]
+    out = ["| shape | device | cases | naive cases/s | runner cases/s | speedup | fraction of bound | peak memory |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        mem = (f"{r['runner_peak_gpu_mb']} MB GPU" if r.get("runner_peak_gpu_mb")
+               else f"{r.get('runner_peak_rss_mb')} MB RSS (naive {r.get('naive_peak_rss_mb')})")
+        out.append(f"| {r['shape']} | {r['device']} | {r['cases']} | {r.get('naive_cases_per_s')} | "
+                   f"{r['runner_cases_per_s']} | {r.get('speedup')} | {r['fraction_of_bound']} | {mem} |")
+    gpu = [r for r in rows if r.get("paper_scale_projected_minutes") is not None]
+    for r in gpu:
+        out.append("")
+        out.append(f"{r['device']}, {r['shape']} ({r['params_b']} B parameters, bf16): MFU {r['mfu']}; the paper-scale "
+                   f"colour study ({r['paper_scale_pflop']} PFLOP) projects to {r['paper_scale_projected_minutes']} min "
+                   f"at this throughput ({r['paper_scale_minutes_at_bound']} min at the matmul bound).")
+    return "\n".join(out)
+
+
+def card() -> str:
+    from mechmod.models.organism import CHECKPOINT_DIR
+
+    return "```\n" + (CHECKPOINT_DIR / "card.txt").read_text().rstrip() + "\n```"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    f = sub.add_parser("findings")
+    f.add_argument("run", type=Path)
+    f.add_argument("--lens-fidelity", type=Path, default=None)
+    b = sub.add_parser("bench")
+    b.add_argument("files", type=Path, nargs="+")
+    sub.add_parser("card")
+    a = p.parse_args(argv)
+    body = findings(a.run, a.lens_fidelity) if a.what == "findings" else bench(a.files) if a.what == "bench" else card()
+    tmp = README.with_suffix(".md.tmp")
+    tmp.write_text(replace_block(README.read_text(), a.what, body))
+    tmp.replace(README)
+    print(body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
