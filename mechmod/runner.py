@@ -222,12 +222,12 @@ def _readout(logits: torch.Tensor, labels: LabelSet) -> _Readout:
 
 def _label_logit(lens_logits: torch.Tensor, labels: LabelSet, answers: list[str]) -> torch.Tensor:
     """Per case and layer, the lens logit of a label: the max over the
-    label's token variants. lens_logits [B, L+1, V] -> [B, L+1]."""
-    out = torch.empty(lens_logits.shape[:2], device=lens_logits.device)
-    for i, ans in enumerate(answers):
-        ids = torch.as_tensor(labels.token_ids(ans))
-        out[i] = lens_logits[i][:, ids].max(dim=-1).values
-    return out
+    label's token variants (one gather). lens_logits [B, L+1, V] -> [B, L+1]."""
+    variants = [labels.token_ids(a) for a in answers]
+    width = max(len(v) for v in variants)
+    idx = torch.tensor([v + v[:1] * (width - len(v)) for v in variants], device=lens_logits.device)  # pad by repeating
+    B, L1, _ = lens_logits.shape
+    return lens_logits.gather(-1, idx[:, None, :].expand(B, L1, width)).max(dim=-1).values
 
 
 def score_chunk(mllm, lens, cases: pd.DataFrame, dataset_dir: Path, config: RunConfig) -> pd.DataFrame:
