@@ -183,7 +183,7 @@ class ImagePool:
         return self.groups[dv][i], self.pixels[dv][i]
 
 
-DEFAULT_POOL = (1400,) * 5 + (800,) * 4 + (300,) * 5
+DEFAULT_POOL = (1000,) * 5 + (500,) * 4 + (250,) * 5  # 224 px float16: ~2.5 GB
 
 
 @dataclass
@@ -198,12 +198,14 @@ class Example:
 
 
 def curriculum_tiers(progress: float) -> np.ndarray:
-    """Sampling weights over dv 0..13 at training progress in [0, 1]: dv 0-2
-    only for the first 25% (binding the asked shape to its colour is the slow
-    skill: learn it with one or two distractors), then the highest tier
-    unlocks linearly until 55% of training; easy tiers stay over-weighted."""
-    top = 2 + int(round(11 * min(1.0, max(0.0, progress - 0.25) / 0.3)))
-    w = np.array([0.8, 1.8, 1.8, 1.6, 1.6] + [1.0] * 4 + [0.6] * 5, dtype=float)
+    """Sampling weights over dv 0..13 at training progress in [0, 1]: the
+    800x600 tiers dv 0-4 only for the first 15% (binding the asked shape to
+    its colour is the slow skill: learn it where the shapes are large), then
+    the higher tiers unlock one by one until 50% of training. The easy tiers
+    keep about 60% of the mass throughout, so that the skill they need is not
+    crowded out by tiers the small model cannot master anyway."""
+    top = 4 + int(round(9 * min(1.0, max(0.0, progress - 0.15) / 0.35)))
+    w = np.array([0.5, 1.0, 1.2, 1.4, 1.4] + [0.5] * 4 + [0.3] * 5, dtype=float)
     w[top + 1 :] = 0.0
     return w / w.sum()
 

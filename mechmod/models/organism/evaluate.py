@@ -261,7 +261,7 @@ def format_card(card: dict) -> str:
         L.append(f"  [{a['lo']:+.1f},{a['hi']:+.1f})  {a['n']:>4}  {_f(a['tfr'])}  |  {b['n']:>4}  {_f(b['tfr'])}")
     L.append("")
     L.append("targets")
-    for k, v in card["targets"].items():
+    for k, v in sorted(card["targets"].items()):  # sorted: the card JSON is written with sorted keys
         L.append(f"  {'met ' if v else 'MISS'}  {k}")
     return "\n".join(L)
 
