@@ -36,6 +36,10 @@ def _ci(d: dict | None) -> str:
     return f"{d['mean']:.3f} [{lo}, {hi}] (n={d.get('n')})"
 
 
+def _p(p) -> str:
+    return "n/a" if p is None else f"{p:.2g}"
+
+
 def findings(run: Path, fidelity: Path | None) -> str:
     s = json.loads((run / "summary.json").read_text())
     osc = s.get("oscillations") or {}
@@ -49,21 +53,26 @@ def findings(run: Path, fidelity: Path | None) -> str:
     lines += [f"- TFR {s['tfr']:.3f}, VFR {s['vfr']:.3f} (both-correct subset: TFR "
               f"{'n/a' if s.get('tfr_both_correct') is None else format(s['tfr_both_correct'], '.3f')}); "
               f"balance point {bp_txt}; monotone trend p = "
-              f"{(s.get('monotonicity') or {}).get('p_value', 'n/a')}."]
+              f"{_p((s.get('monotonicity') or {}).get('p_value'))}."]
     lines.append(f"- Mean oscillations per case: ambiguous {_ci(amb)}, clear {_ci(clr)}, "
                  + ", ".join(f"{k.replace('control_', 'control ')} {_ci(v)}" for k, v in sorted(ctl.items())) + ".")
-    means = [x.get("mean") for x in (amb, clr) if x] + [v.get("mean") for v in ctl.values()]
-    if amb and clr and ctl and None not in means:
-        holds = amb["mean"] > clr["mean"] > max(v["mean"] for v in ctl.values())
-        separated = amb["ci"][0] > clr["ci"][1] if amb.get("ci") and clr.get("ci") else False
-        lines.append(f"- ambiguous > clear > control: **{'holds' if holds else 'does not hold'}** for these means"
-                     f" ({'the ambiguous and clear intervals do not overlap' if separated else 'the ambiguous and clear intervals overlap'}).")
+    if amb and clr and ctl and amb.get("mean") is not None and clr.get("mean") is not None:
+        def order(a, b, name_a, name_b):
+            sep = a.get("ci") and b.get("ci") and a["ci"][0] > b["ci"][1]
+            return (f"{name_a} > {name_b} {'holds' if a['mean'] > b['mean'] else 'does not hold'}"
+                    f"{' (95% intervals apart)' if sep else ' (intervals overlap)' if a['mean'] > b['mean'] else ''}")
+        parts = [order(amb, clr, "ambiguous", "clear")]
+        parts += [order(clr, v, "clear", k.replace("control_", "control ")) for k, v in sorted(ctl.items())
+                  if v.get("mean") is not None]
+        chain = amb["mean"] > clr["mean"] > max(v["mean"] for v in ctl.values() if v.get("mean") is not None)
+        lines.append(f"- ambiguous > clear > control: **{'holds' if chain else 'does not hold'}** as a whole: "
+                     + "; ".join(parts) + ".")
     else:
         lines.append("- ambiguous > clear > control: cannot be assessed (no balance point, so no regions).")
     att = s.get("attention_by_layer")
     if att:
         lines.append("- Attention of the answer position, mean per layer (image / description / question): "
-                     + "; ".join(f"L{i} {a:.2f}/{b:.2f}/{c:.2f}" for i, (a, b, c) in
+                     + "; ".join(f"L{i} {a:.3f}/{b:.3f}/{c:.3f}" for i, (a, b, c) in
                                  enumerate(zip(att["image"], att["description"], att["question"]))) + ".")
     if fidelity and fidelity.is_file():
         f = json.loads(fidelity.read_text())["heldout"]
