@@ -269,6 +269,8 @@ def main_gpu(a, shape: str, groups: int, dv: list[int]) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="mechmod-bench-") as tmp:
         setup, mllm = build_on_gpu(shape, Path(tmp), groups, dv, a.device)
+        if getattr(a, "batch_size", None):
+            setup = Setup(**{**asdict(setup), "batch_size": a.batch_size})
         peak = matmul_flops_per_s(a.device, "bfloat16", size=8192, seconds=3.0)
         _smoke(setup, mllm)
         run_runner(setup, mllm)  # warm-up (kernels, allocator)
@@ -279,7 +281,8 @@ def main_gpu(a, shape: str, groups: int, dv: list[int]) -> dict:
     achieved = bound["flops"] / scoring_s
     paper = paper_scale_flops(bound)
     return {
-        "shape": shape, "device": torch.cuda.get_device_name(), "dtype": "bfloat16", "cases": runner["cases"],
+        "shape": shape, "device": torch.cuda.get_device_name(), "dtype": "bfloat16", "batch_size": setup.batch_size,
+        "cases": runner["cases"],
         "images": bound["images"], "prefix_tokens": bound["prefix_tokens"],
         "params_b": round(sum(p.numel() for p in mllm.model.parameters()) / 1e9, 2),
         "naive_cases_per_s": naive and round(naive["cases_per_s"], 2),
@@ -338,6 +341,7 @@ def main(argv=None) -> int:
     p.add_argument("--groups", type=int, default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=None, help="runner batch size (default 16 on CPU, 64 on GPU)")
     p.add_argument("--skip-naive", action="store_true", help="(GPU, large shapes) time the runner only")
     p.add_argument("--part", choices=["naive", "runner"], help=argparse.SUPPRESS)
     p.add_argument("--setup", help=argparse.SUPPRESS)
@@ -357,6 +361,8 @@ def main(argv=None) -> int:
         return 0
     with tempfile.TemporaryDirectory(prefix="mechmod-bench-") as tmp:
         setup = build(shape, Path(tmp), groups, dv, a.device)
+        if getattr(a, "batch_size", None):
+            setup = Setup(**{**asdict(setup), "batch_size": a.batch_size})
         naive = None if a.skip_naive else _child("naive", setup, a.threads)
         runner = _child("runner", setup, a.threads)
         bound = lower_bound_flops(setup)
