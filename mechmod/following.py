@@ -125,15 +125,22 @@ def _logistic_fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, iters: int = 30):
     B = w.shape[0]
     beta = np.zeros((B, 2))
     X = np.stack([np.ones_like(x), x], axis=1)  # [n, 2]
+    step = np.full((B, 2), np.inf)
+    active = np.arange(B)  # rows still moving (a row whose step is ~0 has converged and stays put)
     for _ in range(iters):
-        eta = np.clip(beta[:, :1] + beta[:, 1:] * x[None, :], -30, 30)
+        b, wa = beta[active], w[active]
+        eta = np.clip(b[:, :1] + b[:, 1:] * x[None, :], -30, 30)
         p = 1.0 / (1.0 + np.exp(-eta))
-        g = (w * (y[None, :] - p)) @ X  # [B, 2]
-        s = w * p * (1 - p)
+        g = (wa * (y[None, :] - p)) @ X  # [B, 2]
+        s = wa * p * (1 - p)
         h00, h01, h11 = s.sum(1), s @ x, s @ (x * x)
         det = h00 * h11 - h01 * h01 + 1e-12
-        step = np.stack([(h11 * g[:, 0] - h01 * g[:, 1]) / det, (h00 * g[:, 1] - h01 * g[:, 0]) / det], 1)
-        beta = beta + np.clip(step, -5, 5)
+        st = np.stack([(h11 * g[:, 0] - h01 * g[:, 1]) / det, (h00 * g[:, 1] - h01 * g[:, 0]) / det], 1)
+        beta[active] = b + np.clip(st, -5, 5)
+        step[active] = st
+        active = active[np.abs(st).max(1) >= 1e-12]
+        if active.size == 0:
+            break
     eta = np.clip(beta[:, :1] + beta[:, 1:] * x[None, :], -30, 30)
     p = 1.0 / (1.0 + np.exp(-eta))
     s = w * p * (1 - p)
