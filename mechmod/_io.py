@@ -5,6 +5,7 @@ sees a half-written file."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from contextlib import contextmanager
@@ -29,6 +30,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` with numpy scalars and arrays as Python values, paths as
+    strings, tuples as lists, dict keys as strings, and NaN / inf (an empty
+    bin, an undefined rate) as None, so that it is strict JSON."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return jsonable(obj.item())
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -11,13 +11,13 @@ estimate is then None, never an extrapolation.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 from scipy import stats as sps
 
+from mechmod._io import jsonable
 from mechmod.stats import wilson_interval
 
 MIN_CASES = 10
@@ -53,20 +53,6 @@ def both_correct_mask(y_v, y_t, answer_vision, answer_text) -> np.ndarray:
         np.asarray(y_t, dtype=object) == np.asarray(answer_text, dtype=object))
 
 
-def _clean(x) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, (np.floating,)):
-        return _clean(float(x))
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    return x
-
-
 @dataclass(frozen=True)
 class Curve:
     """P(text-following) per dHrel bin with Wilson 95% intervals. Axes: one
@@ -86,7 +72,7 @@ class Curve:
             raise ValueError("Curve: per-bin lists differ in length")
 
     def to_dict(self) -> dict[str, Any]:
-        return _clean(asdict(self))
+        return jsonable(asdict(self))
 
 
 def following_curve(dh_rel, follows_text, bins: int = 8, binning: str = "quantile",
@@ -198,7 +184,7 @@ class BalancePoint:
         return self.interpolated is not None
 
     def to_dict(self) -> dict[str, Any]:
-        d = _clean(asdict(self))
+        d = jsonable(asdict(self))
         d["crosses"] = self.crosses
         return d
 
@@ -274,7 +260,7 @@ def monotonicity_test(dh_rel, follows_text) -> dict[str, Any]:
     z = float(b[0] / se[0]) if np.isfinite(se[0]) and se[0] > 0 else float("-inf") if b[0] < 0 else float("inf")
     p = float(sps.norm.cdf(z))
     rho, rp = sps.spearmanr(x, y)
-    return _clean({"slope": float(b[0]), "z": z, "p_value": p, "spearman_rho": float(rho),
+    return jsonable({"slope": float(b[0]), "z": z, "p_value": p, "spearman_rho": float(rho),
                    "spearman_p": float(rp), "decreasing": bool(p < 0.05)})
 
 
@@ -300,7 +286,7 @@ def compare_balance_points(dh1, t1, dh2, t2, n_boot: int = 1000, seed: int = 0, 
     b1 = balance_point(dh1, t1, n_boot=0)
     b2 = balance_point(dh2, t2, n_boot=0)
     point = (b2.fitted_crossing - b1.fitted_crossing) if (b1.fitted_crossing is not None and b2.fitted_crossing is not None) else None
-    return _clean({"difference": point, "ci": [float(lo), float(hi)], "p_value": float(p), "n_valid": int(diff.size)})
+    return jsonable({"difference": point, "ci": [float(lo), float(hi)], "p_value": float(p), "n_valid": int(diff.size)})
 
 
 def region(dh_rel, balance: float, radius: float = 0.5) -> np.ndarray:

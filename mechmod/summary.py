@@ -219,7 +219,7 @@ def summarize_run(run_dir: str | Path, results: pd.DataFrame | None = None, mode
     _io.write_parquet(run_dir / "results.parquet", out)
     summary["lens"] = run_cfg.get("lens", summary.get("lens"))
     summary["uncertainty"] = run_cfg.get("uncertainty", "entropy")
-    summary = finite_or_none(summary)
+    summary = _io.jsonable(summary)
     _io.write_json(run_dir / "summary.json", summary)
     study_report(summary, out, extra_figures=_lens_figures(run_cfg)).write(run_dir / "report.html")
     return summary
@@ -236,16 +236,3 @@ def _lens_figures(run_cfg: dict) -> list:
     if not held.get("kl_logit"):
         return []
     return [("Lens fidelity: held-out KL(final || lens) per layer", lens_fidelity_figure(held["kl_logit"], held["kl_tuned"]))]
-
-
-def finite_or_none(obj: Any) -> Any:
-    """NaN / inf (an empty bin, an undefined rate) become JSON null."""
-    if isinstance(obj, dict):
-        return {k: finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite_or_none(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj

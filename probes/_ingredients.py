@@ -125,11 +125,9 @@ def write(cfg: RunSpec, name: str, title: str, data: dict[str, Any], figures: Se
     ``caption``)."""
     from mechmod import _io
     from mechmod.report import Report
-    from mechmod.summary import finite_or_none
 
     out = Path(cfg.out)
-    doc = finite_or_none({"probe": name, "config": {k: (str(v) if isinstance(v, Path) else v)
-                                                   for k, v in dataclasses.asdict(cfg).items()}, **data})
+    doc = _io.jsonable({"probe": name, "config": dataclasses.asdict(cfg), **data})
     rep = Report(title)
     for heading, fig, *cap in figures:
         rep.add_figure(heading, fig, cap[0] if cap else caption)

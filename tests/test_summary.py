@@ -70,3 +70,15 @@ def test_bad_results_are_refused(tmp_path):
     only_controls = synthetic_results().assign(control="text_irrelevant")
     with pytest.raises(MechmodError, match="control == 'none'"):
         summarize(only_controls)
+
+
+def test_jsonable_makes_strict_json():
+    import json
+    from pathlib import Path
+
+    from mechmod._io import jsonable
+
+    got = jsonable({1: (np.float32(1.5), np.int64(2)), "a": np.array([np.nan, 3.0]), "p": Path("x/y"),
+                    "inf": float("inf"), "s": "ok"})
+    assert got == {"1": [1.5, 2], "a": [None, 3.0], "p": "x/y", "inf": None, "s": "ok"}
+    json.dumps(got, allow_nan=False)

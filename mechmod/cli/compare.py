@@ -27,9 +27,9 @@ def compare_cmd(run_dirs, labels, out, json_out, n_boot, seed):
     balance-point difference (bootstrap interval, p-value)."""
     from mechmod import _io
     from mechmod.compare import compare_runs, comparison_report
-    from mechmod.summary import finite_or_none
+    from mechmod._io import jsonable
 
-    comparison = finite_or_none(compare_runs(list(run_dirs), labels=list(labels) or None, n_boot=n_boot, seed=seed))
+    comparison = jsonable(compare_runs(list(run_dirs), labels=list(labels) or None, n_boot=n_boot, seed=seed))
     json_out = json_out or out.with_suffix(".json")
     comparison_report(comparison).write(out)
     _io.write_json(json_out, comparison)

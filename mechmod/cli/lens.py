@@ -147,9 +147,7 @@ def train_cmd(model, dataset, groups, seed, steps, batch_size, optimizer, lr, he
         "training": {k: v for k, v in result.settings.items()},
         "seconds": round(time.time() - t0, 1),
     }
-    from mechmod.lenses.tuned_lens import _jsonable
-
-    _io.write_json(out / "fidelity.json", _jsonable(report))
+    _io.write_json(out / "fidelity.json", _io.jsonable(report))
     click.echo(f"held-out KL(final || lens), nats, over {fid.n_examples} prompts:")
     click.echo(fid.table())
     click.echo(f"lens -> {out}/lens.safetensors, {out}/config.json; fidelity -> {out}/fidelity.json "
@@ -172,7 +170,7 @@ def eval_cmd(lens_path, model, dataset, groups, seed, split, device, dtype, trac
     from mechmod import _io
     from mechmod.data import load_cases
     from mechmod.lenses import TunedLens, Unembed, collect_residuals, evaluate_lenses
-    from mechmod.lenses.tuned_lens import CONFIG_FILE, _jsonable
+    from mechmod.lenses.tuned_lens import CONFIG_FILE
 
     lens_path = Path(lens_path)
     cfg_file = lens_path / CONFIG_FILE
@@ -211,7 +209,7 @@ def eval_cmd(lens_path, model, dataset, groups, seed, split, device, dtype, trac
         report = {"model": str(mllm.name), "lens_path": str(lens_path.resolve()), "dataset": str(Path(ds).resolve()),
                   split: fid.to_dict(), f"{split}_by_kind": _by_kind(tuned, data)}
     if json_out:
-        _io.write_json(json_out, _jsonable(report))
+        _io.write_json(json_out, _io.jsonable(report))
     click.echo(f"{split} KL(final || lens), nats, over {fid.n_examples} prompts ({model}):")
     click.echo(fid.table())
     gain = np.asarray(fid.kl_logit) - np.asarray(fid.kl_tuned)

@@ -22,7 +22,7 @@ from mechmod.interventions import heads as H
 from mechmod.interventions.cases import DIRECTIONS, Images, baseline, batches, encode, standard_pairs
 from mechmod.interventions.patching import (COMPONENTS, STUDY_GROUPS, PatchSpec, logit_diff, patch_layers,
                                             restoration, summarize_curve)
-from mechmod.summary import finite_or_none
+from mechmod._io import jsonable
 
 
 @dataclass(frozen=True)
@@ -203,4 +203,4 @@ def _summary(base, pairs_n, curves, units, cfg) -> dict:
                 for r, m_, t_, l_ in zip(per, mean, t, label):
                     r.update(mean_contrib=float(m_), t=float(t_), promotes=str(l_))
             s["units"][analysis] = per
-    return finite_or_none(s)
+    return jsonable(s)

@@ -285,9 +285,9 @@ class PatchCurve:
             raise ValueError("PatchCurve: per-layer lists differ in length")
 
     def to_dict(self) -> dict:
-        from mechmod.summary import finite_or_none
+        from mechmod._io import jsonable
 
-        return finite_or_none(dict(self.__dict__))
+        return jsonable(dict(self.__dict__))
 
 
 def summarize_curve(direction: str, component: str, positions: str, layers: Sequence[int], flipped,

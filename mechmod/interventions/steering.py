@@ -34,7 +34,7 @@ from mechmod.following import balance_point, follow_outcome, following_curve, fo
 from mechmod.interventions.cases import Images, baseline, batches, encode
 from mechmod.interventions.core import Site, chunk_for, sweep
 from mechmod.interventions.patching import logit_diff
-from mechmod.summary import finite_or_none
+from mechmod._io import jsonable
 
 STEER_POSITIONS = ("all", "last")
 DEFAULT_ALPHAS = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
@@ -152,7 +152,7 @@ def steering_summary(alphas: Sequence[float], dh_rel, follow_by_alpha, n_boot: i
     pts = [(p["alpha"], p["balance_point"]["estimate"]) for p in per if p["balance_point"]["estimate"] is not None]
     slope = float(np.polyfit(*zip(*pts), 1)[0]) if len({a for a, _ in pts}) >= 2 else None
     tfr = [(p["alpha"], p["tfr"]) for p in per if p["tfr"] is not None]
-    return finite_or_none({"per_alpha": per, "balance_per_alpha": slope,
+    return jsonable({"per_alpha": per, "balance_per_alpha": slope,
                            "tfr_per_alpha": float(np.polyfit(*zip(*tfr), 1)[0]) if len(tfr) >= 2 else None})
 
 
@@ -222,7 +222,7 @@ def run_steering(mllm, dataset_dir, cases: pd.DataFrame, config: SteerStudyConfi
         summaries[layer] = steering_summary(alphas, dh, wide.to_numpy(object).T, n_boot=cfg.n_boot, seed=cfg.seed)
         summaries[layer]["direction_norm"] = float(directions[layer].norm())
     train_follow = following_rates(table["follow"][train])
-    summary = finite_or_none({"config": asdict(cfg), "alphas": list(alphas), "n_train": int(train.sum()),
+    summary = jsonable({"config": asdict(cfg), "alphas": list(alphas), "n_train": int(train.sum()),
                               "n_heldout": int((~train).sum()), "train_following": train_follow,
                               "layers": {str(k): v for k, v in summaries.items()}})
     return SteerStudy(rows=pd.concat(frames, ignore_index=True), directions=directions, summary=summary)

@@ -133,7 +133,7 @@ class TunedLens(Lens):
         _io.write_bytes(directory / WEIGHTS_FILE, data)
         config = self.config()
         config["weights_sha256"] = hashlib.sha256(data).hexdigest()
-        _io.write_json(directory / CONFIG_FILE, _jsonable(config))
+        _io.write_json(directory / CONFIG_FILE, _io.jsonable(config))
         return directory
 
     @classmethod
@@ -230,22 +230,3 @@ def _read_safetensors(data: bytes, path: Path) -> dict[str, torch.Tensor]:
         return st_load(data)
     except (SafetensorError, ValueError, RuntimeError) as err:
         raise MechmodError(f"{path} is not a readable safetensors file ({err})") from None
-
-
-def _jsonable(obj: Any) -> Any:
-    """Make numpy scalars/arrays and paths JSON-serialisable (recursively)."""
-    import numpy as np
-
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, float) and obj != obj:
-        return None
-    return obj
