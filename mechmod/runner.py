@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mechmod import _io
+from mechmod import _io, distributed, guards
 from mechmod.answers import LabelSet
 from mechmod.dynamics import commit_layer, count_oscillations_batch, last_sign_change, layer_votes
 from mechmod.errors import MechmodError
@@ -89,9 +89,7 @@ def open_run(out: str | Path, config: RunConfig) -> Path:
             raise MechmodError(f"{out} holds a different run ({diff}); choose a new --out directory or "
                                "re-run with the same settings to resume")
     else:
-        from mechmod.guards import clean_stale_temps
-
-        clean_stale_temps(out, prefix=RUN_FILE)  # a run killed while writing run.json left its temp file
+        guards.clean_stale_temps(out, prefix=RUN_FILE)  # a run killed while writing run.json left its temp file
         if out.exists() and any(p.name != GENERATED_DATASET for p in out.iterdir()):
             raise MechmodError(f"{out} exists and is not a mechmod run directory; choose a new --out directory")
         out.mkdir(parents=True, exist_ok=True)
@@ -387,9 +385,7 @@ def score_cases(mllm, lens, cases: pd.DataFrame, dataset_dir: Path, config: RunC
         rows = score_chunk(mllm, lens, cases, dataset_dir, config)
     except (MechmodError, RuntimeError, ValueError) as err:
         rows = _isolate_failures(mllm, lens, cases, dataset_dir, config, err)
-    from mechmod.guards import flag_nonfinite
-
-    return flag_nonfinite(rows)
+    return guards.flag_nonfinite(rows)
 
 
 # -------------------------------------------------------------------- run
@@ -403,7 +399,6 @@ def run_study(mllm, lens, dataset_dir: str | Path, out: str | Path, config: RunC
     its share of the images (:func:`~mechmod.distributed.shard_cases`) into
     its own parts; rank 0 finalizes after every rank is done (other ranks
     return the run directory without finalizing)."""
-    from mechmod import distributed, guards
     from mechmod.data import load_cases
     from tqdm.auto import tqdm
 
@@ -457,11 +452,10 @@ def finalize(out: str | Path) -> Path:
     """Merge the parts into results.parquet, then write summary.json and
     report.html from it. Call it where no other process writes to ``out``
     (rank 0 after the last barrier)."""
-    from mechmod.guards import clean_stale_temps
     from mechmod.summary import summarize_run
 
     out = Path(out)
-    clean_stale_temps(out)  # e.g. a results.parquet temp of a finalize killed midway
+    guards.clean_stale_temps(out)  # e.g. a results.parquet temp of a finalize killed midway
     results = read_parts(out)
     model = json.loads((out / RUN_FILE).read_text()).get("model") if (out / RUN_FILE).is_file() else None
     summarize_run(out, results=results, model=model)
