@@ -167,7 +167,7 @@ def lower_bound_flops(setup: Setup, mllm=None) -> dict:
     multimodal tail with its lens), so a larger study can be projected."""
     from mechmod.data import load_cases, open_image
     from mechmod.models import load_model
-    from mechmod.prefix import image_prefix, tail_ids
+    from mechmod.prefix import image_prefix
 
     mllm = mllm or load_model(setup.model_dir, device="cpu", dtype="float32", check=False)
     cfg = mllm.model.config
@@ -190,11 +190,11 @@ def lower_bound_flops(setup: Setup, mllm=None) -> dict:
     prefix_len = image_prefix(mllm, open_image(setup.dataset_dir, cases.iloc[0].image_path)).length
     unembed = 2 * d * V
     per_image = vision + lm(prefix_len, 0)
-    vis = [lm(len(tail_ids(mllm, mllm.prompt(q, True))), prefix_len) + unembed
+    vis = [lm(len(mllm.tail(mllm.prompt(q, True))[0]), prefix_len) + unembed
            for q in cases.drop_duplicates(["image_path", "question"])["question"]]
     txt = [lm(len(mllm.tokenizer(mllm.prompt(f"{d_} {q}", False))["input_ids"]), 0) + unembed
            for d_, q in cases.drop_duplicates(["description", "question"])[["description", "question"]].itertuples(index=False)]
-    mm = [lm(len(tail_ids(mllm, mllm.prompt(f"{d_} {q}", True))), prefix_len) + (L + 1) * unembed
+    mm = [lm(len(mllm.tail(mllm.prompt(f"{d_} {q}", True))[0]), prefix_len) + (L + 1) * unembed
           for d_, q in cases[["description", "question"]].itertuples(index=False)]
     images = cases["image_path"].nunique()
     total = images * per_image + sum(vis) + sum(txt) + sum(mm)

@@ -50,19 +50,13 @@ def image_prefix(mllm, image) -> Prefix:
     the prompt before its text tail."""
     enc = mllm.encode([image], [None], [_PROBE_QUESTION])
     T = enc.inputs["input_ids"].shape[1]
-    tail = tail_ids(mllm, enc.prompts[0])
+    tail, _ = mllm.tail(enc.prompts[0])
     if enc.inputs["input_ids"][0, T - len(tail):].tolist() != tail:
         raise MechmodError(f"{mllm.name}: the prompt's text tail does not tokenize apart from its image prefix; "
                            "run without prefix sharing (--no-share-prefix)")
     P = T - len(tail)
     inputs = {k: (v[:, :P] if v.ndim >= 2 and v.shape[:2] == (1, T) else v) for k, v in enc.inputs.items()}
     return Prefix(inputs=inputs, length=P)
-
-
-def tail_ids(mllm, prompt: str) -> list[int]:
-    """Token ids of the prompt's text after the image placeholder (see
-    :meth:`mechmod.models.base.MLLM.tail`)."""
-    return mllm.tail(prompt)[0]
 
 
 def _cache_rows(cache, slots: torch.Tensor):
@@ -138,6 +132,7 @@ def _trace_group(mllm, prefixes, prompt_lists, batch_size, backend, attention, l
             text = " ".join(x for x in (desc or "", question) if x)
             rows.append((slot, *mllm.tail(mllm.prompt(text, with_image=True), desc or "", question)))
     pad = mllm.tokenizer.pad_token_id if mllm.tokenizer.pad_token_id is not None else 0
+    cache_kwarg = _cache_kwarg(mllm.model)
     for start in range(0, len(rows), batch_size):
         part = rows[start : start + batch_size]
         S = max(len(t) for _, t, _ in part)
@@ -145,17 +140,16 @@ def _trace_group(mllm, prefixes, prompt_lists, batch_size, backend, attention, l
         for r, (_, t, _) in enumerate(part):
             ids[r, : len(t)] = torch.tensor(t)
         positions = torch.tensor([len(t) - 1 for _, t, _ in part])
-        rows_cache = _cache_rows(cache, torch.tensor([slot for slot, _, _ in part], device=mllm.device))
+        slots = torch.tensor([slot for slot, _, _ in part], device=mllm.device)
         tail_inputs = {
             "input_ids": ids.to(mllm.device),
             "attention_mask": torch.ones(len(part), P + S, dtype=torch.long, device=mllm.device),
-            _cache_kwarg(mllm.model): rows_cache,
+            cache_kwarg: _cache_rows(cache, slots),
             "use_cache": True,
         }
         if deltas is not None:  # M-RoPE: text positions continue from the image's, offset per prefix
-            slots = torch.tensor([slot for slot, _, _ in part], device=deltas.device)
             tail_inputs["position_ids"] = (torch.arange(P, P + S, device=deltas.device)[None, :]
-                                           + deltas.reshape(-1, 1)[slots]).to(mllm.device)
+                                           + deltas.reshape(-1, 1)[slots.to(deltas.device)]).to(mllm.device)
         tr = trace_at(mllm, tail_inputs, positions.to(mllm.device), backend=backend, attention=attention)
         for r, (slot, _, kinds) in enumerate(part):
             logits_out[slot].append(tr.logits[r : r + 1])

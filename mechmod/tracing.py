@@ -9,6 +9,7 @@ Only the answer position is kept (design principle 5)."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -75,7 +76,7 @@ def _run(mllm, inputs, positions, backend, keep_resid, attention=False) -> Resid
     where = (slice(None), -1) if positions is None else (torch.arange(B, device=positions.device), positions)
     run = _trace_nnsight if backend == "nnsight" else _trace_transformer_lens
     attn_rows: list = []
-    with torch.no_grad(), (eager_attention(mllm) if attention else _nothing()):
+    with torch.no_grad(), (eager_attention(mllm) if attention else nullcontext()):
         logits, saved = run(mllm, dict(inputs, output_attentions=True) if attention else inputs, where, keep_resid,
                             want_logits=positions is None, attn_out=attn_rows if attention else None)
         resid = torch.stack([s.float().cpu() for s in saved], dim=1) if saved else None
@@ -84,14 +85,6 @@ def _run(mllm, inputs, positions, backend, keep_resid, attention=False) -> Resid
             last = saved[-1]
             logits = mllm.lm_head(_unembed_input(mllm, last))
     return ResidualTrace(logits=logits.float().cpu(), resid=resid, attn=attn)
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 class eager_attention:
