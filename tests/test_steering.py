@@ -22,15 +22,6 @@ from tests.tiny_llava import build_tiny_llava
 Q = "What color is the circle ?"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run ~100x faster on one thread than on two busy cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def mllm(tmp_path_factory):
     return load_model(str(build_tiny_llava(tmp_path_factory.mktemp("tiny") / "model")))
