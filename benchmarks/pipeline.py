@@ -218,27 +218,17 @@ def build_on_gpu(shape: str, root: Path, groups: int, dv: list[int], device: str
     (weight values do not change the cost), wrapped as an MLLM; the
     vocabulary is padded to LLaVA-1.5's 32064 rows."""
     import torch
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
 
     from mechmod.data import generate_color
     from mechmod.models import llava
     from mechmod.models.base import MLLM
     from mechmod.models.organism.data import all_training_texts
-    from mechmod.models.organism.model import IMAGE_TOKEN, OrganismConfig, build_processor, build_tokenizer, words_of
+    from mechmod.models.organism.model import OrganismConfig, build_processor, build_tokenizer, llava_config, words_of
 
     c = OrganismConfig(**SHAPES[shape])
     tok = build_tokenizer(words_of(all_training_texts(n_groups=300, seed=0)))
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=c.vision_hidden, intermediate_size=c.vision_mlp,
-                                       num_hidden_layers=c.vision_layers, num_attention_heads=c.vision_heads,
-                                       image_size=c.image_size, patch_size=c.patch_size, projection_dim=768),
-        text_config=LlamaConfig(vocab_size=max(vocab, len(tok)), hidden_size=c.text_hidden,
-                                intermediate_size=c.text_mlp, num_hidden_layers=c.text_layers,
-                                num_attention_heads=c.text_heads, num_key_value_heads=c.text_heads,
-                                max_position_embeddings=c.max_positions, pad_token_id=tok.pad_token_id),
-        image_token_index=tok.convert_tokens_to_ids(IMAGE_TOKEN), image_seq_length=c.n_image_tokens,
-        vision_feature_select_strategy="default", vision_feature_layer=-2)
-    config.pad_token_id = tok.pad_token_id
+    config = llava_config(c, tok, vocab_size=vocab, vision_feature_layer=-2)
     torch.manual_seed(0)
     with torch.device(device):
         model = LlavaForConditionalGeneration._from_config(config, dtype=torch.bfloat16)

@@ -115,11 +115,12 @@ def build_processor(tokenizer, cfg: OrganismConfig):
     )
 
 
-def build_model(cfg: OrganismConfig, tokenizer, seed: int = 0):
-    import torch
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+def llava_config(cfg: OrganismConfig, tokenizer, vocab_size: int | None = None, vision_feature_layer: int = -1):
+    """The ``LlavaConfig`` of an organism-shaped model (also the benchmark's
+    larger shapes): ``vocab_size`` pads the embedding beyond the tokenizer;
+    a shallow tower reads its last layer (-1), LLaVA-1.5 its penultimate (-2)."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
-    torch.manual_seed(seed)
     vision = CLIPVisionConfig(
         hidden_size=cfg.vision_hidden,
         intermediate_size=cfg.vision_mlp,
@@ -131,7 +132,7 @@ def build_model(cfg: OrganismConfig, tokenizer, seed: int = 0):
         hidden_act="quick_gelu",
     )
     text = LlamaConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=max(vocab_size or 0, len(tokenizer)),
         hidden_size=cfg.text_hidden,
         intermediate_size=cfg.text_mlp,
         num_hidden_layers=cfg.text_layers,
@@ -149,10 +150,19 @@ def build_model(cfg: OrganismConfig, tokenizer, seed: int = 0):
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         image_seq_length=cfg.n_image_tokens,
         vision_feature_select_strategy="default",
-        vision_feature_layer=-1,
+        vision_feature_layer=vision_feature_layer,
         projector_hidden_act="gelu",
     )
     config.pad_token_id = tokenizer.pad_token_id
+    return config
+
+
+def build_model(cfg: OrganismConfig, tokenizer, seed: int = 0):
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    torch.manual_seed(seed)
+    config = llava_config(cfg, tokenizer)
     model = LlavaForConditionalGeneration(config)
     # eager attention: the training reads attention weights (binding aid);
     # identical maths to sdpa, and every tracer handles it
