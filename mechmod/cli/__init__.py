@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 
 import click
 
@@ -27,6 +28,30 @@ COMMAND_MODULES = [
 @click.version_option(package_name="mechmod")
 def cli() -> None:
     """mechmod: which modality does a multimodal LLM follow, and where is the choice made."""
+
+
+def generated_color_dataset(target: Path, groups: int, seed: int, dv=None, progress: bool = False) -> Path:
+    """The colour dataset (controls included) a command generates when given
+    no --dataset; a re-run of the command finds it there and reuses it."""
+    if not (Path(target) / "manifest.json").is_file():
+        from mechmod.data import generate_color
+
+        click.echo(f"generating a colour dataset ({groups} groups, seed {seed}) into {target}", err=True)
+        generate_color(target, groups=groups, seed=seed, controls=True, progress=progress,
+                       **({"dv": list(dv)} if dv else {}))
+    return Path(target)
+
+
+def load_for_command(model: str, device: str, dtype: str | None, trust_remote_code: bool = False,
+                     threads: int | None = None):
+    """``load_model`` with a command's --device/--dtype/--threads options."""
+    from mechmod.models import load_model
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
 
 
 def _register() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from mechmod.cli import cli
+from mechmod.cli import cli, load_for_command
 from mechmod.errors import MechmodError
 
 
@@ -60,20 +60,6 @@ def _manifest_digest(dataset: Path) -> str | None:
     return hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else None
 
 
-def _load(model: str, device: str, dtype: str | None, threads: int):
-    import torch
-
-    from mechmod.models import load_model
-
-    torch.set_num_threads(threads)
-    torch_dtype = None
-    if dtype is not None:
-        torch_dtype = getattr(torch, dtype, None)
-        if not isinstance(torch_dtype, torch.dtype):
-            raise MechmodError(f"unknown --dtype {dtype!r}; use float32, bfloat16 or float16")
-    return load_model(model, device=device, dtype=torch_dtype)
-
-
 def _by_kind(tuned, data) -> dict:
     from mechmod.lenses import evaluate_lenses
 
@@ -110,7 +96,7 @@ def train_cmd(model, dataset, groups, seed, steps, batch_size, optimizer, lr, he
     t0 = time.time()
     ds = _resolve_dataset(dataset, groups, seed, out / "dataset")
     cases = load_cases(ds)
-    mllm = _load(model, device, dtype, threads)
+    mllm = load_for_command(model, device, dtype, threads=threads)
     click.echo(f"model {mllm.name}: {mllm.n_layers} layers, d_model {mllm.d_model}; dataset {ds}: {len(cases)} cases")
     data = collect_residuals(mllm, cases, ds, batch_size=trace_batch_size, progress=True)
     train, held = data.split_by_group(heldout_fraction, seed=split_seed)
@@ -202,7 +188,7 @@ def eval_cmd(lens_path, model, dataset, groups, seed, split, device, dtype, trac
                     "so there is no held-out split to use; pass --split all"
                 )
             cases = cases[cases["group_id"].astype(str).isin(heldout)]
-        mllm = _load(model, device, dtype, threads)
+        mllm = load_for_command(model, device, dtype, threads=threads)
         tuned = TunedLens.load(lens_path, Unembed(mllm.final_norm, mllm.lm_head))
         data = collect_residuals(mllm, cases, ds, batch_size=trace_batch_size, progress=True)
         fid = evaluate_lenses(tuned, data.resid, data.logits, split=split)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from mechmod.cli import cli
+from mechmod.cli import cli, generated_color_dataset, load_for_command
 from mechmod.errors import MechmodError
 
 DEFAULT_GROUPS = 3
@@ -46,26 +46,7 @@ def _dataset(dataset_dir, groups, seed, dv, out: Path) -> Path:
         if not (Path(dataset_dir) / "manifest.json").is_file():
             raise MechmodError(f"{dataset_dir}: not a mechmod dataset (no manifest.json)")
         return Path(dataset_dir)
-    from mechmod.data import generate_color
-
-    target = out / "dataset"
-    if not (target / "manifest.json").is_file():
-        groups = groups or DEFAULT_GROUPS
-        click.echo(f"generating a colour dataset ({groups} groups, seed {seed}) into {target}", err=True)
-        kw = {"dv": list(dv)} if dv else {}
-        generate_color(target, groups=groups, seed=seed, controls=True, progress=False, **kw)
-    return target
-
-
-def _load(model, device, dtype, trust_remote_code, threads=None):
-    import torch
-
-    from mechmod.models import load_model
-
-    if threads:
-        torch.set_num_threads(threads)
-
-    return load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    return generated_color_dataset(out / "dataset", groups or DEFAULT_GROUPS, seed, dv)
 
 
 @cli.command("patch")
@@ -99,7 +80,7 @@ def patch_cmd(model, dataset_dir, groups, seed, dv, backend, device, dtype, batc
                            components=tuple(components) or defaults.components, units=not no_units,
                            knockouts=tuple(knockouts) or defaults.knockouts, batch_size=batch_size, max_rows=max_rows,
                            backend=backend)
-    mllm = _load(model, device, dtype, trust_remote_code, threads)
+    mllm = load_for_command(model, device, dtype, trust_remote_code, threads)
     study = run_patching(mllm, ds, load_cases(ds), cfg)
     summary = dict(study.summary, model=str(model), dataset=str(ds))
     _io.write_parquet(out / "patch_layers.parquet", study.layers)
@@ -141,7 +122,7 @@ def steer_cmd(model, dataset_dir, groups, seed, dv, backend, device, dtype, batc
     cfg = SteerStudyConfig(layers=tuple(layers) or None, alphas=tuple(alphas) or DEFAULT_ALPHAS, positions=positions,
                            train_fraction=train_fraction, within_group=not pooled, seed=seed, batch_size=batch_size, max_rows=max_rows,
                            n_boot=n_boot, backend=backend)
-    mllm = _load(model, device, dtype, trust_remote_code, threads)
+    mllm = load_for_command(model, device, dtype, trust_remote_code, threads)
     study = run_steering(mllm, ds, load_cases(ds), cfg)
     summary = dict(study.summary, model=str(model), dataset=str(ds))
     _io.write_parquet(out / "steer_rows.parquet", study.rows)

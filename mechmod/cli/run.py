@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from mechmod.cli import cli
+from mechmod.cli import cli, generated_color_dataset
 from mechmod.errors import MechmodError
 
 DEFAULT_GROUPS = 12
@@ -62,11 +62,8 @@ def run_cmd(model, dataset_dir, groups, seed, lens, lens_path, backend, uncertai
     world = distributed.World() if num_processes > 1 else distributed.setup()
     if dataset_dir is None:
         dataset_dir = out / "dataset"  # mechmod.runner.GENERATED_DATASET (not imported: the launcher stays light)
-        if world.is_main and not (dataset_dir / "manifest.json").is_file():
-            from mechmod.data import generate_color
-
-            click.echo(f"generating a color dataset ({groups} groups, seed {seed}) into {dataset_dir}", err=True)
-            generate_color(dataset_dir, groups=groups, seed=seed, controls=True, progress=not quiet)
+        if world.is_main:
+            generated_color_dataset(dataset_dir, groups, seed, progress=not quiet)
         world.barrier()  # the other ranks use the dataset rank 0 generated
     if world.is_main and (Path(dataset_dir) / "manifest.json").is_file():
         from mechmod.data import load_cases

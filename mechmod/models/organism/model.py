@@ -10,7 +10,7 @@ classes so that ``AutoProcessor.from_pretrained`` and
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Iterable
 
 IMAGE_TOKEN = "<image>"

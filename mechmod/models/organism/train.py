@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,6 @@ import numpy as np
 from mechmod import _io
 from mechmod.errors import MechmodError
 from mechmod.models.organism.data import (
-    N_TIERS,
     DEFAULT_POOL,
     ImagePool,
     TrainingStream,
