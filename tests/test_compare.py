@@ -55,7 +55,6 @@ def test_compare_runs_recovers_the_difference(runs):
 
 
 def test_cli_writes_html_and_json(runs, tmp_path, capsys):
-    import mechmod.cli.compare  # noqa: F401  (registers the command also before COMMAND_MODULES lists it)
     from mechmod.cli import main
 
     out = tmp_path / "cmp.html"
@@ -69,7 +68,6 @@ def test_cli_writes_html_and_json(runs, tmp_path, capsys):
 
 
 def test_refusals(runs, tmp_path):
-    import mechmod.cli.compare  # noqa: F401
     from mechmod.cli import main
     from mechmod.compare import compare_runs
 

@@ -236,7 +236,6 @@ def test_patch_study_tables_and_ground_truth(mllm, dataset, monkeypatch):
 
 
 def test_patch_cli_writes_results(mllm, dataset, tmp_path):
-    import mechmod.cli.patch  # noqa: F401 - registers the commands
     from mechmod.cli import main
 
     out = tmp_path / "out"

@@ -27,7 +27,7 @@ def setup(tmp_path_factory):
     model_dir = build_tiny_llava(root / "model")
     ds = generate_color(root / "ds", groups=2, seed=0, dv=[0, 5], progress=False)
     mllm = load_model(str(model_dir))
-    return root, model_dir, root / "ds", mllm
+    return root, model_dir, ds, mllm
 
 
 def config(ds, model_dir, **kw):

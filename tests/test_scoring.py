@@ -2,7 +2,6 @@
 with bad cases recorded and the rest scored."""
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from mechmod.answers import LabelSet

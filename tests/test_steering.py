@@ -152,7 +152,6 @@ def test_steering_study_at_alpha_zero_matches_the_clean_answers(mllm, dataset, m
 
 
 def test_steer_cli(mllm, dataset, tmp_path, capsys, monkeypatch):
-    import mechmod.cli.patch  # noqa: F401 - registers the commands
     from mechmod.cli import main
 
     args = ["steer", "--model", mllm.name, "--dataset", str(dataset), "--n-boot", "0"]
