@@ -82,8 +82,7 @@ def _run(mllm, inputs, positions, backend, keep_resid, attention=False) -> Resid
         resid = torch.stack([s.float().cpu() for s in saved], dim=1) if saved else None
         attn = torch.stack([a.float().mean(1).cpu() for a in attn_rows], dim=1) if attention else None
         if logits is None:
-            last = saved[-1]
-            logits = mllm.lm_head(_unembed_input(mllm, last))
+            logits = _unembed(mllm, saved[-1])
     return ResidualTrace(logits=logits.float().cpu(), resid=resid, attn=attn)
 
 
@@ -105,8 +104,10 @@ class eager_attention:
         return False
 
 
-def _unembed_input(mllm, h):
-    return mllm.final_norm(h.to(next(mllm.final_norm.parameters()).device)).to(mllm.lm_head.weight.device)
+def _unembed(mllm, h):
+    """The model's own final norm and lm_head on residuals ``h`` (each on its device)."""
+    normed = mllm.final_norm(h.to(next(mllm.final_norm.parameters()).device, mllm.dtype))
+    return mllm.lm_head(normed.to(mllm.lm_head.weight.device))
 
 
 def _nnsight_model(mllm):
@@ -223,8 +224,7 @@ def self_check(mllm, backend: str = "nnsight") -> None:
         if tr.logits.shape[-1] < V:
             problems.append(f"logits width {tr.logits.shape[-1]} < lm_head rows {V}")
         with torch.no_grad():
-            h = tr.resid[:, -1].to(mllm.device, mllm.dtype)
-            again = mllm.lm_head(mllm.final_norm(h)).float().cpu()
+            again = _unembed(mllm, tr.resid[:, -1]).float().cpu()
         tol = 1e-3 if mllm.dtype == torch.float32 else 5e-2 * float(again.abs().max())
         err = float((again - tr.logits[:, : again.shape[-1]]).abs().max())
         if not err <= tol:
