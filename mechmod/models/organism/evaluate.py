@@ -26,34 +26,20 @@ from mechmod import _io
 from mechmod.errors import MechmodError
 from mechmod.models.organism.data import N_TIERS, find_thing, knowledge_split
 from mechmod.models.organism.model import prompt
+from mechmod.uncertainty import entropy, relative_uncertainty
 
 DEFAULT_EVAL_SEED = 909_090
 DHREL_BINS = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
 
 
-def _spearman(x, y) -> float:
-    def ranks(a):
-        a = np.asarray(a, float)
-        order = a.argsort(kind="stable")
-        r = np.empty(len(a))
-        r[order] = np.arange(len(a), dtype=float)
-        for v in np.unique(a):  # average ties
-            m = a == v
-            r[m] = r[m].mean()
-        return r
+def _spearman(x, y) -> float | None:
+    """Spearman's rho (average ranks for ties); None when either side is constant."""
+    from scipy.stats import spearmanr
 
-    rx, ry = ranks(x), ranks(y)
-    if rx.std() == 0 or ry.std() == 0:
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if x.std() == 0 or y.std() == 0:
         return None
-    return float(np.corrcoef(rx, ry)[0, 1])
-
-
-def entropy_from_logits(logits):
-    """Natural-log entropy of softmax(logits) over the last axis, float32."""
-    import torch
-
-    lp = torch.log_softmax(logits.float(), dim=-1)
-    return -(lp.exp() * lp).sum(-1)
+    return float(spearmanr(x, y).statistic)
 
 
 class Organism:
@@ -102,7 +88,7 @@ class Organism:
                     enc = self.processor(images=images[i : i + self.batch_size],
                                          text=[prompt(t, True) for t in chunk], return_tensors="pt", padding=True)
                 logits = self.model(**enc).logits[:, -1, :].float()
-            ents += entropy_from_logits(logits).tolist()
+            ents += entropy(logits).tolist()
             labels += [self.id_to_label.get(int(j), "other") for j in logits.argmax(-1)]
         return labels, np.asarray(ents, dtype=np.float32)
 
@@ -167,9 +153,7 @@ def evaluate(model_dir: str | Path, seed: int = DEFAULT_EVAL_SEED, n: int = 100,
     yt, ht = org.answer([f"{d} {q}" for d, q in zip(descs, qs)])
     ym, hm = org.answer([f"{d} {q}" for d, q in zip(descs, qs)], imgs)
     yv, yt, ym = np.array(yv), np.array(yt), np.array(ym)
-    denom = ht + hv
-    both_zero = denom < 1e-6
-    dh = np.where(both_zero, 0.0, 2 * (ht - hv) / np.where(both_zero, 1.0, denom))
+    dh, _ = relative_uncertainty(ht, hv)
     # a case is decided only where the unimodal answers are two different colours
     disagree = (yv != yt) & (yv != "other") & (yt != "other")
     follows_text = disagree & (ym == yt)
