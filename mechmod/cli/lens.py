@@ -52,14 +52,6 @@ def _resolve_dataset(dataset: str | None, groups: int | None, seed: int, generat
     return generate_into
 
 
-def _manifest_digest(dataset: Path) -> str | None:
-    """sha256 of the dataset's manifest.json (identifies the dataset), if any."""
-    import hashlib
-
-    manifest = dataset / "manifest.json"
-    return hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else None
-
-
 def _by_kind(tuned, data) -> dict:
     from mechmod.lenses import evaluate_lenses
 
@@ -91,6 +83,7 @@ def train_cmd(model, dataset, groups, seed, steps, batch_size, optimizer, lr, he
     from mechmod import _io
     from mechmod.data import load_cases
     from mechmod.lenses import TunedLens, Unembed, collect_residuals, evaluate_lenses, train_tuned_lens
+    from mechmod.runner import dataset_fingerprint
 
     out = Path(out)
     t0 = time.time()
@@ -107,7 +100,7 @@ def train_cmd(model, dataset, groups, seed, steps, batch_size, optimizer, lr, he
     tuned = TunedLens(unembed, mllm.n_layers, mllm.d_model, model_name=str(mllm.name))
     data_info = {
         "dataset": str(ds.resolve()),
-        "dataset_manifest_sha256": _manifest_digest(ds),
+        "dataset_manifest_sha256": dataset_fingerprint(ds),
         "generated": groups is not None,
         "groups": groups,
         "dataset_seed": seed if groups is not None else None,
@@ -157,6 +150,7 @@ def eval_cmd(lens_path, model, dataset, groups, seed, split, device, dtype, trac
     from mechmod.data import load_cases
     from mechmod.lenses import TunedLens, Unembed, collect_residuals, evaluate_lenses
     from mechmod.lenses.tuned_lens import CONFIG_FILE
+    from mechmod.runner import dataset_fingerprint
 
     lens_path = Path(lens_path)
     cfg_file = lens_path / CONFIG_FILE
@@ -181,7 +175,7 @@ def eval_cmd(lens_path, model, dataset, groups, seed, split, device, dtype, trac
         cases = load_cases(ds)
         if split == "heldout":
             heldout = set(info.get("heldout_groups") or [])
-            same = info.get("dataset_manifest_sha256") is not None and info.get("dataset_manifest_sha256") == _manifest_digest(ds)
+            same = info.get("dataset_manifest_sha256") is not None and info.get("dataset_manifest_sha256") == dataset_fingerprint(ds)
             if not same or not heldout:
                 raise MechmodError(
                     f"{ds} is not the dataset the lens was trained on (or its held-out groups were not recorded), "
