@@ -197,3 +197,14 @@ def attention_by_layer_figure(attention: Mapping[str, Sequence[float]]) -> go.Fi
         fig.add_trace(go.Scatter(x=list(range(len(values))), y=list(values), mode="lines+markers", name=span,
                                  line=dict(color=colors.get(span))))
     return _layout(fig, "Where the answer position attends", "decoder layer", "attention mass (mean over heads)")
+
+
+def lens_fidelity_figure(kl_logit: Sequence[float], kl_tuned: Sequence[float]) -> go.Figure:
+    """Per-layer mean KL(final || lens) of the logit lens and the tuned lens."""
+    layers = list(range(len(kl_logit)))
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=layers, y=np.asarray(kl_logit, float), mode="lines+markers", name="logit lens",
+                             line=dict(color=OTHER_COLOR)))
+    fig.add_trace(go.Scatter(x=layers, y=np.asarray(kl_tuned, float), mode="lines+markers", name="tuned lens",
+                             line=dict(color="#2ca02c")))
+    return _layout(fig, "Lens fidelity: KL(final || lens) per layer", "residual index (0 = embeddings)", "mean KL (nats)")

@@ -230,7 +230,7 @@ def _lens_figures(run_cfg: dict) -> list:
     path = Path(run_cfg["lens_path"]) / "fidelity.json" if run_cfg.get("lens_path") else None
     if path is None or not path.is_file():
         return []
-    from mechmod.lenses import lens_fidelity_figure
+    from mechmod.plots import lens_fidelity_figure
 
     held = json.loads(path.read_text()).get("heldout") or {}
     if not held.get("kl_logit"):

@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from mechmod import plots
 from mechmod.errors import MechmodError
 from mechmod.lenses import (
     LensFidelity,
@@ -24,7 +25,6 @@ from mechmod.lenses import (
     Unembed,
     evaluate_lenses,
     kl_from_logits,
-    lens_fidelity_figure,
     lens_kl_by_layer,
     split_heldout,
     train_tuned_lens,
@@ -384,7 +384,7 @@ def test_fidelity_result_and_figure():
     d = fid.to_dict()
     assert d["kl_logit"] == [3.0, 2.0, 0.0] and d["layers"] == [0, 1, 2]
     assert "tuned lens KL" in fid.table()
-    fig = lens_fidelity_figure(fid.kl_logit, fid.kl_tuned)
+    fig = plots.lens_fidelity_figure(fid.kl_logit, fid.kl_tuned)
     assert [t.name for t in fig.data] == ["logit lens", "tuned lens"]
     assert list(fig.data[1].y) == [1.0, 0.5, 0.0]
     with pytest.raises(ValueError):

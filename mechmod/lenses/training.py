@@ -27,6 +27,7 @@ import torch
 from mechmod.errors import MechmodError
 from mechmod.lenses.logit_lens import Lens, LogitLens
 from mechmod.lenses.tuned_lens import TunedLens, translate
+from mechmod.names import LENS_OPTIMIZERS
 
 KINDS = ("vision", "text", "multimodal")
 
@@ -158,8 +159,8 @@ def train_tuned_lens(
     if steps < 1:
         raise MechmodError(f"steps must be >= 1, got {steps}")
     optimizer = optimizer.lower()
-    if optimizer not in ("sgd", "adam"):
-        raise MechmodError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+    if optimizer not in LENS_OPTIMIZERS:
+        raise MechmodError(f"optimizer must be {' or '.join(map(repr, LENS_OPTIMIZERS))}, got {optimizer!r}")
     if lr is None:
         lr = 1.0 if optimizer == "sgd" else 1e-3
     if warmup_steps is None:
@@ -520,9 +521,6 @@ class LensFidelity:
             lines.append(f"{i:>5}  {a:>13.4f}  {b:>13.4f}")
         return "\n".join(lines)
 
-    def figure(self):
-        return lens_fidelity_figure(self.kl_logit, self.kl_tuned)
-
 
 def evaluate_lenses(tuned: TunedLens, resid: torch.Tensor, final_logits: torch.Tensor, split: str = "heldout") -> LensFidelity:
     """Per-layer KL of the logit lens (same unembedding) and of ``tuned``."""
@@ -533,24 +531,3 @@ def evaluate_lenses(tuned: TunedLens, resid: torch.Tensor, final_logits: torch.T
         n_examples=int(resid.shape[0]),
         split=split,
     )
-
-
-def lens_fidelity_figure(kl_logit: Sequence[float], kl_tuned: Sequence[float]):
-    """Per-layer mean KL(final || lens) of both lenses (plotly Figure); renders only."""
-    import plotly.graph_objects as go
-
-    kl_logit = np.asarray(kl_logit, dtype=float)
-    kl_tuned = np.asarray(kl_tuned, dtype=float)
-    layers = list(range(len(kl_logit)))
-    fig = go.Figure()
-    fig.add_trace(go.Scatter(x=layers, y=kl_logit, mode="lines+markers", name="logit lens", line=dict(color="#7f7f7f")))
-    fig.add_trace(go.Scatter(x=layers, y=kl_tuned, mode="lines+markers", name="tuned lens", line=dict(color="#2ca02c")))
-    fig.update_layout(
-        title="Lens fidelity: KL(final || lens) per layer",
-        xaxis_title="residual index (0 = embeddings)",
-        yaxis_title="mean KL (nats)",
-        template="plotly_white",
-        height=380,
-        margin=dict(l=60, r=20, t=50, b=50),
-    )
-    return fig
