@@ -15,9 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from mechmod.errors import MechmodError
-
-BACKENDS = ("nnsight", "transformer_lens")
-SPANS = ("image", "description", "question")
+from mechmod.names import ATTENTION_SPANS as SPANS, BACKENDS
 
 
 def span_mass(attn: torch.Tensor, masks: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -12,6 +12,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from mechmod import names
+
 
 def entropy(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Entropy (nats) of softmax(logits) over the full vocabulary, in float32.
@@ -61,8 +63,5 @@ def relative_uncertainty(h_t, h_v, eps: float = 1e-6) -> tuple[np.ndarray, np.nd
 
 
 # name -> function; "entropy" takes logits, the others label probabilities.
-UNCERTAINTY_MEASURES: dict[str, Callable] = {
-    "entropy": entropy,
-    "label_entropy": label_entropy,
-    "margin": margin_uncertainty,
-}
+UNCERTAINTY_MEASURES: dict[str, Callable] = dict(zip(names.UNCERTAINTY_MEASURES, (entropy, label_entropy, margin_uncertainty),
+                                                     strict=True))

@@ -7,6 +7,7 @@ import time
 import click
 
 from mechmod.cli import cli
+from mechmod.names import ATTRIBUTE_SUBSETS
 
 
 def _split(value: str | None) -> list[str] | None:
@@ -59,7 +60,7 @@ def color_cmd(groups, seed, out, controls, dv, dt, colors, shapes, workers, prog
 
 
 @dataset.command("attribute")
-@click.option("--subset", type=click.Choice(["shape", "material", "both"]), default="both", show_default=True)
+@click.option("--subset", type=click.Choice(ATTRIBUTE_SUBSETS), default="both", show_default=True)
 @_groups
 @_seed
 @_out
@@ -81,7 +82,7 @@ def attribute_cmd(subset, groups, seed, out, controls, dv, dt, shapes, progress)
 @dataset.command("clevr")
 @click.option("--clevr-dir", required=True, type=click.Path(), help="A CLEVR_v1.0 directory (scenes/ and images/).")
 @click.option("--split", default="val", show_default=True)
-@click.option("--subset", type=click.Choice(["shape", "material", "both"]), default="both", show_default=True)
+@click.option("--subset", type=click.Choice(ATTRIBUTE_SUBSETS), default="both", show_default=True)
 @_groups
 @_seed
 @_out

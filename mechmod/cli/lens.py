@@ -12,6 +12,7 @@ import click
 
 from mechmod.cli import cli, load_for_command
 from mechmod.errors import MechmodError
+from mechmod.names import LENS_OPTIMIZERS, LENS_SPLITS
 
 
 @cli.group("lens")
@@ -67,7 +68,7 @@ def _by_kind(tuned, data) -> dict:
 @_dataset_options
 @click.option("--steps", default=250, show_default=True, type=click.IntRange(min=1), help="Optimiser steps.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Prompts per step.")
-@click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adam"]),
+@click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(LENS_OPTIMIZERS),
               help="SGD with Nesterov momentum (tuned-lens default) or Adam.")
 @click.option("--lr", default=None, type=float, help="Peak learning rate (default 1.0 for SGD, 1e-3 for Adam).")
 @click.option("--heldout-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
@@ -137,7 +138,7 @@ def train_cmd(model, dataset, groups, seed, steps, batch_size, optimizer, lr, he
 @click.option("--lens-path", "lens_path", required=True, type=click.Path(file_okay=False), help="A tuned lens directory.")
 @click.option("--model", "model", default=None, help="Model name or path (default: the one the lens was trained for).")
 @_dataset_options
-@click.option("--split", default="heldout", show_default=True, type=click.Choice(["heldout", "all"]),
+@click.option("--split", default="heldout", show_default=True, type=click.Choice(LENS_SPLITS),
               help="heldout: only the groups held out in training (when the dataset is the training one).")
 @_common_options
 @click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Also write the result JSON here.")

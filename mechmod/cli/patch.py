@@ -10,6 +10,7 @@ import click
 
 from mechmod.cli import cli, generated_color_dataset, load_for_command
 from mechmod.errors import MechmodError
+from mechmod.names import BACKENDS, KNOCKOUT_MODES, PATCH_COMPONENTS, PATCH_DIRECTIONS, POSITION_GROUPS, STEER_POSITIONS
 
 DEFAULT_GROUPS = 3
 
@@ -23,7 +24,7 @@ def _shared(f):
                      help=f"Groups of the generated colour dataset (default {DEFAULT_GROUPS}; not with --dataset)."),
         click.option("--seed", default=0, show_default=True, help="Seed of the generated dataset and of the split."),
         click.option("--dv", multiple=True, type=click.IntRange(0, 13), help="Visual tiers to generate (repeatable; default all)."),
-        click.option("--backend", type=click.Choice(["nnsight", "transformer_lens"]), default="nnsight", show_default=True),
+        click.option("--backend", type=click.Choice(BACKENDS), default="nnsight", show_default=True),
         click.option("--device", default="cpu", show_default=True),
         click.option("--dtype", default=None, help="float32, bfloat16 or float16 (default: the model's)."),
         click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Cases per batch."),
@@ -51,15 +52,15 @@ def _dataset(dataset_dir, groups, seed, dv, out: Path) -> Path:
 
 @cli.command("patch")
 @_shared
-@click.option("--direction", "directions", multiple=True, type=click.Choice(["V->C", "T->C", "I->C"]),
+@click.option("--direction", "directions", multiple=True, type=click.Choice(PATCH_DIRECTIONS),
               help="Pairs: conflict <- vision-only, <- text-only, <- image-irrelevant control (default all).")
 @click.option("--positions", "positions", multiple=True,
-              type=click.Choice(["image", "description", "question", "template", "last", "all"]),
+              type=click.Choice(POSITION_GROUPS),
               help="Position groups (default image, description, question, last).")
-@click.option("--component", "components", multiple=True, type=click.Choice(["resid", "attn", "mlp"]),
+@click.option("--component", "components", multiple=True, type=click.Choice(PATCH_COMPONENTS),
               help="Components to patch (default resid).")
 @click.option("--no-units", is_flag=True, help="Skip single heads and MLPs.")
-@click.option("--knockout", "knockouts", multiple=True, type=click.Choice(["zero", "mean"]),
+@click.option("--knockout", "knockouts", multiple=True, type=click.Choice(KNOCKOUT_MODES),
               help="Knock-out modes for heads and MLPs (default both).")
 def patch_cmd(model, dataset_dir, groups, seed, dv, backend, device, dtype, batch_size, max_rows, threads,
               trust_remote_code, out, directions, positions, components, no_units, knockouts):
@@ -96,7 +97,7 @@ def patch_cmd(model, dataset_dir, groups, seed, dv, backend, device, dtype, batc
 @_shared
 @click.option("--layer", "layers", multiple=True, type=int, help="Layers to steer at (repeatable; default all).")
 @click.option("--alpha", "alphas", multiple=True, type=float, help="Steering strengths (repeatable; 0 is always added).")
-@click.option("--positions", type=click.Choice(["all", "last"]), default="all", show_default=True,
+@click.option("--positions", type=click.Choice(STEER_POSITIONS), default="all", show_default=True,
               help="Add the direction at every attended position or only the last.")
 @click.option("--train-fraction", default=0.5, show_default=True, type=click.FloatRange(0.05, 0.95),
               help="Share of groups the directions are estimated on.")

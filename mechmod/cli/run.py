@@ -8,6 +8,7 @@ import click
 
 from mechmod.cli import cli, generated_color_dataset
 from mechmod.errors import MechmodError
+from mechmod.names import BACKENDS, LENS_KINDS, UNCERTAINTY_MEASURES
 
 DEFAULT_GROUPS = 12
 
@@ -18,10 +19,10 @@ DEFAULT_GROUPS = 12
               help="A dataset directory (from `mechmod dataset ...`). Default: generate a color dataset into RUN/dataset.")
 @click.option("--groups", default=DEFAULT_GROUPS, show_default=True, help="Groups of the generated color dataset (without --dataset).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the generated color dataset (without --dataset).")
-@click.option("--lens", type=click.Choice(["logit", "tuned"]), default="logit", show_default=True)
+@click.option("--lens", type=click.Choice(LENS_KINDS), default="logit", show_default=True)
 @click.option("--lens-path", type=click.Path(path_type=Path), default=None, help="Directory of a tuned lens (`mechmod lens train`).")
-@click.option("--backend", type=click.Choice(["nnsight", "transformer_lens"]), default="nnsight", show_default=True)
-@click.option("--uncertainty", type=click.Choice(["entropy", "label_entropy", "margin"]), default="entropy", show_default=True,
+@click.option("--backend", type=click.Choice(BACKENDS), default="nnsight", show_default=True)
+@click.option("--uncertainty", type=click.Choice(UNCERTAINTY_MEASURES), default="entropy", show_default=True,
               help="The unimodal uncertainty dHrel is computed from.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", default=None, help="float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on CUDA).")

@@ -58,6 +58,7 @@ from PIL import Image
 
 from mechmod.data.schema import mechmod_version
 from mechmod.errors import MechmodError
+from mechmod.names import ATTRIBUTE_TASKS as TASKS, CONTROLS
 
 W, H = 320, 240
 CLEVR_COLORS: dict[str, tuple[int, int, int]] = {
@@ -76,8 +77,6 @@ SHAPES: tuple[str, ...] = ("sphere", "cube", "cylinder")
 MATERIALS: tuple[str, ...] = ("metal", "rubber")
 SIZES: tuple[str, ...] = ("large", "small")
 LABELS: dict[str, tuple[str, ...]] = {"shape": SHAPES, "material": MATERIALS}
-TASKS = ("shape", "material")
-CONTROLS = ("none", "text_irrelevant", "image_irrelevant")
 COMMAND = "Please use one word to answer this question."
 N_DT = 4
 

@@ -47,6 +47,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mechmod.errors import MechmodError
+from mechmod.names import CONTROLS
 
 # ----------------------------------------------------------------------------
 # vocabulary
@@ -69,8 +70,6 @@ TARGET_SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "rectangle", "
 CONTROL_SHAPES: tuple[str, ...] = ("star", "cone", "frustum")
 #: shapes never drawn; text tier 1 bridges through one of them ("the same as a heart")
 INDIRECT_SHAPES: tuple[str, ...] = ("heart", "crescent", "cross", "arrow", "ring")
-
-CONTROLS: tuple[str, ...] = ("none", "text_irrelevant", "image_irrelevant")
 
 QUESTION = "What color is the {A}?"
 COMMAND = "Please use one word to answer this question."

@@ -27,6 +27,7 @@ from typing import Any, Iterable
 
 from mechmod import _io
 from mechmod.errors import MechmodError
+from mechmod.names import CONTROLS
 
 FORMAT = "mechmod-cases/1"
 CASES = "cases.parquet"
@@ -50,7 +51,6 @@ COLUMNS: dict[str, str] = {
     "candidates": "list[str]",
     "seed": "int",
 }
-CONTROL_VALUES = ("none", "text_irrelevant", "image_irrelevant")
 
 #: largest image open_image accepts (pixels); CLEVR is 480x320, ours <= 800x600
 MAX_PIXELS = 4096 * 4096
@@ -261,9 +261,9 @@ def validate_table(table, where: str, root: Path | None = None, check_files: boo
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise MechmodError(f"{where}: case_id {dup!r} is not unique")
-    bad = set(table.column("control").to_pylist()) - set(CONTROL_VALUES)
+    bad = set(table.column("control").to_pylist()) - set(CONTROLS)
     if bad:
-        raise MechmodError(f"{where}: unknown control value(s) {sorted(bad)}; expected {CONTROL_VALUES}")
+        raise MechmodError(f"{where}: unknown control value(s) {sorted(bad)}; expected {CONTROLS}")
     for rel in sorted(set(table.column("image_path").to_pylist())):
         try:
             _check_rel(rel, "image_path")

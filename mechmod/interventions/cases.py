@@ -18,15 +18,15 @@ import torch
 from mechmod.answers import LabelSet
 from mechmod.errors import MechmodError
 from mechmod.following import follow_outcome
+from mechmod.names import PATCH_DIRECTIONS
 from mechmod.tracing import trace
 from mechmod.uncertainty import entropy, relative_uncertainty
 
-# direction -> (what the source prompt is, which clean answer is the source's)
-DIRECTIONS = {
-    "V->C": "conflict <- vision-only (image + question)",
-    "T->C": "conflict <- text-only (description + question)",
-    "I->C": "conflict <- image-irrelevant control (same image, text about an absent shape)",
-}
+# direction -> what the source prompt is
+DIRECTIONS = dict(zip(PATCH_DIRECTIONS, ("conflict <- vision-only (image + question)",
+                                         "conflict <- text-only (description + question)",
+                                         "conflict <- image-irrelevant control (same image, text about an absent shape)"),
+                      strict=True))
 _SOURCE_ANSWER = {"V->C": "y_v", "T->C": "y_t", "I->C": "y_ctrl"}
 
 

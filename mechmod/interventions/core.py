@@ -30,9 +30,9 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 import torch
 
 from mechmod.errors import MechmodError
-from mechmod.tracing import BACKENDS, _bridge, _envoy, _nnsight_model
+from mechmod.names import BACKENDS, SITE_COMPONENTS
+from mechmod.tracing import _bridge, _envoy, _nnsight_model
 
-SITE_COMPONENTS = ("z", "attn", "mlp", "resid")  # forward order within a layer
 _TL_HOOK = {"resid": "blocks.{l}.hook_out", "attn": "blocks.{l}.attn.hook_out", "mlp": "blocks.{l}.mlp.hook_out",
             "z": "blocks.{l}.attn.o.hook_in"}
 

@@ -22,8 +22,7 @@ import torch
 
 from mechmod.errors import MechmodError
 from mechmod.interventions.core import Site, _n_heads, chunk_for, forward, sweep
-
-KNOCKOUT_MODES = ("zero", "mean")
+from mechmod.names import KNOCKOUT_MODES
 
 
 @dataclass(frozen=True, order=True)

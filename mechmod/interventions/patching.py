@@ -38,10 +38,8 @@ import torch
 
 from mechmod.errors import MechmodError
 from mechmod.interventions.core import Site, chunk_for, forward, sweep
+from mechmod.names import PATCH_COMPONENTS as COMPONENTS, POSITION_GROUPS, SPANS
 
-COMPONENTS = ("resid", "attn", "mlp")
-SPANS = ("image", "description", "question", "template", "last")
-POSITION_GROUPS = SPANS + ("all",)
 STUDY_GROUPS = ("image", "description", "question", "last")
 
 

@@ -35,8 +35,8 @@ from mechmod.interventions.cases import Images, baseline, batches, encode
 from mechmod.interventions.core import Site, chunk_for, sweep
 from mechmod.interventions.patching import logit_diff
 from mechmod._io import jsonable
+from mechmod.names import STEER_POSITIONS
 
-STEER_POSITIONS = ("all", "last")
 DEFAULT_ALPHAS = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
 
 

@@ -25,8 +25,6 @@ from torch import nn
 
 from mechmod.errors import MechmodError
 
-SPAN_NAMES = ("image", "description", "question", "template", "last")
-
 
 @dataclass(frozen=True)
 class Adapter:

@@ -1,0 +1,46 @@
+"""Every name a user picks from, defined once.
+
+The modules that act on these names import them from here, and the CLI's
+``click.Choice`` lists read the same tuples, so a new backend, measure or
+span is named in one place (and implemented in its module). Pure data: no
+imports, safe to import from anywhere.
+"""
+
+#: tracing and intervention backends (mechmod.tracing, mechmod.interventions.core)
+BACKENDS = ("nnsight", "transformer_lens")
+
+#: prompt spans an adapter marks in ``Encoded.spans`` (mechmod.models.base)
+SPANS = ("image", "description", "question", "template", "last")
+#: spans whose answer-position attention mass a run records (mechmod.tracing.span_mass)
+ATTENTION_SPANS = ("image", "description", "question")
+#: position groups a patch covers: a span, or ``all`` of them (mechmod.interventions.patching)
+POSITION_GROUPS = SPANS + ("all",)
+
+#: unimodal uncertainty measures dHrel is computed from, in the order of
+#: mechmod.uncertainty.UNCERTAINTY_MEASURES (entropy, label entropy, 1 - margin)
+UNCERTAINTY_MEASURES = ("entropy", "label_entropy", "margin")
+
+#: intervention sites within a decoder layer, in forward order (mechmod.interventions.core.Site)
+SITE_COMPONENTS = ("z", "attn", "mlp", "resid")
+#: components a layer patch copies (mechmod.interventions.patching.PatchSpec)
+PATCH_COMPONENTS = ("resid", "attn", "mlp")
+#: patch directions, source -> conflict (mechmod.interventions.cases.DIRECTIONS)
+PATCH_DIRECTIONS = ("V->C", "T->C", "I->C")
+#: head and MLP knock-out modes (mechmod.interventions.heads)
+KNOCKOUT_MODES = ("zero", "mean")
+#: where a steering direction is added (mechmod.interventions.steering.SteerSpec)
+STEER_POSITIONS = ("all", "last")
+
+#: lenses a run decodes layers with (mechmod.lenses)
+LENS_KINDS = ("logit", "tuned")
+#: tuned-lens optimisers (mechmod.lenses.training)
+LENS_OPTIMIZERS = ("sgd", "adam")
+#: cases a lens is evaluated on (``mechmod lens eval``)
+LENS_SPLITS = ("heldout", "all")
+
+#: tasks of the rendered attribute set and of CLEVR (mechmod.data.attribute, mechmod.data.clevr)
+ATTRIBUTE_TASKS = ("shape", "material")
+#: task subsets a generator takes: one task or ``both``
+ATTRIBUTE_SUBSETS = ATTRIBUTE_TASKS + ("both",)
+#: the ``control`` column of a dataset (mechmod.data.schema)
+CONTROLS = ("none", "text_irrelevant", "image_irrelevant")
