@@ -99,16 +99,20 @@ def clevr_cmd(clevr_dir, split, subset, groups, seed, out, controls, progress) -
 
 
 @dataset.command("mc2")
-@click.option("--mc2-dir", required=True, type=click.Path(), help="Local MC2 directory (see mechmod.data.mc2).")
+@click.option("--mc2-file", "files", required=True, multiple=True, type=click.Path(),
+              help="A released MC2 JSON file, e.g. data/evaluate_final_text_error1.json (repeat for several).")
+@click.option("--coco-dir", "coco_dirs", required=True, multiple=True, type=click.Path(),
+              help="Folder of the COCO images the records name, e.g. val2014/ (repeat for several).")
 @_out
 @click.option("--seed", default=0, show_default=True, type=int, help="Recorded in the rows.")
 @_progress
-def mc2_cmd(mc2_dir, out, seed, progress) -> None:
-    """Convert a local copy of the MC2 benchmark to the mechmod schema."""
+def mc2_cmd(files, coco_dirs, out, seed, progress) -> None:
+    """Convert the MC2 benchmark's released files (with their COCO images) to the mechmod schema;
+    records without an image are skipped, one line each on stderr."""
     from mechmod.data.mc2 import load_mc2
 
     t0 = time.time()
-    path = load_mc2(mc2_dir, out, seed=seed, progress=progress)
+    path = load_mc2(files, out, coco_dirs, seed=seed, progress=progress, report=lambda line: click.echo(line, err=True))
     _report(path, t0)
 
 

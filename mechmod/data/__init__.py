@@ -7,7 +7,7 @@ Public API::
     generate_color(out, groups, seed, controls=True, progress=True) -> Path
     generate_attribute(out, groups, seed, subset="both", progress=True) -> Path
     load_clevr(clevr_dir, split, out, groups=..., seed=...) -> Path
-    load_mc2(mc2_dir, out) -> Path
+    load_mc2(files, out, coco_dirs) -> Path
     load_cases(dir) -> pandas.DataFrame      (validated)
     open_image(dir, image_path) -> PIL.Image (safe)
 
