@@ -131,7 +131,7 @@ def run_runner(setup: Setup, mllm=None) -> dict:
         with tempfile.TemporaryDirectory() as out:
             t0 = time.perf_counter()
             with torch.no_grad():
-                run_study(mllm, LogitLens(Unembed(mllm.final_norm, mllm.lm_head)), setup.dataset_dir,
+                run_study(mllm, LogitLens(Unembed.from_model(mllm)), setup.dataset_dir,
                           Path(out) / "run", cfg, progress=False)
             _sync(setup.device)
             dt = time.perf_counter() - t0
@@ -247,7 +247,7 @@ def _smoke(setup: Setup, mllm) -> None:
     from mechmod.lenses import LogitLens, Unembed
 
     cfg = runner.RunConfig(model="bench", dataset=setup.dataset_dir, dataset_sha256="-", batch_size=4)
-    rows = runner.score_chunk(mllm, LogitLens(Unembed(mllm.final_norm, mllm.lm_head)),
+    rows = runner.score_chunk(mllm, LogitLens(Unembed.from_model(mllm)),
                               load_cases(setup.dataset_dir).iloc[:6], Path(setup.dataset_dir), cfg)
     if (rows["status"] != "ok").any():
         raise SystemExit(f"smoke test failed: {rows['error'].iloc[0]}")

@@ -28,7 +28,7 @@ def main(argv=None):
         runs, labels = [], []
         for i, (model, dtype) in enumerate(zip(args.models, args.dtypes)):
             mllm = mechmod.load_model(model, dtype=dtype)
-            lens = mechmod.LogitLens(mechmod.Unembed(mllm.final_norm, mllm.lm_head))
+            lens = mechmod.LogitLens(mechmod.Unembed.from_model(mllm))
             config = RunConfig(model=model, dataset=str(ds), dataset_sha256=dataset_fingerprint(ds))
             runs.append(run_study(mllm, lens, ds, Path(tmp) / f"run{i}", config, progress=False))
             labels.append(f"{i + 1}: {Path(model).name} ({dtype})")

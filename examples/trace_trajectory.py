@@ -22,7 +22,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     mllm = mechmod.load_model(args.model)
-    unembed = mechmod.Unembed(mllm.final_norm, mllm.lm_head)
+    unembed = mechmod.Unembed.from_model(mllm)
     lens = mechmod.TunedLens.load(args.lens_path, unembed) if args.lens_path else mechmod.LogitLens(unembed)
     with tempfile.TemporaryDirectory() as tmp:
         ds = generate_color(f"{tmp}/ds", groups=1, dv=[args.dv], dt=[1], controls=False, progress=False)

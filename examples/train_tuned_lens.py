@@ -23,7 +23,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     mllm = mechmod.load_model(args.model)
-    unembed = mechmod.Unembed(mllm.final_norm, mllm.lm_head)
+    unembed = mechmod.Unembed.from_model(mllm)
     with tempfile.TemporaryDirectory() as tmp:
         ds = generate_color(f"{tmp}/ds", groups=3, dv=[0, 6, 12], controls=False, progress=False)
         # answer-position residuals of every vision-only, text-only and multimodal prompt

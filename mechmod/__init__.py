@@ -7,7 +7,7 @@ The public surface (everything else lives in its submodule)::
     enc = mllm.encode([image], [description], [question])
     tr = mechmod.trace(mllm, enc)                        # logits [B, V], resid [B, L+1, D]
     labels = mechmod.LabelSet(mllm.tokenizer, ["red", "blue", ...])
-    lens = mechmod.LogitLens(mechmod.Unembed(mllm.final_norm, mllm.lm_head))
+    lens = mechmod.LogitLens(mechmod.Unembed.from_model(mllm))
     mechmod.relative_uncertainty(h_text, h_vision)       # dHrel
     mechmod.balance_point(dh_rel, follows_text)          # with bootstrap CI
     mechmod.count_oscillations(votes)

@@ -21,7 +21,7 @@ def score(mllm, cases: pd.DataFrame, dataset_dir: str | Path, batch_size: int = 
     from mechmod.lenses import LogitLens, Unembed
     from mechmod.runner import RunConfig, score_cases
 
-    lens = lens or LogitLens(Unembed(mllm.final_norm, mllm.lm_head))
+    lens = lens or LogitLens(Unembed.from_model(mllm))
     config = RunConfig(model=mllm.name, dataset=str(dataset_dir), dataset_sha256="", lens="custom", backend=backend,
                        uncertainty=uncertainty, batch_size=batch_size, share_prefix=share_prefix)
     ordered = cases.sort_values(["image_id", "case_id"], kind="stable")

@@ -102,7 +102,7 @@ def ensure_run(cfg: RunSpec) -> Path:
 
     ds = dataset_dir(cfg)
     mllm = load_model(cfg)
-    unembed = Unembed(mllm.final_norm, mllm.lm_head)
+    unembed = Unembed.from_model(mllm)
     lens = TunedLens.load(cfg.lens_path, unembed) if cfg.lens_path else LogitLens(unembed)
     config = RunConfig(model=str(cfg.model), dataset=str(ds.resolve()), dataset_sha256=dataset_fingerprint(ds),
                        lens="tuned" if cfg.lens_path else "logit",

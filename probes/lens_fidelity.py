@@ -42,7 +42,7 @@ def main(argv=None) -> dict:
         tr_idx, he_idx = split_heldout(len(data), cfg.heldout_fraction, seed=cfg.split_seed)
         train, held = data.subset(np.isin(np.arange(len(data)), tr_idx)), data.subset(np.isin(np.arange(len(data)), he_idx))
         split = "prompt"
-    tuned = TunedLens(Unembed(mllm.final_norm, mllm.lm_head), mllm.n_layers, mllm.d_model, model_name=str(mllm.name))
+    tuned = TunedLens(Unembed.from_model(mllm), mllm.n_layers, mllm.d_model, model_name=str(mllm.name))
     result = train_tuned_lens(tuned, train.resid, train.logits, steps=cfg.steps, batch_size=64,
                               optimizer=cfg.optimizer, lr=cfg.lr, seed=cfg.split_seed)
     fid = evaluate_lenses(tuned, held.resid, held.logits, split="heldout")

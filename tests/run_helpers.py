@@ -63,7 +63,7 @@ def run_in_process(ds: Path, out: Path, batch_size: int = 4, chunk_size: int | N
 
     mllm = mllm or tiny_mllm()
     cfg = run_config(ds, batch_size=batch_size)
-    runner.run_study(mllm, LogitLens(Unembed(mllm.final_norm, mllm.lm_head)), ds, out, cfg,
+    runner.run_study(mllm, LogitLens(Unembed.from_model(mllm)), ds, out, cfg,
                      chunk_size=chunk_size, progress=False)
     return pd.read_parquet(out / "results.parquet")
 

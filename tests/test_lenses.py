@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import pickle
+import types
 
 import numpy as np
 import pytest
@@ -143,6 +144,12 @@ def test_fingerprint_identifies_the_unembedding(llama):
     eps = copy.deepcopy(model.model.norm)
     eps.variance_epsilon = 1e-2
     assert Unembed(eps, model.lm_head).fingerprint() != unembed.fingerprint()
+
+
+def test_unembed_from_model_takes_its_final_norm_and_lm_head(llama):
+    model, *_, unembed = llama
+    mllm = types.SimpleNamespace(final_norm=model.model.norm, lm_head=model.lm_head)
+    assert Unembed.from_model(mllm).fingerprint() == unembed.fingerprint()
 
 
 # ---------------------------------------------------------------- tuned lens

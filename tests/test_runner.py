@@ -35,7 +35,7 @@ def config(ds, model_dir, **kw):
 
 
 def run(mllm, ds, out, cfg, **kw):
-    return runner.run_study(mllm, LogitLens(Unembed(mllm.final_norm, mllm.lm_head)), ds, out, cfg, progress=False, **kw)
+    return runner.run_study(mllm, LogitLens(Unembed.from_model(mllm)), ds, out, cfg, progress=False, **kw)
 
 
 def test_run_writes_one_row_per_case_and_a_summary(setup, tmp_path):

@@ -97,7 +97,7 @@ def train_cmd(model, dataset, groups, seed, steps, batch_size, optimizer, lr, he
     click.echo(f"{len(data)} prompts: {len(train)} train / {len(held)} held out "
                f"({len(set(held.group_id))} of {len(set(data.group_id))} groups held out)")
 
-    unembed = Unembed(mllm.final_norm, mllm.lm_head)
+    unembed = Unembed.from_model(mllm)
     tuned = TunedLens(unembed, mllm.n_layers, mllm.d_model, model_name=str(mllm.name))
     data_info = {
         "dataset": str(ds.resolve()),
@@ -184,7 +184,7 @@ def eval_cmd(lens_path, model, dataset, groups, seed, split, device, dtype, trac
                 )
             cases = cases[cases["group_id"].astype(str).isin(heldout)]
         mllm = load_for_command(model, device, dtype, threads=threads)
-        tuned = TunedLens.load(lens_path, Unembed(mllm.final_norm, mllm.lm_head))
+        tuned = TunedLens.load(lens_path, Unembed.from_model(mllm))
         data = collect_residuals(mllm, cases, ds, batch_size=trace_batch_size, progress=True)
         fid = evaluate_lenses(tuned, data.resid, data.logits, split=split)
         report = {"model": str(mllm.name), "lens_path": str(lens_path.resolve()), "dataset": str(Path(ds).resolve()),

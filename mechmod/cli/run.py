@@ -92,7 +92,7 @@ def run_cmd(model, dataset_dir, groups, seed, lens, lens_path, backend, uncertai
         batch_size=batch_size, radius=radius, share_prefix=share_prefix, attention=attention,
     )
     mllm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code, device_map=dmap)
-    unembed = Unembed(mllm.final_norm, mllm.lm_head)
+    unembed = Unembed.from_model(mllm)
     lens_mod = TunedLens.load(lens_path, unembed) if lens == "tuned" else LogitLens(unembed)
     run_study(mllm, lens_mod, dataset_dir, out, config, chunk_size=chunk_size, progress=not quiet, world=world)
     if world.is_main:

@@ -26,7 +26,7 @@ class Lens(nn.Module):
         if not isinstance(unembed, Unembed):
             raise MechmodError(
                 f"a lens needs a mechmod.lenses.Unembed, got {type(unembed).__name__}; "
-                "build one with Unembed(mllm.final_norm, mllm.lm_head)"
+                "build one with Unembed.from_model(mllm)"
             )
         self.unembed = unembed
 

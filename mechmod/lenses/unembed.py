@@ -57,6 +57,12 @@ class Unembed(nn.Module):
         self.lm_head = copy.deepcopy(lm_head).float().eval()
         self.requires_grad_(False)
 
+    @classmethod
+    def from_model(cls, mllm) -> "Unembed":
+        """The unembedding of a loaded model (:func:`mechmod.load_model`): its
+        final norm and ``lm_head``."""
+        return cls(mllm.final_norm, mllm.lm_head)
+
     # ------------------------------------------------------------------ shape
     @property
     def d_model(self) -> int:
