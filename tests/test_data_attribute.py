@@ -173,7 +173,7 @@ def test_text_tiers_and_controls():
             ref = g.referent
             for dt in range(A.N_DT):
                 rng = lambda: np.random.default_rng([g.index, dt])  # noqa: E731
-                d = A._group_text(g, dt, rng(), "none")
+                d = A.describe_attr_ex(g, dt, rng(), "none")
                 assert ref in d.text and d.asked == ref
                 assert g.vision_answer not in _w(d.text)  # the image's answer is never stated
                 if dt != 2:
@@ -186,10 +186,10 @@ def test_text_tiers_and_controls():
                 if dt == 3:
                     assert any(p1 in d.text and p2 in d.text for p1, p2 in A.POSITIONS)
                     assert d.text.startswith("There is a")
-                ti = A._group_text(g, dt, rng(), "text_irrelevant")
+                ti = A.describe_attr_ex(g, dt, rng(), "text_irrelevant")
                 assert ref not in ti.text and ti.asked == ref and g.absent_color in ti.described
                 assert ti.text.replace(ti.described, ref) == d.text
-                ii = A._group_text(g, dt, rng(), "image_irrelevant")
+                ii = A.describe_attr_ex(g, dt, rng(), "image_irrelevant")
                 assert ii.described == ii.asked and ii.asked.split()[0] in A.ABSENT_COLORS
                 assert ref not in ii.text + A.question_attr(task, ii.asked)
                 assert ii.text.replace(ii.described, ref) == d.text

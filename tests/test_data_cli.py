@@ -105,9 +105,9 @@ def test_non_empty_and_unwritable_out(tmp_path, capsys):
 
 
 def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
-    from mechmod.data import color as C
+    from mechmod.data.color import write
 
-    real = C.render_image
+    real = write.render_image
     calls = {"n": 0}
 
     def flaky(*a, **k):
@@ -116,7 +116,7 @@ def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(C, "render_image", flaky)
+    monkeypatch.setattr(write, "render_image", flaky)
     out = tmp_path / "int"
     assert main(["dataset", "color", "--groups", "3", "--out", str(out), "--no-progress"]) == 130
     assert not out.exists()

@@ -13,6 +13,7 @@ import pytest
 from scipy import ndimage
 
 from mechmod.data import color as C
+from mechmod.data.color.render import MIN_DISTRACTOR_VISIBLE, MIN_VISIBLE
 from mechmod.data.knowledge import KNOWLEDGE, MATERIAL_KNOWLEDGE, SHAPE_KNOWLEDGE
 from mechmod.errors import MechmodError
 
@@ -181,7 +182,7 @@ def test_distractor_counts_on_pixels(renders):
         owner_colour = idx
         for d, m in zip(info.distractors, info.distractor_masks):
             shown = (owner_colour[m] == list(C.COLORS).index(d.color)).sum()
-            assert shown >= C.MIN_DISTRACTOR_VISIBLE * m.sum() - 1e-9
+            assert shown >= MIN_DISTRACTOR_VISIBLE * m.sum() - 1e-9
 
 
 def test_occlusion_share_on_pixels(renders):
@@ -205,7 +206,7 @@ def test_target_stays_visible_but_is_occluded(renders):
     for g, dv, img, info in renders:
         vis = (_rgb_index(img) == list(C.COLORS).index(g.vision_color)).sum()
         frac = vis / info.target_mask.sum()
-        assert frac >= C.MIN_VISIBLE
+        assert frac >= MIN_VISIBLE
         fracs[dv].append(frac)
     for dv in range(5, C.N_DV):
         assert np.mean(fracs[dv]) < 0.95, dv  # occlusion really covers part of the target

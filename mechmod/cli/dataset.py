@@ -51,7 +51,7 @@ _progress = click.option("--progress/--no-progress", default=True, show_default=
 @_progress
 def color_cmd(groups, seed, out, controls, dv, dt, colors, shapes, workers, progress) -> None:
     """Colour recognition: 14 visual x 3 text tiers per group (paper notes §5)."""
-    from mechmod.data.writer import generate_color
+    from mechmod.data import generate_color
 
     t0 = time.time()
     path = generate_color(out, groups=groups, seed=seed, controls=controls, progress=progress, dv=dv, dt=dt,
@@ -71,7 +71,7 @@ def color_cmd(groups, seed, out, controls, dv, dt, colors, shapes, workers, prog
 @_progress
 def attribute_cmd(subset, groups, seed, out, controls, dv, dt, shapes, progress) -> None:
     """Attribute recognition (shape, material) on rendered CLEVR-like scenes."""
-    from mechmod.data.attribute import generate_attribute
+    from mechmod.data import generate_attribute
 
     t0 = time.time()
     path = generate_attribute(out, groups=groups, seed=seed, subset=subset, controls=controls, progress=progress,

@@ -11,9 +11,11 @@ Public API::
     load_cases(dir) -> pandas.DataFrame      (validated)
     open_image(dir, image_path) -> PIL.Image (safe)
 
-In-memory primitives for the colour set live in :mod:`mechmod.data.color`
-and :mod:`mechmod.data.knowledge` (imported lazily: importing this package is
-cheap and has no side effects).
+Each generated set is a package split by job (vocabulary, render, text,
+write): :mod:`mechmod.data.color`, :mod:`mechmod.data.attribute`; world
+knowledge for the indirect text tiers is :mod:`mechmod.data.knowledge`.
+Everything is imported lazily: importing this package is cheap and has no
+side effects.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "generate_color": "mechmod.data.writer",
-    "generate_attribute": "mechmod.data.attribute",
+    "generate_color": "mechmod.data.color.write",
+    "generate_attribute": "mechmod.data.attribute.write",
     "load_clevr": "mechmod.data.clevr",
     "load_mc2": "mechmod.data.mc2",
     "load_cases": "mechmod.data.schema",

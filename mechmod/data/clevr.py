@@ -22,7 +22,7 @@ A group = one task, a (visual, textual) answer pair (balanced like the
 generated sets) and one scene per tier whose target has the visual answer;
 each (scene, task) is used by at most one group. When a tier runs out of
 scenes the group goes without it (the manifest counts missing tiers).
-Descriptions and controls follow :func:`mechmod.data.attribute.attr_text`;
+Descriptions and controls follow :func:`mechmod.data.attribute.text.attr_text`;
 the text_irrelevant referent takes a CLEVR colour absent from that scene
 (``white`` if all 8 are present). Images are copied into ``OUT/images/clevr/``
 so the dataset is self-contained.
@@ -36,24 +36,15 @@ from pathlib import Path
 
 import numpy as np
 
-from mechmod.data.attribute import (
-    ATTR_TIERS,
-    CLEVR_COLORS,
-    CONTROLS,
-    LABELS,
-    MATERIALS,
-    N_DT,
-    SHAPES,
-    SIZES,
-    TASKS,
-    _balanced_pairs,
-    _case_row,
-    _subset_tasks,
-    attr_text,
-    attribute_manifest_common,
-)
-from mechmod.data.schema import mechmod_version
+from mechmod.data.attribute.render import ATTR_TIERS
+from mechmod.data.attribute.text import N_DT, attr_text
+from mechmod.data.attribute.vocabulary import CLEVR_COLORS, LABELS, MATERIALS, SHAPES, SIZES
+from mechmod.data.attribute.write import attribute_manifest_common, case_row, subset_tasks
+from mechmod.data.sampling import balanced_pairs
+from mechmod.data.schema import DatasetDir, dataset_counts, mechmod_version, open_image
+from mechmod.data.writer import _progress, check_groups, check_seed
 from mechmod.errors import MechmodError
+from mechmod.names import ATTRIBUTE_TASKS as TASKS, CONTROLS
 
 FALLBACK_IRRELEVANT = "white"
 
@@ -127,14 +118,11 @@ def load_clevr(clevr_dir: str | os.PathLike, split: str = "val", out: str | os.P
                progress: bool = True) -> Path:
     """Build attribute conflict groups from ``clevr_dir`` (layout above) and
     write them to ``out`` in the mechmod schema; returns ``out``."""
-    from mechmod.data.schema import DatasetDir, dataset_counts, open_image
-    from mechmod.data.writer import _progress, check_groups, check_seed
-
     if out is None:
         raise MechmodError("load_clevr needs an output directory (out=...)")
     groups = check_groups(groups)
     seed = check_seed(seed)
-    tasks = _subset_tasks(subset)
+    tasks = subset_tasks(subset)
     clevr_dir = Path(clevr_dir)
     scenes, idir = _read_scenes(clevr_dir, split)
     ctrls = CONTROLS if controls else ("none",)
@@ -159,7 +147,7 @@ def load_clevr(clevr_dir: str | os.PathLike, split: str = "val", out: str | os.P
             order = rng.permutation(len(cands[key]))
             cands[key] = [cands[key][i] for i in order]
         used: set[int] = set()
-        pairs = _balanced_pairs(LABELS[task], groups, seed, 91 + ti)
+        pairs = balanced_pairs(LABELS[task], groups, seed, 91 + ti)
         width = max(4, len(str(groups - 1)))
         for gi, (v, t) in enumerate(pairs):
             members = {}
@@ -213,10 +201,10 @@ def load_clevr(clevr_dir: str | os.PathLike, split: str = "val", out: str | os.P
                                  "target_color": obj["color"], "target_size": obj["size"],
                                  "n_objects": len(objs), "target_area_px": -1, "target_visible_fraction": -1.0,
                                  "source": f"clevr:{split}:{fname}"}
-                        rows.append(_case_row(case_id=f"{g['group_id']}-dv{dv}-dt{dt}-{ctrl}", group_id=g["group_id"],
-                                              task=task, dv=dv, dt=dt, control=ctrl, image_id=image_id,
-                                              image_path=rel, d=d, answer_vision=g["v"], answer_text=g["t"],
-                                              seed=seed, extra=extra))
+                        rows.append(case_row(case_id=f"{g['group_id']}-dv{dv}-dt{dt}-{ctrl}", group_id=g["group_id"],
+                                             task=task, dv=dv, dt=dt, control=ctrl, image_id=image_id,
+                                             image_path=rel, d=d, answer_vision=g["v"], answer_text=g["t"],
+                                             seed=seed, extra=extra))
         manifest = {
             "task": tasks[0] if len(tasks) == 1 else "attribute",
             "tasks": list(tasks),
