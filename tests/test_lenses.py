@@ -16,7 +16,6 @@ import pytest
 import torch
 from torch import nn
 
-from mechmod import plots
 from mechmod.errors import MechmodError
 from mechmod.lenses import (
     LensFidelity,
@@ -386,14 +385,11 @@ def test_residual_set_split_by_group_keeps_groups_apart():
         rs.subset(groups == "g0").split_by_group()
 
 
-def test_fidelity_result_and_figure():
+def test_fidelity_result():
     fid = LensFidelity(np.array([3.0, 2.0, 0.0]), np.array([1.0, 0.5, 0.0]), n_examples=10)
     d = fid.to_dict()
     assert d["kl_logit"] == [3.0, 2.0, 0.0] and d["layers"] == [0, 1, 2]
     assert "tuned lens KL" in fid.table()
-    fig = plots.lens_fidelity_figure(fid.kl_logit, fid.kl_tuned)
-    assert [t.name for t in fig.data] == ["logit lens", "tuned lens"]
-    assert list(fig.data[1].y) == [1.0, 0.5, 0.0]
     with pytest.raises(ValueError):
         LensFidelity(np.zeros(3), np.zeros(4), n_examples=1)
 
@@ -401,7 +397,7 @@ def test_fidelity_result_and_figure():
 def test_prompt_table_runs_each_distinct_prompt_once():
     import pandas as pd
 
-    from mechmod.lenses.training import _prompt_table
+    from mechmod.lenses.residuals import _prompt_table
 
     rows = []
     for g in ("g0", "g1"):
