@@ -60,7 +60,7 @@ def build(shape: str, root: Path, groups: int, dv: list[int], device: str) -> Se
     import torch
 
     from mechmod.data import generate_color
-    from mechmod.models.organism.data import all_training_texts
+    from mechmod.organism.data import all_training_texts
     from mechmod.models.organism.model import OrganismConfig, build_model, build_processor, build_tokenizer, words_of
 
     cfg = OrganismConfig(**SHAPES[shape])
@@ -109,7 +109,8 @@ def run_runner(setup: Setup, mllm=None) -> dict:
     from mechmod.data import load_cases
     from mechmod.lenses import LogitLens, Unembed
     from mechmod.models import load_model
-    from mechmod.runner import RunConfig, dataset_fingerprint, run_study
+    from mechmod.rundir import RunConfig
+    from mechmod.runner import dataset_fingerprint, run_study
 
     mllm = mllm or load_model(setup.model_dir, device=setup.device, dtype=setup.dtype)
     _reset_peak(setup.device)
@@ -223,7 +224,7 @@ def build_on_gpu(shape: str, root: Path, groups: int, dv: list[int], device: str
     from mechmod.data import generate_color
     from mechmod.models import llava
     from mechmod.models.base import MLLM
-    from mechmod.models.organism.data import all_training_texts
+    from mechmod.organism.data import all_training_texts
     from mechmod.models.organism.model import OrganismConfig, build_processor, build_tokenizer, llava_config, words_of
 
     c = OrganismConfig(**SHAPES[shape])
@@ -242,13 +243,12 @@ def build_on_gpu(shape: str, root: Path, groups: int, dv: list[int], device: str
 def _smoke(setup: Setup, mllm) -> None:
     """Score a few cases without the runner's failure isolation, so a bug
     shows its traceback instead of becoming failed rows."""
-    from mechmod import runner
     from mechmod.data import load_cases
     from mechmod.lenses import LogitLens, Unembed
+    from mechmod.scoring import ScoreOptions, score_chunk
 
-    cfg = runner.RunConfig(model="bench", dataset=setup.dataset_dir, dataset_sha256="-", batch_size=4)
-    rows = runner.score_chunk(mllm, LogitLens(Unembed.from_model(mllm)),
-                              load_cases(setup.dataset_dir).iloc[:6], Path(setup.dataset_dir), cfg)
+    rows = score_chunk(mllm, LogitLens(Unembed.from_model(mllm)),
+                       load_cases(setup.dataset_dir).iloc[:6], Path(setup.dataset_dir), ScoreOptions(batch_size=4))
     if (rows["status"] != "ok").any():
         raise SystemExit(f"smoke test failed: {rows['error'].iloc[0]}")
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import mechmod
 from mechmod.compare import compare_runs, comparison_report
 from mechmod.data import generate_color
-from mechmod.runner import RunConfig, dataset_fingerprint, run_study
+from mechmod.rundir import RunConfig
+from mechmod.runner import dataset_fingerprint, run_study
 
 
 def main(argv=None):

@@ -32,6 +32,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def remove_stale_temps(directory: str | os.PathLike, prefix: str = "") -> list[Path]:
+    """Remove the temporary files ``.{prefix}*.tmp`` that :func:`atomic_path`
+    of a killed writer left in ``directory``; returns those removed. Only
+    call it where no other process is writing files with that prefix."""
+    removed = []
+    d = Path(directory)
+    if not d.is_dir():
+        return removed
+    for p in d.glob(f".{prefix}*.tmp"):
+        try:
+            p.unlink()
+            removed.append(p)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def jsonable(obj: Any) -> Any:
     """``obj`` with numpy scalars and arrays as Python values, paths as
     strings, tuples as lists, dict keys as strings, and NaN / inf (an empty

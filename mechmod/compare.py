@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from mechmod.errors import MechmodError
+from mechmod.rundir import RunDir
 
 N_BOOT = 1000
 
@@ -35,8 +36,8 @@ def decided_cases(results: pd.DataFrame) -> pd.DataFrame:
 
 def load_run(run_dir: str | Path) -> tuple[dict[str, Any], pd.DataFrame]:
     """(summary, results) of a finished run directory."""
-    run_dir = Path(run_dir)
-    s_path, r_path = run_dir / "summary.json", run_dir / "results.parquet"
+    run = RunDir(run_dir)
+    run_dir, s_path, r_path = run.path, run.summary, run.results
     for p in (s_path, r_path):
         if not p.is_file():
             raise MechmodError(f"{run_dir}: no {p.name}; give run directories written by `mechmod run` "

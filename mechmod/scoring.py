@@ -1,11 +1,58 @@
-"""`mechmod.score`: the three answers of conflict cases as a table, without
-a run directory (the runner streams the same rows to disk)."""
+"""Scoring conflict cases: one row of results per case.
+
+Per chunk of cases (best in image order, so an image's cases travel
+together): vision-only once per (image, question), text-only once per
+(description, question), multimodal per case, traced at the answer position;
+the multimodal residuals of every layer are decoded by the lens into
+per-layer votes and logit differences.
+
+A case that cannot be scored is a row with ``status='failed'`` and
+``error='kind: reason'`` while the others are scored: ``image`` (its image
+does not decode), ``model`` / ``oom`` (the forward raised for it alone),
+``nonfinite`` (NaN or inf outputs, e.g. a float16 overflow, which raise
+nothing: :func:`flag_nonfinite` turns them into failures so the summary
+never averages a NaN).
+
+``score`` is the public entry (a table, no run directory); the runner
+streams :func:`score_cases` chunks to disk.
+"""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import numpy as np
 import pandas as pd
+import torch
+
+from mechmod.answers import LabelSet
+from mechmod.data import open_image
+from mechmod.dynamics import commit_layer, count_oscillations_batch, last_sign_change, layer_votes
+from mechmod.errors import MechmodError
+from mechmod.following import follow_outcome
+from mechmod.lenses import LogitLens, Unembed
+from mechmod.prefix import trace_shared
+from mechmod.tracing import SPANS, span_mass, trace
+from mechmod.uncertainty import UNCERTAINTY_MEASURES, entropy, label_entropy, relative_uncertainty
+
+#: kind of a case whose model outputs are not finite (the 'error' prefix)
+NONFINITE = "nonfinite"
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """How cases are scored: batch size and prefix sharing change speed, the
+    backend, uncertainty measure and attention columns change the rows."""
+
+    batch_size: int = 8
+    backend: str = "nnsight"
+    uncertainty: str = "entropy"
+    share_prefix: bool = True
+    attention: bool = True
 
 
 def score(mllm, cases: pd.DataFrame, dataset_dir: str | Path, batch_size: int = 8, backend: str = "nnsight",
@@ -18,12 +65,275 @@ def score(mllm, cases: pd.DataFrame, dataset_dir: str | Path, batch_size: int = 
     scored (e.g. its image does not decode) gets status 'failed' and its
     reason; the others are scored. Padding and batch size do not change
     the numbers beyond float32 rounding."""
-    from mechmod.lenses import LogitLens, Unembed
-    from mechmod.runner import RunConfig, score_cases
-
     lens = lens or LogitLens(Unembed.from_model(mllm))
-    config = RunConfig(model=mllm.name, dataset=str(dataset_dir), dataset_sha256="", lens="custom", backend=backend,
-                       uncertainty=uncertainty, batch_size=batch_size, share_prefix=share_prefix)
+    options = ScoreOptions(batch_size=batch_size, backend=backend, uncertainty=uncertainty, share_prefix=share_prefix)
     ordered = cases.sort_values(["image_id", "case_id"], kind="stable")
-    rows = score_cases(mllm, lens, ordered, Path(dataset_dir), config)
+    rows = score_cases(mllm, lens, ordered, Path(dataset_dir), options)
     return rows.set_index("case_id").loc[list(cases["case_id"])].reset_index()
+
+
+def score_cases(mllm, lens, cases: pd.DataFrame, dataset_dir: Path, options: ScoreOptions) -> pd.DataFrame:
+    """Rows for ``cases`` (best in image order); a case that cannot be scored
+    is recorded as failed with its reason while the others are scored."""
+    try:
+        rows = score_chunk(mllm, lens, cases, dataset_dir, options)
+    except (MechmodError, RuntimeError, ValueError):
+        rows = _isolate_failures(mllm, lens, cases, dataset_dir, options)
+    return flag_nonfinite(rows)
+
+
+def _isolate_failures(mllm, lens, chunk: pd.DataFrame, dataset_dir: Path, options: ScoreOptions) -> pd.DataFrame:
+    """A chunk raised: score its cases one at a time so only the bad ones fail."""
+    rows = []
+    for i in range(len(chunk)):
+        one = chunk.iloc[i : i + 1]
+        try:
+            rows.append(score_chunk(mllm, lens, one, dataset_dir, options))
+        except (MechmodError, RuntimeError, ValueError) as e:  # per-case failure, recorded
+            oom = "out of memory" in str(e).lower()
+            reason = f"{e} (lower --batch-size, or use --dtype bfloat16 / --device-map auto)" if oom else str(e)
+            rows.append(pd.DataFrame([failed_row(next(one.itertuples(index=False)), "oom" if oom else "model", reason)]))
+    return pd.concat(rows, ignore_index=True)
+
+
+def score_chunk(mllm, lens, cases: pd.DataFrame, dataset_dir: Path, options: ScoreOptions) -> pd.DataFrame:
+    """All columns of results.parquet (but ``region``) for a chunk of cases.
+    A case whose inputs cannot be built (e.g. an undecodable image) is
+    returned with status 'failed' and its reason; the others go on; a
+    forward that raises raises (see :func:`score_cases`)."""
+    rows: dict[str, dict[str, Any]] = {}
+    images: dict[str, Any] = {}
+    for rel in cases["image_path"].unique():
+        try:
+            images[rel] = open_image(dataset_dir, rel)
+        except MechmodError as err:
+            images[rel] = err
+    ok = []
+    for rec in cases.itertuples(index=False):
+        img = images[rec.image_path]
+        if isinstance(img, MechmodError):
+            rows[rec.case_id] = failed_row(rec, "image", str(img))
+        else:
+            ok.append(rec)
+    if not ok:
+        return pd.DataFrame(list(rows.values()))
+    ok_df = pd.DataFrame(ok)
+    # One label set per candidate tuple (tasks differ in their labels).
+    out_rows = []
+    for cand, sub in ok_df.groupby(ok_df["candidates"].map(tuple), sort=False):
+        labels = LabelSet(mllm.tokenizer, list(cand))
+        out_rows.extend(_score_group(mllm, lens, sub, images, labels, options))
+    for r in out_rows:
+        rows[r["case_id"]] = r
+    return pd.DataFrame([rows[c] for c in cases["case_id"] if c in rows])
+
+
+# ------------------------------------------------------------- tracing
+def _traced(mllm, images, descriptions, questions, batch_size: int, backend: str, keep_resid: bool,
+            attention: bool = False):
+    """Trace prompts in batches; returns (logits [N, V], resid [N, L+1, d] or
+    None, span attention mass [N, L, 3] or None)."""
+    logits, resid, mass = [], [], []
+    for s in range(0, len(questions), batch_size):
+        enc = mllm.encode(images[s : s + batch_size], descriptions[s : s + batch_size], questions[s : s + batch_size])
+        tr = trace(mllm, enc, backend=backend, attention=attention)
+        logits.append(tr.logits)
+        if keep_resid:
+            resid.append(tr.resid)
+        if attention:
+            mass.append(span_mass(tr.attn, enc.spans))
+    return torch.cat(logits), (torch.cat(resid) if keep_resid else None), (torch.cat(mass) if attention else None)
+
+
+def _traced_shared(mllm, sub: pd.DataFrame, images, vis_keys, batch_size: int, backend: str, attention: bool):
+    """Vision-only and multimodal prompts over one cached prefix per image
+    (mechmod.prefix): returns (vision logits in vis_keys order, multimodal
+    logits, residuals and span attention masses in ``sub`` order)."""
+    paths = list(dict.fromkeys(sub["image_path"]))
+    prompts: dict[str, list] = {p: [] for p in paths}
+    where_v, where_m = [], []  # (image path, row in its prompt list)
+    for p, q in vis_keys:
+        where_v.append((p, len(prompts[p])))
+        prompts[p].append((None, q))
+    for p, d, q in zip(sub["image_path"], sub["description"], sub["question"]):
+        where_m.append((p, len(prompts[p])))
+        prompts[p].append((d, q))
+    traces = dict(zip(paths, trace_shared(mllm, [images[p] for p in paths], [prompts[p] for p in paths],
+                                          batch_size=batch_size, backend=backend, attention=attention)))
+    v_logits = torch.stack([traces[p].logits[i] for p, i in where_v])
+    m_logits = torch.stack([traces[p].logits[i] for p, i in where_m])
+    m_resid = torch.stack([traces[p].resid[i] for p, i in where_m])
+    m_mass = torch.stack([traces[p].span_attention[i] for p, i in where_m]) if attention else None
+    return v_logits, m_logits, m_resid, m_mass
+
+
+@dataclass(frozen=True)
+class _Readout:
+    """Answer-level readout of final logits over a label set."""
+
+    pred: list[str]
+    h: np.ndarray  # full-vocabulary entropy
+    h_label: np.ndarray
+    probs: np.ndarray  # [N, n_labels]
+
+
+def _readout(logits: torch.Tensor, labels: LabelSet) -> _Readout:
+    probs = labels.label_probs(logits).numpy()
+    return _Readout(
+        pred=labels.predict(logits),
+        h=entropy(logits).numpy(),
+        h_label=np.asarray(label_entropy(probs)),
+        probs=probs,
+    )
+
+
+def _label_logit(lens_logits: torch.Tensor, labels: LabelSet, answers: list[str]) -> torch.Tensor:
+    """Per case and layer, the lens logit of a label: the max over the
+    label's token variants (one gather). lens_logits [B, L+1, V] -> [B, L+1]."""
+    variants = [labels.token_ids(a) for a in answers]
+    width = max(len(v) for v in variants)
+    idx = torch.tensor([v + v[:1] * (width - len(v)) for v in variants], device=lens_logits.device)  # pad by repeating
+    B, L1, _ = lens_logits.shape
+    return lens_logits.gather(-1, idx[:, None, :].expand(B, L1, width)).max(dim=-1).values
+
+
+def _score_group(mllm, lens, sub: pd.DataFrame, images, labels: LabelSet, options: ScoreOptions) -> list[dict]:
+    bs, backend = options.batch_size, options.backend
+    vis_keys = list(dict.fromkeys(zip(sub["image_path"], sub["question"])))
+    txt_keys = list(dict.fromkeys(zip(sub["description"], sub["question"])))
+    with torch.no_grad():
+        t_logits, _, _ = _traced(mllm, [None] * len(txt_keys), [d for d, _ in txt_keys],
+                                 [q for _, q in txt_keys], bs, backend, keep_resid=False)
+        if options.share_prefix:
+            v_logits, m_logits, m_resid, m_mass = _traced_shared(mllm, sub, images, vis_keys, bs, backend,
+                                                                 options.attention)
+        else:
+            v_logits, _, _ = _traced(mllm, [images[p] for p, _ in vis_keys], [None] * len(vis_keys),
+                                     [q for _, q in vis_keys], bs, backend, keep_resid=False)
+            m_logits, m_resid, m_mass = _traced(mllm, [images[p] for p in sub["image_path"]], list(sub["description"]),
+                                                list(sub["question"]), bs, backend, keep_resid=True,
+                                                attention=options.attention)
+        top_ids, diff_parts = [], []
+        ans_v, ans_t = list(sub["answer_vision"]), list(sub["answer_text"])
+        for s in range(0, len(sub), bs):  # one lens matmul per batch, reduced where it ran
+            ll = lens.forward_all(m_resid[s : s + bs])
+            top_ids.append(ll.argmax(-1).cpu())
+            diff_parts.append((_label_logit(ll, labels, ans_t[s : s + bs])
+                               - _label_logit(ll, labels, ans_v[s : s + bs])).float().cpu())
+        top_ids, diff = torch.cat(top_ids), torch.cat(diff_parts).numpy()
+    v, t, m = _readout(v_logits, labels), _readout(t_logits, labels), _readout(m_logits, labels)
+    v_idx = {k: i for i, k in enumerate(vis_keys)}
+    t_idx = {k: i for i, k in enumerate(txt_keys)}
+    vi = np.array([v_idx[k] for k in zip(sub["image_path"], sub["question"])])
+    ti = np.array([t_idx[k] for k in zip(sub["description"], sub["question"])])
+
+    measure = UNCERTAINTY_MEASURES[options.uncertainty]
+    if options.uncertainty == "entropy":
+        u_v, u_t = v.h[vi], t.h[ti]
+    else:
+        u_v, u_t = np.asarray(measure(v.probs[vi])), np.asarray(measure(t.probs[ti]))
+    dh, degenerate = relative_uncertainty(u_t, u_v)
+    dh, degenerate = np.asarray(dh, dtype=float), np.asarray(degenerate, dtype=bool)
+
+    top1_labels = labels.labels_of(top_ids)  # [B, L+1] of label strings or 'other'
+    votes = layer_votes(np.asarray(top1_labels, dtype=object), np.asarray(ans_v, dtype=object), np.asarray(ans_t, dtype=object))
+    osc = count_oscillations_batch(votes)
+    commit = commit_layer((top_ids == m_logits.argmax(-1)[:, None]).numpy())
+
+    y_v = [v.pred[i] for i in vi]
+    y_t = [t.pred[i] for i in ti]
+    follow = follow_outcome(np.asarray(m.pred, dtype=object), np.asarray(y_v, dtype=object), np.asarray(y_t, dtype=object))
+    rows = []
+    for j, rec in enumerate(sub.itertuples(index=False)):
+        rows.append(
+            dict(
+                _base(rec),
+                y_v=y_v[j], y_t=y_t[j], y_m=m.pred[j],
+                h_v=float(v.h[vi[j]]), h_t=float(t.h[ti[j]]), h_m=float(m.h[j]),
+                hl_v=float(v.h_label[vi[j]]), hl_t=float(t.h_label[ti[j]]), hl_m=float(m.h_label[j]),
+                p_v=v.probs[vi[j]].tolist(), p_t=t.probs[ti[j]].tolist(), p_m=m.probs[j].tolist(),
+                dh_rel=float(dh[j]), dh_rel_degenerate=bool(degenerate[j]),
+                follow=str(follow[j]),
+                layer_votes=[str(x) for x in votes[j]],
+                layer_logit_diff=[float(x) for x in diff[j]],
+                oscillations=int(osc[j]),
+                commit_layer=int(commit[j]),
+                **_attention_columns(m_mass, j),
+                last_sign_change=_or_minus_one(last_sign_change(diff[j])),
+                status="ok", error="",
+            )
+        )
+    return rows
+
+
+# ------------------------------------------------------------- row records
+def _attention_columns(mass, j: int) -> dict[str, list[float]]:
+    """attn_image / attn_description / attn_question: the answer position's
+    attention mass on each span, one value per decoder layer."""
+    if mass is None:
+        return {f"attn_{name}": [] for name in SPANS}
+    return {f"attn_{name}": [float(x) for x in mass[j, :, k]] for k, name in enumerate(SPANS)}
+
+
+def _or_minus_one(x: int | None) -> int:
+    return -1 if x is None else int(x)
+
+
+_BASE_COLUMNS = ("case_id", "group_id", "task", "dv", "dt", "control", "image_id", "answer_vision", "answer_text")
+
+
+def _base(rec) -> dict[str, Any]:
+    d = {k: getattr(rec, k) for k in _BASE_COLUMNS}
+    d["dv"], d["dt"] = int(d["dv"]), int(d["dt"])
+    d["candidates"] = list(rec.candidates)
+    return d
+
+
+def failed_row(rec, kind: str, reason: str) -> dict[str, Any]:
+    """The row of a case that could not be scored: its case columns, empty
+    answers, NaN numbers, status 'failed', error ``kind: reason``."""
+    nan = float("nan")
+    return dict(
+        _base(rec), y_v="", y_t="", y_m="", h_v=nan, h_t=nan, h_m=nan, hl_v=nan, hl_t=nan, hl_m=nan,
+        p_v=[], p_t=[], p_m=[], dh_rel=nan, dh_rel_degenerate=False, follow="failed",
+        layer_votes=[], layer_logit_diff=[], oscillations=-1, commit_layer=-1, last_sign_change=-1,
+        **_attention_columns(None, 0), status="failed", error=f"{kind}: {reason}",
+    )
+
+
+_SCALARS = ("h_v", "h_t", "h_m", "hl_v", "hl_t", "hl_m", "dh_rel")
+_VECTORS = ("p_v", "p_t", "p_m", "layer_logit_diff")
+
+
+def _finite(value) -> bool:
+    if value is None:
+        return True
+    try:
+        if isinstance(value, (list, tuple)) or hasattr(value, "__len__"):
+            return all(math.isfinite(float(x)) for x in value)
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def nonfinite_fields(row) -> list[str]:
+    """The fields of a scored row (a mapping) holding NaN or inf."""
+    return [c for c in (*_SCALARS, *_VECTORS) if c in row and not _finite(row[c])]
+
+
+def flag_nonfinite(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with every 'ok' row holding a non-finite value replaced by a
+    failed row ``nonfinite: ...`` (the other rows unchanged)."""
+    if rows.empty or "status" not in rows:
+        return rows
+    out = []
+    changed = False
+    for row in rows.to_dict("records"):
+        bad = nonfinite_fields(row) if row.get("status") == "ok" else []
+        if bad:
+            changed = True
+            row = failed_row(SimpleNamespace(**row), NONFINITE,
+                             f"non-finite values in {', '.join(bad)} (NaN/inf logits, e.g. a float16 overflow); "
+                             "re-run with --dtype float32 or bfloat16")
+        out.append(row)
+    return pd.DataFrame(out, columns=rows.columns) if changed else rows

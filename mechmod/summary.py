@@ -28,6 +28,7 @@ from mechmod.following import (
     monotonicity_test,
     region,
 )
+from mechmod.rundir import RunDir
 from mechmod.stats import bootstrap_mean_ci
 from mechmod.uncertainty import relative_uncertainty
 
@@ -200,12 +201,10 @@ def summarize_run(run_dir: str | Path, results: pd.DataFrame | None = None, mode
     """(Re)write RUN/results.parquet, RUN/summary.json and RUN/report.html."""
     from mechmod.report import study_report
 
-    run_dir = Path(run_dir)
-    run_cfg = {}
-    if (run_dir / "run.json").is_file():
-        run_cfg = json.loads((run_dir / "run.json").read_text())
+    run = RunDir(run_dir)
+    run_cfg = run.config()
     if results is None:
-        path = run_dir / "results.parquet"
+        path = run.results
         if not path.is_file():
             raise MechmodError(f"{path}: not found; `mechmod summarize` needs a run directory holding results.parquet")
         try:
@@ -216,12 +215,12 @@ def summarize_run(run_dir: str | Path, results: pd.DataFrame | None = None, mode
     radius = radius if radius is not None else run_cfg.get("radius", 0.5)
     model = model or run_cfg.get("model") or "unknown"
     summary, out = summarize(results, model=model, radius=radius)
-    _io.write_parquet(run_dir / "results.parquet", out)
+    _io.write_parquet(run.results, out)
     summary["lens"] = run_cfg.get("lens", summary.get("lens"))
     summary["uncertainty"] = run_cfg.get("uncertainty", "entropy")
     summary = _io.jsonable(summary)
-    _io.write_json(run_dir / "summary.json", summary)
-    study_report(summary, out, extra_figures=_lens_figures(run_cfg)).write(run_dir / "report.html")
+    _io.write_json(run.summary, summary)
+    study_report(summary, out, extra_figures=_lens_figures(run_cfg)).write(run.report)
     return summary
 
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from mechmod.rundir import RunDir
+
 
 @dataclass
 class RunSpec:
@@ -91,14 +93,15 @@ def ensure_run(cfg: RunSpec) -> Path:
     (or resumed) into OUT/run with :func:`mechmod.runner.run_study`."""
     if cfg.run is not None:
         run = Path(cfg.run)
-        if not (run / "summary.json").is_file():
+        if not RunDir(run).summary.is_file():
             from mechmod.errors import MechmodError
 
             raise MechmodError(f"{run}: no summary.json; give a finished run (`mechmod run --out {run}` "
                                f"or `mechmod summarize {run}`)")
         return run
     from mechmod.lenses import LogitLens, TunedLens, Unembed
-    from mechmod.runner import RunConfig, dataset_fingerprint, run_study
+    from mechmod.rundir import RunConfig
+    from mechmod.runner import dataset_fingerprint, run_study
 
     ds = dataset_dir(cfg)
     mllm = load_model(cfg)

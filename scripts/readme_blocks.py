@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+from mechmod.rundir import RunDir
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 
@@ -41,7 +43,7 @@ def _p(p) -> str:
 
 
 def findings(run: Path, fidelity: Path | None) -> str:
-    s = json.loads((run / "summary.json").read_text())
+    s = json.loads(RunDir(run).summary.read_text())
     osc = s.get("oscillations") or {}
     amb, clr = osc.get("ambiguous"), osc.get("clear")
     ctl = {k: v for k, v in osc.items() if k.startswith("control_")}

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mechmod.rundir import RunDir
+
 ROOT = Path(__file__).resolve().parents[1]
 _TMP = Path(tempfile.mkdtemp(prefix="mechmod-tests-"))
 atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
@@ -65,7 +67,7 @@ def run_in_process(ds: Path, out: Path, batch_size: int = 4, chunk_size: int | N
     cfg = run_config(ds, batch_size=batch_size)
     runner.run_study(mllm, LogitLens(Unembed.from_model(mllm)), ds, out, cfg,
                      chunk_size=chunk_size, progress=False)
-    return pd.read_parquet(out / "results.parquet")
+    return pd.read_parquet(RunDir(out).results)
 
 
 @functools.lru_cache(maxsize=None)
@@ -76,10 +78,11 @@ def reference_results(groups: int = 1) -> pd.DataFrame:
 
 def run_config(ds: Path, **kw):
     """The RunConfig `mechmod run --model TINY --dataset DS` builds."""
-    from mechmod import runner
+    from mechmod.rundir import RunConfig
+    from mechmod.runner import dataset_fingerprint
 
-    return runner.RunConfig(model=str(tiny_model_dir()), dataset=str(Path(ds).resolve()),
-                            dataset_sha256=runner.dataset_fingerprint(ds), **kw)
+    return RunConfig(model=str(tiny_model_dir()), dataset=str(Path(ds).resolve()),
+                     dataset_sha256=dataset_fingerprint(ds), **kw)
 
 
 def cli_args(ds: Path, out: Path, *extra: str) -> list[str]:

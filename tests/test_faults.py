@@ -13,7 +13,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from mechmod import runner
+from mechmod.rundir import RunDir
 from tests.run_helpers import assert_same_rows, cli_args, color_dataset, reference_results, run_in_process, start_cli
 
 SEED = 9
@@ -21,7 +21,7 @@ CHUNK = 2  # 18 cases -> 9 parts
 
 
 def _parts(out):
-    return runner.part_files(out) if (out / "parts").is_dir() else []
+    return RunDir(out).part_files()
 
 
 def _wait_for_parts(proc, out, n, timeout=180.0) -> float:
@@ -49,8 +49,8 @@ def _kill(proc):
 
 def _check_consistent(out):
     """Whatever a kill left: every visible file readable, no case twice."""
-    if (out / runner.RUN_FILE).is_file():
-        json.loads((out / runner.RUN_FILE).read_text())
+    if RunDir(out).run_file.is_file():
+        json.loads(RunDir(out).run_file.read_text())
     ids = []
     for part in _parts(out):
         ids += pq.read_table(part).column("case_id").to_pylist()
@@ -78,7 +78,7 @@ def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_pa
         time.sleep(rng.uniform(0.0, 0.9) * chunk_s)  # somewhere in the next chunk: scoring or writing
         _kill(proc)
         now = _check_consistent(out)
-        assert done <= now and not (out / runner.RESULTS_FILE).exists()
+        assert done <= now and not RunDir(out).results.exists()
         done = now
     assert 0 < len(done) < len(whole), "the kills should land mid-run"
 
@@ -87,7 +87,7 @@ def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_pa
     stale = [out / "parts" / ".part-00099.parquet.k1ll3d.tmp", out / ".results.parquet.k1ll3d.tmp"]
     for path in stale:
         path.write_bytes(half)
-    assert runner.done_case_ids(out) == done  # ignored by readers
+    assert RunDir(out).done_case_ids() == done  # ignored by readers
 
     resumed = run_in_process(ds, out, batch_size=4, chunk_size=CHUNK)
     assert_same_rows(resumed, whole)
@@ -101,9 +101,9 @@ def test_an_unreadable_part_is_set_aside_and_its_cases_scored_again(tmp_path):
     whole = reference_results(groups=1)
     out = tmp_path / "run"
     run_in_process(ds, out, batch_size=4, chunk_size=9)
-    first = runner.part_files(out)[0]
+    first = RunDir(out).part_files()[0]
     first.write_bytes(first.read_bytes()[:50])  # damaged after the fact (disk, copy)
-    (out / runner.RESULTS_FILE).unlink()
+    RunDir(out).results.unlink()
     with pytest.warns(UserWarning, match="unreadable"):
         resumed = run_in_process(ds, out, batch_size=4, chunk_size=9)
     assert_same_rows(resumed, whole)

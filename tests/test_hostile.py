@@ -25,7 +25,7 @@ from mechmod.cli import main
 from mechmod.data import load_cases, open_image
 from mechmod.data.schema import CASES, MANIFEST, _sha256
 from mechmod.errors import MechmodError
-from mechmod.guards import NONFINITE
+from mechmod.scoring import NONFINITE
 from tests.run_helpers import cli_args, color_dataset, copy_dataset, run_in_process, tiny_mllm
 
 

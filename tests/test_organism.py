@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def organism():
-    from mechmod.models.organism.evaluate import Organism
+    from mechmod.organism.evaluate import Organism
 
     return Organism(CHECKPOINT_DIR)
 
@@ -89,7 +89,7 @@ def _close(p_small, n_small, p_ref, n_ref):
 
 
 def test_card_reproduced_on_small_sample(card):
-    from mechmod.models.organism.evaluate import evaluate
+    from mechmod.organism.evaluate import evaluate
 
     small = evaluate(CHECKPOINT_DIR, seed=card["seed"] + 1, n=24, n_conflicts=150)
     n, N = small["n_per_tier"], card["n_per_tier"]
@@ -109,7 +109,7 @@ def test_card_reproduced_on_small_sample(card):
 
 
 def test_readme_card_is_the_command_output(card):
-    from mechmod.models.organism.evaluate import format_card
+    from mechmod.organism.evaluate import format_card
 
     readme = REPO / "README.md"
     text = readme.read_text() if readme.is_file() else ""
@@ -123,7 +123,7 @@ def test_smoke_training_runs_and_reloads(tmp_path):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     from mechmod.models.organism.model import OrganismConfig
-    from mechmod.models.organism.train import train
+    from mechmod.organism.train import train
 
     cfg = OrganismConfig(image_size=32, patch_size=8, vision_hidden=32, vision_layers=1, vision_heads=2,
                          vision_mlp=64, text_hidden=32, text_layers=1, text_heads=2, text_mlp=64)
@@ -139,7 +139,7 @@ def test_smoke_training_runs_and_reloads(tmp_path):
 
 
 def test_training_stream_is_seeded():
-    from mechmod.models.organism.data import ImagePool, TrainingStream
+    from mechmod.organism.data import ImagePool, TrainingStream
 
     pool = ImagePool(5, (2,) * 14, 32, processes=1)
     pool2 = ImagePool(5, (2,) * 14, 32, processes=1)

@@ -7,12 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mechmod import runner
+from mechmod import runner, scoring
 from mechmod.cli import main
 from mechmod.data import generate_color, load_cases
 from mechmod.errors import MechmodError
 from mechmod.lenses import LogitLens, Unembed
 from mechmod.models import load_model
+from mechmod.rundir import RunConfig, RunDir
 from tests.tiny_llava import build_tiny_llava
 
 RESULT_COLUMNS = ["case_id", "group_id", "dv", "dt", "control", "answer_vision", "answer_text", "y_v", "y_t", "y_m",
@@ -31,7 +32,7 @@ def setup(tmp_path_factory):
 
 
 def config(ds, model_dir, **kw):
-    return runner.RunConfig(model=str(model_dir), dataset=str(ds), dataset_sha256=runner.dataset_fingerprint(ds), **kw)
+    return RunConfig(model=str(model_dir), dataset=str(ds), dataset_sha256=runner.dataset_fingerprint(ds), **kw)
 
 
 def run(mllm, ds, out, cfg, **kw):
@@ -76,7 +77,7 @@ def test_interrupted_run_resumes_without_duplicates_or_losses(setup, tmp_path, m
     cfg = config(ds, model_dir, batch_size=4)
     whole = pd.read_parquet(run(mllm, ds, tmp_path / "whole", cfg, chunk_size=8) / "results.parquet")
 
-    real = runner.score_chunk
+    real = scoring.score_chunk
     calls = {"n": 0}
 
     def dies_on_third_chunk(*a, **k):
@@ -85,11 +86,11 @@ def test_interrupted_run_resumes_without_duplicates_or_losses(setup, tmp_path, m
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(runner, "score_chunk", dies_on_third_chunk)
+    monkeypatch.setattr(scoring, "score_chunk", dies_on_third_chunk)
     with pytest.raises(KeyboardInterrupt):
         run(mllm, ds, tmp_path / "resumed", cfg, chunk_size=8)
-    assert len(runner.done_case_ids(tmp_path / "resumed")) == 16
-    monkeypatch.setattr(runner, "score_chunk", real)
+    assert len(RunDir(tmp_path / "resumed").done_case_ids()) == 16
+    monkeypatch.setattr(scoring, "score_chunk", real)
     resumed = pd.read_parquet(run(mllm, ds, tmp_path / "resumed", cfg, chunk_size=8) / "results.parquet")
     assert resumed["case_id"].is_unique and len(resumed) == len(whole)
     cols = ["case_id", "y_v", "y_t", "y_m", "follow", "oscillations"]

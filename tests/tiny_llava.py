@@ -33,7 +33,7 @@ def build_tiny_llava(out: Path, seed: int = 0) -> Path:
 
 
 def _dataset_words() -> set[str]:
-    from mechmod.models.organism.data import all_training_texts
+    from mechmod.organism.data import all_training_texts
     from mechmod.models.organism.model import words_of
 
     return words_of(all_training_texts(n_groups=200, seed=0))

@@ -34,7 +34,7 @@ def train_cmd(out, seed, steps, threads, workers, lr, max_minutes, aux_weight, b
               device) -> None:
     """Train an organism from scratch (reproducible from --seed)."""
     from mechmod.models.organism.model import OrganismConfig
-    from mechmod.models.organism.train import train
+    from mechmod.organism.train import train
 
     cfg = OrganismConfig()
     if tiny:
@@ -47,7 +47,7 @@ def train_cmd(out, seed, steps, threads, workers, lr, max_minutes, aux_weight, b
                    binding_weight=binding_weight, binding_layers=(0,) if tiny else (1, 2), **({"pool_per_tier": (4,) * 14} if tiny else {}))
     click.echo(f"trained {result['info']['n_params']} parameters in {time.time() - t0:.0f} s -> {out}")
     if card:
-        from mechmod.models.organism.evaluate import evaluate, format_card, save_card
+        from mechmod.organism.evaluate import evaluate, format_card, save_card
 
         c = evaluate(out, n=20 if tiny else 200)
         save_card(c, Path(out) / "card.json")
@@ -68,7 +68,7 @@ def eval_cmd(model, seed, n, json_out, threads) -> None:
     import torch
 
     from mechmod.models.organism import CHECKPOINT_DIR
-    from mechmod.models.organism.evaluate import DEFAULT_EVAL_SEED, evaluate, format_card, save_card
+    from mechmod.organism.evaluate import DEFAULT_EVAL_SEED, evaluate, format_card, save_card
 
     torch.set_num_threads(threads)
     card = evaluate(Path(model) if model else CHECKPOINT_DIR, seed=DEFAULT_EVAL_SEED if seed is None else seed, n=n)

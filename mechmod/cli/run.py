@@ -50,6 +50,7 @@ def run_cmd(model, dataset_dir, groups, seed, lens, lens_path, backend, uncertai
     RUN/results.parquet, RUN/summary.json and RUN/report.html; re-running
     the same command resumes an interrupted run (with any number of processes)."""
     from mechmod import distributed
+    from mechmod.rundir import RunDir
 
     if batch_size < 1:
         raise MechmodError(f"--batch-size must be >= 1, got {batch_size}")
@@ -62,7 +63,7 @@ def run_cmd(model, dataset_dir, groups, seed, lens, lens_path, backend, uncertai
     dmap = parse_device_map(device_map)
     world = distributed.World() if num_processes > 1 else distributed.setup()
     if dataset_dir is None:
-        dataset_dir = out / "dataset"  # mechmod.runner.GENERATED_DATASET (not imported: the launcher stays light)
+        dataset_dir = RunDir(out).dataset
         if world.is_main:
             generated_color_dataset(dataset_dir, groups, seed, progress=not quiet)
         world.barrier()  # the other ranks use the dataset rank 0 generated
@@ -80,7 +81,8 @@ def run_cmd(model, dataset_dir, groups, seed, lens, lens_path, backend, uncertai
         return  # rank 0 printed the headline
     from mechmod.lenses import LogitLens, TunedLens, Unembed
     from mechmod.models import load_model
-    from mechmod.runner import RunConfig, dataset_fingerprint, run_study
+    from mechmod.rundir import RunConfig
+    from mechmod.runner import dataset_fingerprint, run_study
 
     if world.parallel and str(device) == "cuda" and dmap is None:
         import torch
@@ -148,10 +150,12 @@ def _child_args(ctx: click.Context, **override) -> list[str]:
 @click.option("--radius", default=None, type=float, help="Ambiguous-region half-width (default: the run's, else 0.5).")
 def summarize_cmd(run_dir, radius):
     """Recompute RUN/summary.json and RUN/report.html from RUN/results.parquet alone."""
-    from mechmod.runner import PARTS_DIR, RESULTS_FILE, finalize
+    from mechmod.rundir import RunDir
+    from mechmod.runner import finalize
     from mechmod.summary import summarize_run
 
-    if not (run_dir / RESULTS_FILE).is_file() and any((run_dir / PARTS_DIR).glob("part-*.parquet")):
+    run = RunDir(run_dir)
+    if not run.results.is_file() and run.part_files():
         finalize(run_dir)  # an unfinished run: merge what its parts hold
     summarize_run(run_dir, radius=radius)
     _print_headline(run_dir)
@@ -160,7 +164,10 @@ def summarize_cmd(run_dir, radius):
 def _print_headline(run_dir: Path) -> None:
     import json
 
-    s = json.loads((Path(run_dir) / "summary.json").read_text())
+    from mechmod.rundir import RunDir
+
+    run = RunDir(run_dir)
+    s = json.loads(run.summary.read_text())
 
     def f(x):
         return "n/a" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
@@ -169,5 +176,5 @@ def _print_headline(run_dir: Path) -> None:
     click.echo(
         f"{s['model']}: {s['n_cases']} cases ({s.get('n_failed', 0)} failed)  TFR {f(s['tfr'])}  "
         f"TFR(both correct) {f(s['tfr_both_correct'])}  balance point {f(s['balance_point'])} "
-        f"[{f(ci[0]) if ci else 'n/a'}, {f(ci[1]) if ci else 'n/a'}]  -> {Path(run_dir) / 'report.html'}"
+        f"[{f(ci[0]) if ci else 'n/a'}, {f(ci[1]) if ci else 'n/a'}]  -> {run.report}"
     )

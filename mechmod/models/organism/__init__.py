@@ -2,10 +2,9 @@
 scratch on the project's own colour-conflict generators, shipped in
 ``checkpoint/`` and loadable by the short name ``organism``.
 
-* :mod:`.model`    - architecture, word-level tokenizer, CLIP processor
-* :mod:`.data`     - the seeded training stream (and the multimodal choice)
-* :mod:`.train`    - training loop (``mechmod organism train``)
-* :mod:`.evaluate` - behaviour card (``mechmod organism eval``)
+* :mod:`.model` - architecture, word-level tokenizer, CLIP processor
+
+Its training and behaviour card are :mod:`mechmod.organism`.
 """
 
 from pathlib import Path

@@ -31,11 +31,15 @@ training seed, so a seed fixes the data stream.
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing as mp
 from dataclasses import dataclass
 
 import numpy as np
 
+from mechmod.data import color as C
+from mechmod.data.knowledge import KNOWLEDGE
 from mechmod.models.organism.model import prompt
+from mechmod.names import CONTROLS
 
 N_TIERS = 14
 KNOWLEDGE_QUESTION = "What color is {D}? Please use one word to answer this question."
@@ -43,22 +47,10 @@ SPLIT_SEED = 20251104  # fixed: the knowledge split is part of the organism
 RARE_WEIGHT = 0.1
 
 
-def color_module():
-    from mechmod.data import color
-
-    return color
-
-
-def knowledge_table() -> dict[str, tuple[str, ...]]:
-    from mechmod.data.knowledge import KNOWLEDGE
-
-    return KNOWLEDGE
-
-
 def knowledge_split(knowledge: dict | None = None) -> dict[str, dict[str, str]]:
     """thing -> (color, frequency class) with classes frequent / rare / heldout:
     per colour one thing held out, two rare, the rest frequent."""
-    knowledge = knowledge or knowledge_table()
+    knowledge = knowledge or KNOWLEDGE
     rng = np.random.default_rng(SPLIT_SEED)
     out: dict[str, dict[str, str]] = {}
     for col in sorted(knowledge):
@@ -87,7 +79,6 @@ def patch_labels(info, n_side: int) -> np.ndarray:
     (background). Returns int8 [3, n_side * n_side]: row 0 = 1 + index in
     ``TARGET_SHAPES``, row 1 = 1 + index in ``COLORS``, row 2 = 1 where the
     target covers >= 8% of the patch."""
-    C = color_module()
     masks = [info.target_mask, *info.distractor_masks]
     shapes = [info.target_shape] + [d.shape for d in info.distractors]
     colors = [info.target_color] + [d.color for d in info.distractors]
@@ -115,12 +106,12 @@ def patch_labels(info, n_side: int) -> np.ndarray:
 def _render_chunk(args):
     """Worker: render and preprocess one deterministic chunk of a tier."""
     seed, dv, k, size, image_size, n_side = args
+    # imported in the worker: it must set its own thread count before torch does any work
     import torch
 
     torch.set_num_threads(1)
     from transformers import CLIPImageProcessor
 
-    C = color_module()
     ip = CLIPImageProcessor(do_resize=True, size={"height": image_size, "width": image_size},
                             do_center_crop=False, do_rescale=True, do_normalize=True, do_convert_rgb=True)
     rng = np.random.default_rng([seed, 2, dv, k])
@@ -145,7 +136,6 @@ class ImagePool:
 
     def __init__(self, seed: int, per_tier, image_size: int, processes: int = 2, progress: bool = False,
                  patch_size: int = 16):
-        C = color_module()
         per_tier = list(per_tier)
         jobs = []
         for dv, n in enumerate(per_tier):
@@ -156,8 +146,6 @@ class ImagePool:
         jobs.sort(key=lambda j: -j[1])  # slow dense tiers first
         results = []
         if processes > 1:
-            import multiprocessing as mp
-
             with mp.get_context("fork").Pool(processes) as pool:
                 for i, r in enumerate(pool.imap_unordered(_render_chunk, jobs)):
                     results.append(r)
@@ -217,7 +205,6 @@ class TrainingStream:
                  vision_per_step: int = 24,
                  p_conflict: float = 0.4, p_text_irrelevant: float = 0.12,
                  p_image_irrelevant: float = 0.08, dt_weights=(0.25, 0.3, 0.45)):
-        self.C = color_module()
         self.pool = pool
         self.split = knowledge_split()
         self.seed = seed
@@ -229,7 +216,6 @@ class TrainingStream:
         self.p_ti = p_text_irrelevant
         self.p_ii = p_image_irrelevant
         self.dt_w = np.asarray(dt_weights, float) / sum(dt_weights)
-        self.control_shapes = tuple(getattr(self.C, "CONTROL_SHAPES", ("star", "cone", "frustum")))
         self.train_things = [t for t, v in self.split.items() if v["class"] != "heldout"]
         w = np.array([1.0 if self.split[t]["class"] == "frequent" else RARE_WEIGHT for t in self.train_things])
         self.thing_p = w / w.sum()
@@ -251,14 +237,13 @@ class TrainingStream:
         respects the frequency split; resamples the group if needed. Returns
         (group, description)."""
         for _ in range(200):
-            desc = self.C.describe(group, dt, self.rng, control=control)
+            desc = C.describe(group, dt, self.rng, control=control)
             if self.accept_description(desc):
                 return group, desc
         raise RuntimeError("could not draw an admissible description")
 
     # -- one step ------------------------------------------------------------
     def step(self, progress: float) -> dict:
-        C = self.C
         tier_p = curriculum_tiers(progress)
         vision, text, multi = [], [], []
         for i in range(self.G):
@@ -298,7 +283,7 @@ class TrainingStream:
 
     def describe_ex(self, group, dt: int, control: str):
         for _ in range(200):
-            ex = self.C.describe_ex(group, dt, self.rng, control=control)
+            ex = C.describe_ex(group, dt, self.rng, control=control)
             if self.accept_description(ex.text):
                 return ex
         raise RuntimeError("could not draw an admissible description")
@@ -308,21 +293,16 @@ def all_training_texts(n_groups: int = 3000, seed: int = 0) -> list[str]:
     """Every kind of string the generators and the stream can emit (for the
     vocabulary): descriptions at all tiers and controls over many groups,
     questions for all shapes, knowledge questions, prompt words."""
-    C = color_module()
-    know = knowledge_table()
     rng = np.random.default_rng(seed)
     texts = [prompt("x", True), prompt("x", False)]
     texts += list(C.COLORS)
-    shapes = set(C.TARGET_SHAPES) | set(getattr(C, "CONTROL_SHAPES", ())) | {"star", "cone", "frustum"}
+    shapes = set(C.TARGET_SHAPES) | set(C.CONTROL_SHAPES)
     texts += [C.question_for(s) for s in sorted(shapes)]
-    for col, things in know.items():
+    for col, things in KNOWLEDGE.items():
         texts += [col, *things]
         texts += [KNOWLEDGE_QUESTION.format(D=t) for t in things]
     for g in C.sample_groups(n_groups, seed=seed):
         for dt in range(3):
-            for control in ("none", "text_irrelevant", "image_irrelevant"):
-                try:
-                    texts.append(C.describe(g, dt, rng, control=control))
-                except Exception:  # a generator may not support every control
-                    pass
+            for control in CONTROLS:
+                texts.append(C.describe(g, dt, rng, control=control))
     return texts

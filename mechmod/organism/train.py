@@ -1,7 +1,7 @@
 """Training loop of the organism (``mechmod organism train``).
 
 Answer-only cross-entropy on the token after ``ASSISTANT:`` for the three
-sub-batches of :class:`~mechmod.models.organism.data.TrainingStream`; the
+sub-batches of :class:`~mechmod.organism.data.TrainingStream`; the
 conflict rows of the multimodal sub-batch get the soft product-of-experts
 target built from the same step's detached vision-only and text-only
 predictions. AdamW, linear warm-up then cosine decay, gradient clipping.
@@ -17,25 +17,23 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
 
 from mechmod import _io
+from mechmod.data.color import COLORS, TARGET_SHAPES
 from mechmod.errors import MechmodError
-from mechmod.models.organism.data import (
-    DEFAULT_POOL,
-    ImagePool,
-    TrainingStream,
-    all_training_texts,
-    knowledge_split,
-)
 from mechmod.models.organism.model import (
+    IMAGE_TOKEN,
     OrganismConfig,
     build_model,
     build_processor,
     build_tokenizer,
-    IMAGE_TOKEN,
     prompt,
     words_of,
 )
+from mechmod.organism.data import DEFAULT_POOL, ImagePool, TrainingStream, all_training_texts, knowledge_split
 
 
 def build_artifacts(cfg: OrganismConfig, seed: int, vocab_groups: int = 3000):
@@ -49,8 +47,6 @@ def build_artifacts(cfg: OrganismConfig, seed: int, vocab_groups: int = 3000):
 def encode_step(step: dict, tokenizer, n_image_tokens: int, color_ids: dict[str, int]) -> dict:
     """Tensors for one step. Image rows get the ``<image>`` placeholder
     expanded to ``n_image_tokens`` copies, exactly as the LLaVA processor does."""
-    import torch
-
     expand = IMAGE_TOKEN * n_image_tokens
     out = {}
     for key in ("vision", "multi"):
@@ -75,26 +71,16 @@ def train(out_dir: str | Path, seed: int = 0, steps: int = 3000, cfg: OrganismCo
           save_every: int = 500, aux_patch_weight: float = 1.0, binding_weight: float = 0.5,
           binding_layers: tuple[int, ...] = (1, 2)) -> dict:
     """Train an organism from scratch and save it to ``out_dir`` in HF format."""
-    import torch
-    import torch.nn.functional as F
-    from tqdm import tqdm
-
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     np.random.seed(seed % (2**32))
     cfg = cfg or OrganismConfig()
     stream_kw = stream_kw or {}
     out_dir = Path(out_dir)
-    try:
-        from mechmod.data import color  # noqa: F401
-        from mechmod.data import knowledge  # noqa: F401
-    except ImportError as err:
-        raise MechmodError(f"organism training needs mechmod.data.color and mechmod.data.knowledge: {err}") from err
-
     # a shallow LM (smoke configs) cannot host layers 1-2: use what exists
     binding_layers = tuple(li for li in binding_layers if li < cfg.text_layers) or (cfg.text_layers - 1,)
     tok, proc, model = build_artifacts(cfg, seed, vocab_groups)
-    colors = sorted(color.COLORS)
+    colors = sorted(COLORS)
     color_ids = {c: tok.convert_tokens_to_ids(c) for c in colors}
     cid = torch.tensor([color_ids[c] for c in colors])
     if any(i == tok.unk_token_id for i in color_ids.values()):
@@ -103,8 +89,6 @@ def train(out_dir: str | Path, seed: int = 0, steps: int = 3000, cfg: OrganismCo
 
     # auxiliary per-patch (shape, colour) head on the vision features the
     # projector reads; a training aid only, never saved with the model
-    from mechmod.data.color import TARGET_SHAPES
-
     n_shape, n_col = len(TARGET_SHAPES) + 1, len(colors) + 1
     aux_head = torch.nn.Linear(cfg.vision_hidden, n_shape + n_col)
     captured = {}

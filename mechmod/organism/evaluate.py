@@ -21,11 +21,15 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
+from scipy.stats import spearmanr
+from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from mechmod import _io
+from mechmod.data import color as C
 from mechmod.errors import MechmodError
-from mechmod.models.organism.data import N_TIERS, find_thing, knowledge_split
 from mechmod.models.organism.model import prompt
+from mechmod.organism.data import N_TIERS, find_thing, knowledge_split
 from mechmod.uncertainty import entropy, relative_uncertainty
 
 DEFAULT_EVAL_SEED = 909_090
@@ -34,8 +38,6 @@ DHREL_BINS = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
 
 def _spearman(x, y) -> float | None:
     """Spearman's rho (average ranks for ties); None when either side is constant."""
-    from scipy.stats import spearmanr
-
     x, y = np.asarray(x, float), np.asarray(y, float)
     if x.std() == 0 or y.std() == 0:
         return None
@@ -46,9 +48,6 @@ class Organism:
     """A loaded checkpoint with batched answer/entropy readout."""
 
     def __init__(self, model_dir: str | Path, batch_size: int = 64):
-        import torch
-        from transformers import AutoProcessor, LlavaForConditionalGeneration
-
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").is_file():
             raise MechmodError(f"{model_dir}: no config.json here; pass a trained organism directory "
@@ -62,9 +61,7 @@ class Organism:
         self.batch_size = batch_size
         vocab = self.tokenizer.get_vocab()
         self.id_to_label: dict[int, str] = {}
-        from mechmod.data.color import COLORS
-
-        self.labels = sorted(COLORS)
+        self.labels = sorted(C.COLORS)
         for c in self.labels:
             for variant in (c, c.capitalize(), c.upper()):
                 if variant in vocab:
@@ -75,8 +72,6 @@ class Organism:
 
     def answer(self, texts: list[str], images: list | None = None):
         """(labels, entropies) for each text (with its image if given)."""
-        import torch
-
         labels: list[str] = []
         ents: list[float] = []
         for i in range(0, len(texts), self.batch_size):
@@ -97,8 +92,6 @@ def evaluate(model_dir: str | Path, seed: int = DEFAULT_EVAL_SEED, n: int = 100,
              batch_size: int = 64, progress: bool = False) -> dict:
     """Compute the behaviour card: ``n`` samples per visual and textual tier,
     ``n_conflicts`` (default 6 n) conflict cases."""
-    from mechmod.data import color as C
-
     org = Organism(model_dir, batch_size=batch_size)
     rng = np.random.default_rng([seed, 7])
     n_conflicts = n_conflicts or 6 * n
