@@ -10,8 +10,9 @@ import tempfile
 from pathlib import Path
 
 import mechmod
-from mechmod.compare import compare_runs, comparison_report
+from mechmod.compare import compare_runs
 from mechmod.data import generate_color
+from mechmod.report import page
 from mechmod.rundir import RunConfig
 from mechmod.runner import dataset_fingerprint, run_study
 
@@ -43,7 +44,7 @@ def main(argv=None):
     for p in comparison["pairs"]:
         ci = p["ci"] or [None, None]
         print(f"({p['second']}) - ({p['first']}): {f(p['difference'])} [{f(ci[0])}, {f(ci[1])}] {p['note']}")
-    comparison_report(comparison).write(args.out)
+    page("compare", comparison).write(args.out)
     print(f"-> {args.out}")
     return comparison
 

@@ -4,7 +4,7 @@ the bootstrap difference of every pair of balance points.
 
 ``compare_runs(run_dirs)`` reads each run's summary.json and results.parquet
 (written by ``mechmod run``) and returns a plain dict (the JSON that
-``mechmod compare`` writes); ``comparison_report(comparison)`` renders it.
+``mechmod compare`` writes); ``mechmod.report.page("compare", comparison)`` renders it.
 No estimator lives here: the curves and balance points are the runs' own,
 the pairwise differences come from
 :func:`mechmod.following.compare_balance_points`.
@@ -17,7 +17,6 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import pandas as pd
 
 from mechmod.errors import MechmodError
@@ -117,60 +116,3 @@ def compare_runs(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = 
                     "note": f"not compared: no balance point ({bad})"}
         pairs.append({"first": a, "second": b, **diff})
     return {"runs": runs, "pairs": pairs, "n_boot": n_boot, "seed": seed}
-
-
-def _fmt(x: Any) -> str:
-    if x is None:
-        return "n/a"
-    if isinstance(x, float):
-        return f"{x:.3f}" if np.isfinite(x) else "n/a"
-    return str(x)
-
-
-def _interval(ci) -> str:
-    return "n/a" if not ci or None in ci else f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
-
-
-def comparison_report(comparison: dict[str, Any], title: str = "mechmod: runs compared"):
-    """A self-contained HTML report (:class:`mechmod.report.Report`)."""
-    from mechmod import plots
-    from mechmod.report import Report
-
-    runs = comparison["runs"]
-    rep = Report(title)
-    head = ["run", "model", "cases", "decided", "TFR", "TFR (both correct)", "balance point", "95% CI", "status"]
-    rows = [[r["label"], r["model"], r["n_cases"], r["n_decided"], _fmt(r["tfr"]), _fmt(r["tfr_both_correct"]),
-             _fmt(r["balance_point"]), _interval(r["balance_ci"]), r["balance_status"]] for r in runs]
-    rep.sections.append(_table("Headline numbers", head, rows))
-    rep.add_figure(
-        "Following curves and balance points (Fig. 4a)",
-        plots.compare_following_figure({r["label"]: r["curve"] for r in runs}, {r["label"]: r["balance"] for r in runs}),
-        "P(text-following) among text- or vision-following cases per run (equal-count bins, Wilson 95% intervals); "
-        "diamonds and dashed lines mark each run's logistic-fit balance point, shaded: its bootstrap interval.",
-    )
-    rep.add_figure(
-        "Balance points with 95% bootstrap intervals",
-        plots.balance_points_figure([r["label"] for r in runs], [r["balance_point"] for r in runs],
-                                    [r["balance_ci"] for r in runs]),
-        "Left of 0: inherent vision preference; right of 0: inherent text preference. "
-        "A run without a marker has no balance point (its status says why).",
-    )
-    pair_rows = [[p["first"], p["second"], _fmt(p["difference"]), _interval(p["ci"]),
-                  "n/a" if p["p_value"] is None else f"{p['p_value']:.3f}", p["n_valid"], p.get("note", "")]
-                 for p in comparison["pairs"]]
-    rep.sections.append(_table(
-        "Pairwise balance-point differences (second - first)",
-        ["first", "second", "difference", "95% CI", "p-value", "valid bootstrap draws", "note"], pair_rows,
-        f"Independent case bootstrap of both runs ({comparison['n_boot']} draws); p-value: two-sided, from the "
-        "bootstrap distribution's mass on either side of zero.",
-    ))
-    return rep
-
-
-def _table(heading: str, head: list[str], rows: list[list[Any]], caption: str = "") -> str:
-    import html
-
-    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    cap = f'<p class="caption">{html.escape(caption)}</p>' if caption else ""
-    return f"<h2>{html.escape(heading)}</h2><table><tr>{th}</tr>{body}</table>{cap}"

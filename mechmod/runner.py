@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from mechmod import distributed
 from mechmod.data import load_cases
 from mechmod.errors import MechmodError
+from mechmod.report import write_run_report
 from mechmod.rundir import RunConfig, RunDir
 from mechmod.scoring import ScoreOptions, score_cases
 from mechmod.summary import summarize_run
@@ -98,4 +99,5 @@ def finalize(out: str | Path) -> Path:
     run.clean_temps()  # e.g. a results.parquet temp of a finalize killed midway
     results = run.read_parts()
     summarize_run(run.path, results=results, model=run.config().get("model"))
+    write_run_report(run.path)
     return run.path

@@ -1,15 +1,14 @@
-"""From a results table to summary.json and report.html.
+"""From a results table to summary.json.
 
 ``summarize(results)`` is a pure function of the table (any table with the
 results.parquet columns can be studied); ``summarize_run`` reads and writes
 the run directory: it fills the ``region`` column (which needs the balance
-point, so only exists once all cases are in), rewrites results.parquet,
-summary.json and report.html atomically.
+point, so only exists once all cases are in), rewrites results.parquet and
+summary.json atomically; :mod:`mechmod.report` draws report.html from them.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -198,9 +197,8 @@ def _failure_kinds(failed: pd.DataFrame) -> dict[str, int]:
 
 def summarize_run(run_dir: str | Path, results: pd.DataFrame | None = None, model: str | None = None,
                   radius: float | None = None) -> dict[str, Any]:
-    """(Re)write RUN/results.parquet, RUN/summary.json and RUN/report.html."""
-    from mechmod.report import study_report
-
+    """(Re)write RUN/results.parquet and RUN/summary.json (the report from
+    them: :func:`mechmod.report.write_run_report`)."""
     run = RunDir(run_dir)
     run_cfg = run.config()
     if results is None:
@@ -220,18 +218,4 @@ def summarize_run(run_dir: str | Path, results: pd.DataFrame | None = None, mode
     summary["uncertainty"] = run_cfg.get("uncertainty", "entropy")
     summary = _io.jsonable(summary)
     _io.write_json(run.summary, summary)
-    study_report(summary, out, extra_figures=_lens_figures(run_cfg)).write(run.report)
     return summary
-
-
-def _lens_figures(run_cfg: dict) -> list:
-    """The tuned lens's held-out fidelity (written by `mechmod lens train`), when the run used one."""
-    path = Path(run_cfg["lens_path"]) / "fidelity.json" if run_cfg.get("lens_path") else None
-    if path is None or not path.is_file():
-        return []
-    from mechmod.plots import lens_fidelity_figure
-
-    held = json.loads(path.read_text()).get("heldout") or {}
-    if not held.get("kl_logit"):
-        return []
-    return [("Lens fidelity: held-out KL(final || lens) per layer", lens_fidelity_figure(held["kl_logit"], held["kl_tuned"]))]

@@ -4,7 +4,7 @@ reused with ``--run``), and the probe's outputs (HTML + JSON).
 
 A probe is ``Config`` (a dataclass extending :class:`RunSpec`) plus
 ``main(argv) -> dict``; it computes nothing itself: the statistics come from
-``mechmod`` and the figures from ``mechmod.plots``.
+``mechmod`` and the figures from the registry of ``mechmod.report``.
 """
 
 from __future__ import annotations
@@ -120,20 +120,20 @@ def load_run(run: Path):
     return _load(run)
 
 
-def write(cfg: RunSpec, name: str, title: str, data: dict[str, Any], figures: Sequence[tuple],
-          caption: str = "") -> dict[str, Any]:
+def write(cfg: RunSpec, name: str, title: str, data: dict[str, Any], panels: Sequence,
+          caption: str | None = None) -> dict[str, Any]:
     """OUT/NAME.json (``data`` plus the config) and OUT/NAME.html (the
-    figures, plotly embedded); returns the JSON dict. ``figures``: (heading,
-    figure) pairs, or (heading, figure, caption) triples (default caption:
-    ``caption``)."""
+    figures, plotly embedded); returns the JSON dict. ``panels``: sections
+    from :func:`mechmod.report.panels`; ``caption``, when given, replaces
+    their registered captions (a probe's own wording)."""
     from mechmod import _io
-    from mechmod.report import Report
+    from mechmod.report import Page
 
     out = Path(cfg.out)
     doc = _io.jsonable({"probe": name, "config": dataclasses.asdict(cfg), **data})
-    rep = Report(title)
-    for heading, fig, *cap in figures:
-        rep.add_figure(heading, fig, cap[0] if cap else caption)
+    rep = Page(title)
+    for panel in panels:
+        rep.add_panel(panel if caption is None else dataclasses.replace(panel, caption=caption))
     rep.write(out / f"{name}.html")
     _io.write_text(out / f"{name}.json", json.dumps(doc, indent=2, default=str))
     print(f"{name}: -> {out / (name + '.html')}, {out / (name + '.json')}")

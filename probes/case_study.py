@@ -23,9 +23,9 @@ class Config(RunSpec):
 def main(argv=None) -> dict:
     import numpy as np
 
-    from mechmod import plots
     from mechmod.dynamics import pick_case_study
     from mechmod.errors import MechmodError
+    from mechmod.report import panels
 
     cfg = parse(Config, argv, __doc__)
     summary, results = load_run(ensure_run(cfg))
@@ -46,7 +46,7 @@ def main(argv=None) -> dict:
     for c in case["cases"]:
         print(f"dt={c['dt']}  dHrel {c['dh_rel']:+.3f}  follows {c['follow']:<6}  final diff {c['layer_logit_diff'][-1]:+.3f}")
     return write(cfg, "case_study", f"Case study {image}: {summary.get('model')}", {"model": summary.get("model"), "case": case},
-                 [("Case study: one image, three descriptions (Fig. 6b)", plots.case_study_figure(case))])
+                 panels("run", {"case_study": case}, names=["case_study"]))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ class Config(RunSpec):
 
 
 def main(argv=None) -> dict:
-    from mechmod import plots
+    from mechmod.report import panels
 
     cfg = parse(Config, argv, __doc__)
     summary, _ = load_run(ensure_run(cfg))
@@ -30,8 +30,7 @@ def main(argv=None) -> dict:
         tiers = ", ".join(f"{r['tier']}: {r['mean']:.3f}" for r in data["entropy_by_tier"][key] if r["mean"] is not None)
         print(f"mean H({key[0]}) by tier  {tiers}")
     return write(cfg, "entropy_by_tier", f"Entropy by tier: {summary.get('model')}", data,
-                 [("Unimodal uncertainty by tier (Fig. 2)", plots.entropy_by_tier_figure(summary))],
-                 "Mean answer entropy over the full vocabulary (nats) with 95% bootstrap intervals.")
+                 panels("run", summary, names=["entropy_by_tier"]))
 
 
 if __name__ == "__main__":

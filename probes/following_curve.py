@@ -23,9 +23,9 @@ class Config(RunSpec):
 
 
 def main(argv=None) -> dict:
-    from mechmod import plots
     from mechmod.compare import decided_cases
     from mechmod.following import balance_point, entropy_split, following_curve, monotonicity_test
+    from mechmod.report import panels
 
     cfg = parse(Config, argv, __doc__)
     summary, results = load_run(ensure_run(cfg))
@@ -45,10 +45,11 @@ def main(argv=None) -> dict:
     print(f"{len(d)} decided cases; balance point {est} {ci} ({b['status']})")
     data = {"model": summary.get("model"), "n_decided": int(len(d)), "curves": curves, "balance": balances,
             "entropy_median": float(split["median"]), "monotonicity": monotonicity_test(dh, text)}
-    figs = [("Following curve and balance point (Fig. 4)", plots.following_curve_figure(curves, balances)),
-            ("Distribution of relative uncertainty (Fig. 3b)",
-             plots.dh_rel_histogram_figure(d["dh_rel"].to_numpy(float), d["follow"].to_numpy()))]
-    return write(cfg, "following_curve", f"Following curve: {summary.get('model')}", data, figs)
+    halves = {h: {"curve": curves[f"{h} total entropy"], "balance": balances[f"{h} total entropy"]}
+              for h in ("low", "high") if f"{h} total entropy" in curves}
+    shown = {"curve": curves["all"], "balance": balances["all"], "entropy_split": halves}
+    return write(cfg, "following_curve", f"Following curve: {summary.get('model')}", data,
+                 panels("run", shown, {"results": d}, names=["following_curve", "dh_rel_histogram"]), caption="")
 
 
 if __name__ == "__main__":

@@ -26,9 +26,9 @@ class Config(RunSpec):
 def main(argv=None) -> dict:
     import numpy as np
 
-    from mechmod import plots
     from mechmod.data import load_cases
     from mechmod.lenses import TunedLens, Unembed, collect_residuals, evaluate_lenses, split_heldout, train_tuned_lens
+    from mechmod.report import panels
 
     cfg = parse(Config, argv, __doc__)
     ds = dataset_dir(cfg, controls=False)
@@ -51,7 +51,7 @@ def main(argv=None) -> dict:
     out = {"model": str(mllm.name), "split": split, "n_train": len(train), "n_heldout": len(held),
            "heldout": fid.to_dict(), "training": result.settings, "lens_path": str(Path(cfg.out) / "lens")}
     return write(cfg, "lens_fidelity", f"Lens fidelity: {mllm.name}", out,
-                 [("Lens fidelity: held-out KL(final || lens) per layer", plots.lens_fidelity_figure(fid.kl_logit, fid.kl_tuned))],
+                 panels("lens", out),
                  f"Tuned lens trained {cfg.steps} steps on {len(train)} prompts; {len(held)} held out by {split}.")
 
 

@@ -23,8 +23,8 @@ class Config(RunSpec):
 def main(argv=None) -> dict:
     import numpy as np
 
-    from mechmod import plots
     from mechmod.dynamics import logit_diff_by_dh
+    from mechmod.report import panels
 
     cfg = parse(Config, argv, __doc__)
     summary, results = load_run(ensure_run(cfg))
@@ -34,7 +34,7 @@ def main(argv=None) -> dict:
     print(f"{len(main_)} cases, {heat['n_layers']} residual indices, cases per bin {heat['n']}")
     data = {"model": summary.get("model"), "lens": summary.get("lens"), "heatmap": heat}
     return write(cfg, "logit_heatmap", f"Logit difference by layer: {summary.get('model')}", data,
-                 [("Logit difference by layer and dHrel (Fig. 6a)", plots.logit_diff_heatmap_figure(heat))],
+                 panels("run", {"logit_diff_heatmap": heat}, names=["logit_diff_heatmap"]),
                  "Red: the text answer leads; blue: the vision answer leads. Empty bins are blank.")
 
 

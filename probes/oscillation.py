@@ -23,10 +23,10 @@ class Config(RunSpec):
 
 
 def main(argv=None) -> dict:
-    from mechmod import plots
     from mechmod.dynamics import oscillation_summary
     from mechmod.errors import MechmodError
     from mechmod.following import region
+    from mechmod.report import panels
 
     cfg = parse(Config, argv, __doc__)
     summary, results = load_run(ensure_run(cfg))
@@ -42,9 +42,8 @@ def main(argv=None) -> dict:
         print(f"{k:>28}: mean {v.get('mean')} (n={v.get('n')})")
     data = {"model": summary.get("model"), "balance": balance, "radius": cfg.radius,
             "lens": summary.get("lens"), "oscillations": osc}
-    fig = plots.oscillation_figure({"oscillations": osc})
     return write(cfg, "oscillation", f"Oscillations: {summary.get('model')}", data,
-                 [("Oscillations by region and control (Fig. 5)", fig)],
+                 panels("run", data, names=["oscillations"]),
                  f"Ambiguous: |dHrel - {balance:+.3f}| < {cfg.radius}; bars: bootstrap 95% intervals.")
 
 

@@ -40,17 +40,17 @@ class Config(RunSpec):
 
 def main(argv=None) -> dict:
     from mechmod.data import load_cases
-    from mechmod.interventions.figures import patch_figures, patch_lines
     from mechmod.interventions.patch_study import run_patching
+    from mechmod.report import lines, panels
 
     cfg = parse(Config, argv, __doc__)
     study_cfg = PatchStudyConfig(**{f.name: getattr(cfg, f.name) for f in fields(PatchStudyConfig)})
     ds = dataset_dir(cfg)
     summary = dict(run_patching(load_model(cfg), ds, load_cases(ds), study_cfg).summary)
-    for line in patch_lines(summary):
+    for line in lines("patch", summary):
         print(line)
     data = {"model": str(cfg.model), "dataset": str(ds), "study_config": summary.pop("config"), **summary}
-    return write(cfg, "patching", f"Activation patching: {cfg.model}", data, patch_figures(summary))
+    return write(cfg, "patching", f"Activation patching: {cfg.model}", data, panels("patch", summary))
 
 
 if __name__ == "__main__":

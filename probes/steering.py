@@ -39,17 +39,17 @@ class Config(RunSpec):
 
 def main(argv=None) -> dict:
     from mechmod.data import load_cases
-    from mechmod.interventions.figures import steer_figures, steer_lines
     from mechmod.interventions.steering import run_steering
+    from mechmod.report import lines, panels
 
     cfg = parse(Config, argv, __doc__)
     study_cfg = SteerStudyConfig(**{f.name: getattr(cfg, f.name) for f in fields(SteerStudyConfig)})
     ds = dataset_dir(cfg)
     summary = dict(run_steering(load_model(cfg), ds, load_cases(ds), study_cfg).summary)
-    for line in steer_lines(summary):
+    for line in lines("steer", summary):
         print(line)
     data = {"model": str(cfg.model), "dataset": str(ds), "study_config": summary.pop("config"), **summary}
-    return write(cfg, "steering", f"Preference steering: {cfg.model}", data, steer_figures(summary))
+    return write(cfg, "steering", f"Preference steering: {cfg.model}", data, panels("steer", summary))
 
 
 if __name__ == "__main__":

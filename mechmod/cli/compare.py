@@ -26,12 +26,13 @@ def compare_cmd(run_dirs, labels, out, json_out, n_boot, seed):
     a table of TFR, balance point and interval, and every pair's
     balance-point difference (bootstrap interval, p-value)."""
     from mechmod import _io
-    from mechmod.compare import compare_runs, comparison_report
+    from mechmod.compare import compare_runs
     from mechmod._io import jsonable
+    from mechmod.report import page
 
     comparison = jsonable(compare_runs(list(run_dirs), labels=list(labels) or None, n_boot=n_boot, seed=seed))
     json_out = json_out or out.with_suffix(".json")
-    comparison_report(comparison).write(out)
+    page("compare", comparison).write(out)
     _io.write_json(json_out, comparison)
 
     def f(x):

@@ -1,6 +1,7 @@
 """`mechmod patch` (activation patching) and `mechmod steer` (preference
 steering). Each writes parquet tables, a summary JSON and an HTML report
-into --out (atomically); they may share one directory."""
+into --out through :func:`mechmod.report.write_study` (atomically); they may
+share one directory."""
 
 from __future__ import annotations
 
@@ -70,10 +71,9 @@ def patch_cmd(model, dataset_dir, groups, seed, dv, backend, device, dtype, batc
     layer with 50% flips, critical window, dHrel bins; heads and MLPs at the
     last token patched and knocked out. Writes OUT/patch_layers.parquet,
     OUT/patch_units.parquet, OUT/patch_summary.json, OUT/patch_report.html."""
-    from mechmod import _io
     from mechmod.data import load_cases
-    from mechmod.interventions.figures import patch_lines, patch_report
     from mechmod.interventions.patch_study import PatchStudyConfig, run_patching
+    from mechmod.report import lines, write_study
 
     ds = _dataset(dataset_dir, groups, seed, dv, out)
     defaults = PatchStudyConfig()
@@ -84,13 +84,10 @@ def patch_cmd(model, dataset_dir, groups, seed, dv, backend, device, dtype, batc
     mllm = load_for_command(model, device, dtype, trust_remote_code, threads)
     study = run_patching(mllm, ds, load_cases(ds), cfg)
     summary = dict(study.summary, model=str(model), dataset=str(ds))
-    _io.write_parquet(out / "patch_layers.parquet", study.layers)
-    _io.write_parquet(out / "patch_units.parquet", study.units)
-    _io.write_json(out / "patch_summary.json", summary)
-    patch_report(summary, str(model)).write(out / "patch_report.html")
-    for line in patch_lines(summary):
+    report = write_study(out, "patch", summary, {"layers": study.layers, "units": study.units})
+    for line in lines("patch", summary):
         click.echo(line)
-    click.echo(f"-> {out / 'patch_report.html'}")
+    click.echo(f"-> {report}")
 
 
 @cli.command("steer")
@@ -116,8 +113,8 @@ def steer_cmd(model, dataset_dir, groups, seed, dv, backend, device, dtype, batc
 
     from mechmod import _io
     from mechmod.data import load_cases
-    from mechmod.interventions.figures import steer_lines, steer_report
     from mechmod.interventions.steering import DEFAULT_ALPHAS, SteerStudyConfig, run_steering
+    from mechmod.report import lines, write_study
 
     ds = _dataset(dataset_dir, groups, seed, dv, out)
     cfg = SteerStudyConfig(layers=tuple(layers) or None, alphas=tuple(alphas) or DEFAULT_ALPHAS, positions=positions,
@@ -126,11 +123,9 @@ def steer_cmd(model, dataset_dir, groups, seed, dv, backend, device, dtype, batc
     mllm = load_for_command(model, device, dtype, trust_remote_code, threads)
     study = run_steering(mllm, ds, load_cases(ds), cfg)
     summary = dict(study.summary, model=str(model), dataset=str(ds))
-    _io.write_parquet(out / "steer_rows.parquet", study.rows)
     with _io.atomic_path(out / "steer_directions.safetensors") as tmp:
         save_file({f"layer_{k}": v.contiguous().cpu() for k, v in study.directions.items()}, str(tmp))
-    _io.write_json(out / "steer_summary.json", summary)
-    steer_report(summary, str(model)).write(out / "steer_report.html")
-    for line in steer_lines(summary):
+    report = write_study(out, "steer", summary, {"rows": study.rows})
+    for line in lines("steer", summary):
         click.echo(line)
-    click.echo(f"-> {out / 'steer_report.html'}")
+    click.echo(f"-> {report}")

@@ -150,6 +150,7 @@ def _child_args(ctx: click.Context, **override) -> list[str]:
 @click.option("--radius", default=None, type=float, help="Ambiguous-region half-width (default: the run's, else 0.5).")
 def summarize_cmd(run_dir, radius):
     """Recompute RUN/summary.json and RUN/report.html from RUN/results.parquet alone."""
+    from mechmod.report import write_run_report
     from mechmod.rundir import RunDir
     from mechmod.runner import finalize
     from mechmod.summary import summarize_run
@@ -158,6 +159,7 @@ def summarize_cmd(run_dir, radius):
     if not run.results.is_file() and run.part_files():
         finalize(run_dir)  # an unfinished run: merge what its parts hold
     summarize_run(run_dir, radius=radius)
+    write_run_report(run_dir)
     _print_headline(run_dir)
 
 

@@ -1,0 +1,39 @@
+"""The tuned lens's report: its held-out fidelity (LENS/fidelity.json,
+written by ``mechmod lens train``), drawn in the report of a run that
+decoded with it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import plotly.graph_objects as go
+
+from mechmod.report._plot import OTHER_COLOR, layout
+from mechmod.report.registry import LeftOut, figure, study
+
+study("lens", "mechmod lens fidelity: {model}")
+
+
+def fidelity(lens_path: str | Path) -> dict[str, Any]:
+    """LENS/fidelity.json, or {} where the lens has none (its figure then says so)."""
+    path = Path(lens_path) / "fidelity.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+@figure("lens", "fidelity", title="Lens fidelity: held-out KL(final || lens) per layer",
+        needs={"heldout": "the lens directory has no fidelity.json; `mechmod lens train` writes it"})
+def fidelity_by_layer(summary: Mapping[str, Any]) -> go.Figure:
+    """Per-layer mean KL(final || lens) of the logit lens and the tuned lens."""
+    held = summary["heldout"]
+    if not held.get("kl_logit"):
+        raise LeftOut("the held-out fidelity has no per-layer KL")
+    layers = list(range(len(held["kl_logit"])))
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=layers, y=np.asarray(held["kl_logit"], float), mode="lines+markers", name="logit lens",
+                             line=dict(color=OTHER_COLOR)))
+    fig.add_trace(go.Scatter(x=layers, y=np.asarray(held["kl_tuned"], float), mode="lines+markers", name="tuned lens",
+                             line=dict(color="#2ca02c")))
+    return layout(fig, "Lens fidelity: KL(final || lens) per layer", "residual index (0 = embeddings)", "mean KL (nats)")
