@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 import runpy
 
-import numpy as np
-import pandas as pd
 import pytest
 
+from mechmod.report import figures
 from tests.run_helpers import ROOT, color_dataset, run_in_process
 
 shots = runpy.run_path(str(ROOT / "scripts" / "screenshots.py"), run_name="screenshots")
@@ -69,36 +68,20 @@ def test_tiny_run_report(browser, tmp_path):
     assert by["Logit difference by layer and dHrel (Fig. 6a)"]["marks"] > 0
 
 
-def simulated_study(run_dir, n_images: int = 42, seed: int = 0):
-    """A run directory with every report section: conflict cases with a
-    known balance point (-0.3), both controls, per-layer logit differences,
-    oscillations, and a tuned lens's fidelity."""
+def simulated_study(run_dir):
+    """A run directory with every report section (tests.test_report_registry's
+    simulated results) and a tuned lens's fidelity."""
+    from mechmod.report import write_run_report
     from mechmod.summary import summarize_run
+    from tests.test_report_registry import simulated_results
 
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n_images):
-        dv, h_v = i % 14, 0.1 + 0.12 * (i % 14) + rng.uniform(0, 0.1)
-        for dt in range(3):
-            for control in ("none", "text_irrelevant", "image_irrelevant"):
-                h_t = 0.05 + 0.6 * dt + rng.uniform(0, 0.3)
-                dh = 2 * (h_t - h_v) / (h_t + h_v)
-                text = rng.random() < 1 / (1 + np.exp(4 * (dh + 0.3)))
-                final = (1.5 if text else -1.5) + rng.normal(0, 0.3)
-                rows.append(dict(
-                    case_id=f"c{i:03d}-{dt}-{control}", group_id=f"g{i // 14}", image_id=f"img{i:03d}", dv=dv, dt=dt,
-                    control=control, answer_vision="red", answer_text="blue", y_v="red", y_t="blue",
-                    y_m="blue" if text else "red", h_v=h_v, h_t=h_t, h_m=0.4, dh_rel=dh,
-                    follow="text" if text else "vision", status="ok",
-                    oscillations=int(rng.poisson(1.5 if abs(dh + 0.3) < 0.5 else 0.5)),
-                    layer_logit_diff=list(np.linspace(0, final, 5) + rng.normal(0, 0.2, 5)),
-                ))
     lens = run_dir / "lens"
     lens.mkdir(parents=True)
     (lens / "fidelity.json").write_text(json.dumps({"heldout": {"kl_logit": [2.0, 0.6, 0.3, 0.01, 0.0],
                                                                  "kl_tuned": [1.3, 0.5, 0.2, 0.01, 0.0]}}))
     (run_dir / "run.json").write_text(json.dumps({"model": "simulated", "lens": "tuned", "lens_path": str(lens)}))
-    summarize_run(run_dir, results=pd.DataFrame(rows))
+    summarize_run(run_dir, results=simulated_results())
+    write_run_report(run_dir)
     return run_dir
 
 
@@ -107,16 +90,18 @@ def test_every_section_renders(browser, tmp_path):
     figs, errors = _render(browser, run / "report.html")
     _assert_rendered(figs, errors, strict=True)
     headings = " | ".join(f["heading"] for f in figs)
-    for part in ("Fig. 2", "Fig. 3a", "Fig. 3b", "Fig. 4", "Fig. 5", "Fig. 6a", "Fig. 6b", "Lens fidelity"):
+    for part in ("Fig. 2", "Fig. 3a", "Fig. 3b", "Fig. 4", "Fig. 5", "Fig. 6a", "Fig. 6b", "Attention", "Lens fidelity"):
         assert part in headings, headings
+    assert [f["figure"] for f in figs] == [f.id for s in ("run", "lens") for f in figures(s)]  # the registry's order
 
 
 def test_compare_page_renders(browser, tmp_path):
-    from mechmod.compare import compare_runs, comparison_report
+    from mechmod.compare import compare_runs
+    from mechmod.report import page
     from tests.test_compare import simulated_run
 
     runs = [simulated_run(tmp_path / "a", -0.5, seed=1), simulated_run(tmp_path / "b", 0.4, seed=2)]
-    comparison_report(compare_runs(runs, n_boot=100)).write(tmp_path / "compare.html")
+    page("compare", compare_runs(runs, n_boot=100)).write(tmp_path / "compare.html")
     figs, errors = _render(browser, tmp_path / "compare.html")
     _assert_rendered(figs, errors, strict=True)
     assert len(figs) == 2
@@ -127,6 +112,17 @@ def test_screenshots(browser, tmp_path):
     page, errors = shots["open_page"](browser, run / "report.html")
     paths = shots["screenshot_figures"](page, tmp_path / "gallery")
     page.close()
-    assert len(paths) == 8 and not errors
+    assert len(paths) == 9 and not errors
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and 2_000 < p.stat().st_size <= shots["MAX_PNG_BYTES"]
+
+
+@pytest.mark.parametrize("study", ["patch", "steer"])
+def test_intervention_pages_render(browser, tmp_path, study):
+    from mechmod.report import page
+
+    summary = json.loads((ROOT / "tests" / "data" / "report" / f"{study}_summary.json").read_text())
+    html = page(study, summary).write(tmp_path / f"{study}_report.html")
+    figs, errors = _render(browser, html)
+    _assert_rendered(figs, errors, strict=False)
+    assert {f["figure"].split("/")[1] for f in figs} == {f.name for f in figures(study)}
