@@ -22,6 +22,7 @@ float32 rounding (tests/test_prefix.py, every family).
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -59,7 +60,7 @@ def image_prefix(mllm, image) -> Prefix:
     return Prefix(inputs=inputs, length=P)
 
 
-def _cache_rows(cache, slots: torch.Tensor):
+def cache_rows(cache, slots: torch.Tensor):
     """A cache holding the prefix rows ``slots`` (one gather per layer). The
     layers are copied shallowly: selecting and the tail's updates rebind
     their tensors, so the shared prefix cache is never written."""
@@ -69,14 +70,16 @@ def _cache_rows(cache, slots: torch.Tensor):
     return rows
 
 
-def _cache_kwarg(model) -> str:
-    """transformers renamed ``past_key_values`` to ``cache`` (5.2x)."""
-    import inspect
-
+def cache_kwarg(model) -> str:
+    """The name of the KV cache, as the model's forward keyword and as its
+    output's field: transformers renamed ``past_key_values`` to ``cache``
+    (5.2x) and warns on the old name."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _rope_deltas(mllm) -> torch.Tensor | None:
+def rope_deltas(mllm) -> torch.Tensor | None:
+    """The M-RoPE position offsets of the text after the image that the model
+    kept from its last forward (a copy), or None in a family without them."""
     path = mllm.adapter.rope_deltas_path
     if path is None:
         return None
@@ -122,9 +125,10 @@ def _trace_group(mllm, prefixes, prompt_lists, batch_size, backend, attention, l
     inputs = {k: v.to(mllm.device) for k, v in _cat_prefixes(prefixes).items()}
     with torch.no_grad():
         out = mllm.model(**inputs, use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+    key = cache_kwarg(mllm.model)
+    cache = getattr(out, key)
     P = prefixes[0].length
-    deltas = _rope_deltas(mllm)
+    deltas = rope_deltas(mllm)
     image_keys = (inputs["input_ids"] == mllm.image_token_id).cpu()  # [images, P]
     rows = []  # (image slot in this group, tail ids, what each tail token is)
     for slot, prompts in enumerate(prompt_lists):
@@ -132,7 +136,6 @@ def _trace_group(mllm, prefixes, prompt_lists, batch_size, backend, attention, l
             text = " ".join(x for x in (desc or "", question) if x)
             rows.append((slot, *mllm.tail(mllm.prompt(text, with_image=True), desc or "", question)))
     pad = mllm.tokenizer.pad_token_id if mllm.tokenizer.pad_token_id is not None else 0
-    cache_kwarg = _cache_kwarg(mllm.model)
     for start in range(0, len(rows), batch_size):
         part = rows[start : start + batch_size]
         S = max(len(t) for _, t, _ in part)
@@ -144,7 +147,7 @@ def _trace_group(mllm, prefixes, prompt_lists, batch_size, backend, attention, l
         tail_inputs = {
             "input_ids": ids.to(mllm.device),
             "attention_mask": torch.ones(len(part), P + S, dtype=torch.long, device=mllm.device),
-            cache_kwarg: _cache_rows(cache, slots),
+            key: cache_rows(cache, slots),
             "use_cache": True,
         }
         if deltas is not None:  # M-RoPE: text positions continue from the image's, offset per prefix
