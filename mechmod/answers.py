@@ -1,77 +1,208 @@
-"""Answers are words: a :class:`LabelSet` maps each answer label ("blue")
-to every token of the tokenizer at hand that begins it (case variants,
-with and without a leading space, the first piece of a multi-piece word).
+"""Answers are words: a :class:`LabelSet` decides which answer label
+("blue") a model gives, as the word it would write.
 
-A prediction is the label of the top-1 token, or ``other``; a label's
-probability is the sum of its variants' probabilities (float32 softmax
-over the whole vocabulary). A token claimed by two labels (e.g. a shared
-first piece "gre" of "green" and "grey") belongs to neither, so a
-prediction is never ambiguous; it is listed in ``ambiguous``."""
+The rule is :data:`RULE_TEXT`. In short: a token *owns* a label when its
+text (space marks and case dropped) is the whole label or a prefix of at
+least :data:`MIN_PREFIX` characters that no other label and no word of
+:data:`COMMON_ANSWER_WORDS` begins; "B" could begin "Blue" or "Black" and
+owns nothing. The prediction is the label of the top-1 token when it owns
+one; when the top-1 token may still begin a label (a shared or too short
+piece, a space, an opening quote) the next few tokens are written
+greedily (:mod:`mechmod.decoding`) and the word is matched. A label's
+probability is the sum of the first-token probabilities of the tokens it
+owns; per-layer lens votes count owned tokens only.
+"""
 
 from __future__ import annotations
 
+import re
+import weakref
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from mechmod.decoding import Continuation, greedy
 from mechmod.errors import MechmodError
 
 OTHER = "other"
+MIN_PREFIX = 3
+MAX_NEW_TOKENS = 4
+
+COMMON_ANSWER_WORDS_VERSION = 1
+#: One-word answers a model may give instead of a label (version
+#: :data:`COMMON_ANSWER_WORDS_VERSION`): a label's prefix that begins one of
+#: them is not the label's ("gre" begins "grey"). Inflections of the
+#: study's own labels ("metallic", "cylindrical") are left out on purpose:
+#: they would take the labels' own first pieces ("▁cyl") from them.
+COMMON_ANSWER_WORDS: frozenset[str] = frozenset("""
+red orange yellow green blue purple black white brown gray grey pink gold golden silver beige tan maroon
+navy teal turquoise violet magenta cyan lime olive indigo lavender cream bronze copper peach amber
+multicolored colorful transparent clear dark light
+yes no not none nothing neither both all any either maybe unknown unsure unclear sure true false
+correct incorrect right wrong ok okay sorry
+the a an it its this that these those there they he she we you i my one some each every
+which what who where when why how is are was be in on of and or to with as at by for from if so but
+because based according looks appears seems likely probably image picture photo object color colour
+shape material answer
+circle square triangle rectangle oval star heart diamond cross hexagon pentagon octagon polygon cube
+sphere cylinder cone pyramid prism ball box block disk disc ring round flat line arrow crescent ellipse
+metal rubber plastic wood wooden glass paper stone rock fabric cloth leather ceramic concrete steel
+iron aluminum foam
+zero two three four five six seven eight nine ten many several few single double
+0 1 2 3 4 5 6 7 8 9 10
+small large big tiny medium left top bottom middle center front back up down inside outside above
+below same different another empty blank solid shiny matte dull smooth rough soft hard
+""".split())
+
+RULE_TEXT = (
+    "A prediction is the label of the word the model would write. A token counts for a label only if, "
+    "after the tokenizer's space marks are stripped and case is folded, it is the whole label or a prefix "
+    f"of at least {MIN_PREFIX} characters that no other label and no word of a fixed list of common "
+    f"one-word answers (version {COMMON_ANSWER_WORDS_VERSION}: other colours, yes/no, both, none, "
+    "pronouns, shapes, materials, numbers) begins; so \"B\" (Blue or Black?) and \"C\" (Cube or "
+    "Cylinder?) count for nothing. When the top-1 token owns a label, that label is the prediction. When "
+    "it may still begin a label (a shared or too short piece, a space or an opening quote), up to "
+    f"{MAX_NEW_TOKENS} more tokens are decoded greedily and the first word written, punctuation stripped, "
+    "is matched by the same rule; anything else is 'other'. A label's probability is the sum of the "
+    "next-token probabilities of the tokens it owns (first tokens only), and per-layer lens votes count "
+    "owned tokens only; a label that owns no token (cyan in Llama's vocabulary, written '▁cy' 'an') reads "
+    "probability 0 and is predicted through decoding alone."
+)
+
+_WORD = re.compile(r"[^\W_]+")
+_index_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _norm(piece: str) -> str:
+    """A token's text without space marks (SentencePiece ▁, byte-level Ġ,
+    spaces), case folded."""
+    return piece.replace("▁", " ").replace("Ġ", " ").strip().casefold()
+
+
+def _vocab_index(tokenizer) -> dict[str, list[int]]:
+    """Normalised token string -> token ids, over the whole vocabulary
+    (cached per tokenizer: the runner builds a LabelSet per chunk)."""
+    try:
+        return _index_cache[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    index: dict[str, list[int]] = {}
+    for piece, tid in tokenizer.get_vocab().items():
+        index.setdefault(_norm(piece), []).append(tid)
+    try:
+        _index_cache[tokenizer] = index
+    except TypeError:  # a tokenizer that cannot be weakly referenced is indexed each time
+        pass
+    return index
 
 
 def _variants(label: str) -> list[str]:
-    forms = dict.fromkeys([label, label.lower(), label.capitalize(), label.upper()])
-    return [p + f for f in forms for p in ("", " ")]
+    """How a label may be written: lower, capitalised, upper case, each with
+    and without a leading space."""
+    return [space + form for form in dict.fromkeys([label, label.capitalize(), label.upper()]) for space in ("", " ")]
 
 
-def _first_token(tokenizer, text: str, special: set[int]) -> int | None:
-    """The token that begins ``text`` (skipping pure-whitespace pieces), if
-    it really is a prefix of the word."""
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    word = text.strip()
-    for tid in ids:
-        if tid in special:
-            return None
-        piece = tokenizer.decode([tid]).strip()
-        if not piece:
-            continue
-        return tid if word.startswith(piece) else None
-    return None
+def _special_ids(tokenizer) -> set[int]:
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    if tokenizer.unk_token_id is not None:
+        special.add(tokenizer.unk_token_id)
+    return special
 
 
 class LabelSet:
-    """The candidate labels of a task, resolved against one tokenizer."""
+    """The candidate labels of a task, resolved against one tokenizer by
+    the rule of :data:`RULE_TEXT`. ``unowned``: labels that own no token
+    (probability 0; predicted through decoding only)."""
 
     def __init__(self, tokenizer, labels: Sequence[str]):
         labels = [str(x) for x in labels]
-        if not labels or len(set(labels)) != len(labels):
+        folded = [x.casefold() for x in labels]
+        if not labels or len(set(folded)) != len(folded):
             raise MechmodError(f"LabelSet needs distinct labels, got {labels}")
-        if OTHER in labels:
+        if OTHER in folded:
             raise MechmodError(f"{OTHER!r} is reserved for answers outside the label set")
-        special = set(getattr(tokenizer, "all_special_ids", []) or [])
-        if tokenizer.unk_token_id is not None:
-            special.add(tokenizer.unk_token_id)
-        claims: dict[int, set[str]] = {}
-        for label in labels:
-            for form in _variants(label):
-                tid = _first_token(tokenizer, form, special)
-                if tid is not None:
-                    claims.setdefault(tid, set()).add(label)
         self.labels = labels
-        self.ambiguous = sorted(t for t, owners in claims.items() if len(owners) > 1)
-        self._ids = {lab: sorted(t for t, owners in claims.items() if owners == {lab}) for lab in labels}
-        missing = [lab for lab, ids in self._ids.items() if not ids]
-        if missing:
-            raise MechmodError(f"no token of the tokenizer begins the answer label(s) {missing} unambiguously; "
-                               "use other labels or another tokenizer")
-        self.vocab_owner = {t: lab for lab, ids in self._ids.items() for t in ids}
+        self.tokenizer = tokenizer
+        self._folded = folded
+        self._special = _special_ids(tokenizer)
+        unwritable = [lab for lab in labels if not self._writable(lab)]
+        if unwritable:
+            raise MechmodError(f"the tokenizer cannot write the answer label(s) {unwritable} (they encode to "
+                               "unknown or special tokens); use other labels or another tokenizer")
+        owned: dict[int, list[int]] = {i: [] for i in range(len(labels))}
+        for tid in sorted(self._candidates()):
+            owner = self._owner(_norm(tokenizer.decode([tid])))
+            if owner is not None:
+                owned[owner].append(tid)
+        self._ids = {lab: owned[i] for i, lab in enumerate(labels)}
+        self.unowned = [lab for lab in labels if not self._ids[lab]]
 
     def __repr__(self) -> str:
         return f"LabelSet({', '.join(f'{k}:{len(v)}' for k, v in self._ids.items())})"
 
+    # ------------------------------------------------------------ the rule
+    def _owner(self, word: str) -> int | None:
+        """Index of the label that the normalised ``word`` counts for, or None."""
+        if word in self._folded:
+            return self._folded.index(word)
+        if len(word) < MIN_PREFIX:
+            return None
+        begun = [i for i, lab in enumerate(self._folded) if lab.startswith(word)]
+        if len(begun) != 1:
+            return None
+        own = self._folded[begun[0]]
+        if any(w.startswith(word) for w in COMMON_ANSWER_WORDS if w != own):
+            return None
+        return begun[0]
+
+    def _writable(self, label: str) -> bool:
+        """Some case or space variant of ``label`` encodes without unknown or
+        special tokens."""
+        return any(ids and not set(ids) & self._special
+                   for ids in (self.tokenizer.encode(text, add_special_tokens=False) for text in _variants(label)))
+
+    def _candidates(self) -> set[int]:
+        """Tokens that may own a label: every vocabulary entry spelling a
+        label or a long enough prefix of one, and the first token each case
+        and space variant of a label encodes to (which also finds the
+        tokens of labels a byte-level vocabulary spells in other bytes)."""
+        index = _vocab_index(self.tokenizer)
+        out: set[int] = set()
+        for lab in self._folded:
+            for k in range(min(MIN_PREFIX, len(lab)), len(lab) + 1):
+                out.update(index.get(lab[:k], ()))
+            for text in _variants(lab):
+                first = next((t for t in self.tokenizer.encode(text, add_special_tokens=False)
+                              if _norm(self.tokenizer.decode([t]))), None)
+                if first is not None:
+                    out.add(first)
+        return out - self._special
+
+    def _state(self, text: str, final: bool) -> int | None:
+        """What a written ``text`` gives: a label index, -1 for other, or None
+        while its first word may still become a label (not ``final``)."""
+        match = _WORD.search(text)
+        if match is None:
+            return -1 if final else None
+        word = match.group().casefold()
+        owner = self._owner(word)
+        if owner is not None:
+            return owner
+        complete = final or bool(text[match.end():].replace("\ufffd", ""))  # U+FFFD: a character cut mid-bytes
+        if complete or not any(lab.startswith(word) for lab in self._folded):
+            return -1
+        return None
+
+    def label_of_text(self, text: str) -> str:
+        """The label of the first word of a finished answer ``text`` (e.g.
+        "Cube." -> "cube"), or 'other'."""
+        i = self._state(text, final=True)
+        return self.labels[i] if i >= 0 else OTHER
+
+    # ------------------------------------------------------ tokens and logits
     def token_ids(self, label: str) -> list[int]:
-        """Every token id that counts as ``label``."""
+        """Every token id that counts as ``label`` (may be empty: ``unowned``)."""
         if label not in self._ids:
             raise MechmodError(f"{label!r} is not one of the labels {self.labels}")
         return list(self._ids[label])
@@ -85,22 +216,40 @@ class LabelSet:
         return owner
 
     def label_probs(self, logits: torch.Tensor) -> torch.Tensor:
-        """[..., V] logits -> [..., n_labels] float32 probabilities (softmax
-        over the full vocabulary, summed over each label's variants)."""
+        """[..., V] logits -> [..., n_labels] float32 probabilities: softmax
+        over the full vocabulary, summed over the tokens each label owns
+        (first tokens only; an ``unowned`` label reads 0)."""
         p = torch.softmax(logits.float(), dim=-1)
         return torch.stack([p[..., self._ids[lab]].sum(-1) for lab in self.labels], dim=-1)
 
     def top1_labels(self, logits: torch.Tensor) -> np.ndarray:
-        """[..., V] logits -> object array [...] of the top-1 token's label or 'other'."""
+        """[..., V] logits -> object array [...] of the label the top-1 token
+        owns, or 'other' (no decoding: the per-layer lens votes)."""
         return self.labels_of(logits.argmax(dim=-1))
 
     def labels_of(self, token_ids: torch.Tensor) -> np.ndarray:
-        """Token ids [...] -> object array [...] of their labels or 'other'."""
+        """Token ids [...] -> object array [...] of the labels they own or 'other'."""
         ids = token_ids.cpu()
         owner = self._index(max(int(ids.max()) + 1, 1) if ids.numel() else 1)[ids]
         names = np.array(self.labels + [OTHER], dtype=object)
         return names[owner.numpy()]  # -1 indexes OTHER
 
-    def predict(self, logits: torch.Tensor) -> list[str]:
-        """[B, V] logits -> one label (or 'other') per row."""
-        return list(self.top1_labels(logits))
+    def predict(self, logits: torch.Tensor, continuation: Continuation | None = None,
+                max_new_tokens: int = MAX_NEW_TOKENS) -> list[str]:
+        """[B, V] next-token logits -> one label (or 'other') per row: the
+        label the top-1 token owns, else the label of the word it begins.
+        Rows whose top-1 token may still begin a label are written on by
+        ``continuation`` (:mod:`mechmod.decoding`), up to ``max_new_tokens``
+        more tokens; without one they are 'other'."""
+        top = logits.argmax(dim=-1).cpu()
+        state: list[int | None] = [int(i) for i in self._index(logits.shape[-1])[top]]
+        for r, tid in enumerate(top.tolist()):
+            if state[r] < 0 and tid not in self._special:
+                state[r] = self._state(self.tokenizer.decode([tid]), final=False)
+        pending = [r for r, s in enumerate(state) if s is None]
+        if pending and continuation is not None:
+            written = greedy(continuation, top, pending, lambda ids: self._state(self.tokenizer.decode(ids), False)
+                             is not None, max_new_tokens, stop_ids=self._special)
+            for r in pending:
+                state[r] = self._state(self.tokenizer.decode(written[r]), final=True)
+        return [self.labels[s] if s is not None and s >= 0 else OTHER for s in state]

@@ -142,5 +142,6 @@ def test_labelset_resolves_every_color(mllm):
     for color in COLORS:
         ids = labels.token_ids(color)
         assert ids
-        assert all(tok.decode([t]).strip().lower() == color for t in ids)
+        pieces = [tok.decode([t]).strip().lower() for t in ids]  # the word, or a prefix of 3+ letters ("YEL")
+        assert color in pieces and all(color.startswith(p) and len(p) >= 3 for p in pieces)
         assert tok.encode(" " + color, add_special_tokens=False)[-1] in ids

@@ -1,9 +1,6 @@
 """Adapters (llava family), answers and tracing on a tiny random LLaVA and
 on the shipped organism."""
 
-import json
-
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -136,51 +133,3 @@ def test_models_command_lists_families_and_names(capsys):
     out = capsys.readouterr().out
     for fam in ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "gemma3", "organism"):
         assert fam in out
-
-
-# ------------------------------------------------------------------ answers
-class FakeTokenizer:
-    """Hand-made vocabulary: SentencePiece-like pieces with '▁' spaces."""
-
-    def __init__(self):
-        self.vocab = ["<unk>", "<s>", "▁blue", "Blue", "▁Blue", "blue", "▁gre", "en", "y", "▁red", "RED", "▁", "▁the"]
-        self.unk_token_id, self.all_special_ids = 0, [0, 1]
-
-    def encode(self, text, add_special_tokens=False):
-        table = {"blue": [5], " blue": [2], "Blue": [3], " Blue": [4], "BLUE": [0], " BLUE": [11, 0],
-                 "green": [0], " green": [6, 7], "Green": [0], " Green": [0], "GREEN": [0], " GREEN": [0],
-                 "grey": [0], " grey": [6, 8], "Grey": [0], " Grey": [0], "GREY": [0], " GREY": [0],
-                 "red": [0], " red": [9], "Red": [0], " Red": [0], "RED": [10], " RED": [11, 10]}
-        return table[text]
-
-    def decode(self, ids):
-        return "".join(self.vocab[i] for i in ids).replace("▁", " ")
-
-
-def test_labelset_variants_ambiguity_and_probabilities():
-    tok = FakeTokenizer()
-    ls = LabelSet(tok, ["blue", "red"])
-    assert ls.token_ids("blue") == [2, 3, 4, 5] and ls.token_ids("red") == [9, 10]
-    with pytest.raises(MechmodError, match="unambiguously"):
-        LabelSet(tok, ["green", "grey", "blue"])  # '▁gre' is shared and nothing else begins them
-    logits = torch.full((3, len(tok.vocab)), -1e4)
-    logits[0, 4] = 5.0  # ' Blue' top-1
-    logits[1, 10] = 5.0  # 'RED'
-    logits[2, 12] = 5.0  # ' the' -> other
-    assert ls.predict(logits) == ["blue", "red", OTHER]
-    v = torch.randn(2, len(tok.vocab))
-    p = torch.softmax(v, -1)
-    expected = torch.stack([p[:, [2, 3, 4, 5]].sum(-1), p[:, [9, 10]].sum(-1)], -1)
-    torch.testing.assert_close(ls.label_probs(v), expected)
-    layered = ls.top1_labels(logits[None].expand(2, 3, -1))
-    assert layered.shape == (2, 3) and list(layered[1]) == ["blue", "red", OTHER]
-    with pytest.raises(MechmodError, match="reserved"):
-        LabelSet(tok, ["blue", "other"])
-
-
-def test_labelset_half_precision_logits_read_in_float32():
-    tok = FakeTokenizer()
-    ls = LabelSet(tok, ["blue", "red"])
-    v = torch.randn(4, len(tok.vocab)) * 30
-    np.testing.assert_allclose(ls.label_probs(v.bfloat16()).numpy(), ls.label_probs(v.bfloat16().float()).numpy())
-    assert json.dumps(ls.predict(v))  # plain strings

@@ -1,0 +1,124 @@
+"""Greedy continuation of the rows of a batch whose answer is not decided by
+its first token (a one-letter piece "B" may begin "Blue" or "Black").
+
+A :data:`Continuation` gives next-token logits after each row's prompt
+followed by the tokens written so far; :func:`greedy` runs it, batched,
+for the undecided rows only, a few tokens at most. Two ways to build one:
+
+- :func:`over_cache`: the prompt forward's KV cache, selected to the
+  undecided rows and extended by their written tokens (no prompt or image
+  token is computed again);
+- :func:`reforward`: the whole batch again with the written tokens
+  appended on the right, through a ``next_logits`` callable. This is the
+  hook for a forward with an intervention still applied (a patched or
+  steered forward, e.g. ``lambda x: interventions.core.forward(mllm, x,
+  edits)[0]``): every row stays in the batch and every prompt position
+  keeps its index, so edits addressed to rows or prompt positions land
+  where they did on the prompt (an edit at position ``-1`` follows the
+  newest token). Image tensors are passed whole, which needs no
+  per-family slicing.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import torch
+
+from mechmod.prefix import cache_kwarg, cache_rows, rope_deltas
+
+Continuation = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(rows [b] long, written [b, k] long) -> next-token logits [b, V]``:
+the logits after row ``rows[i]``'s prompt followed by ``written[i]``."""
+
+NextLogits = Callable[[Mapping[str, torch.Tensor]], torch.Tensor]
+"""``inputs -> [B, V]``: the next-token logits at the last position of a
+batch given as ``model(**inputs)`` keyword arguments."""
+
+
+def greedy(continuation: Continuation, first: torch.Tensor, rows: Sequence[int],
+           done: Callable[[list[int]], bool], max_new_tokens: int, stop_ids=()) -> dict[int, list[int]]:
+    """Write greedily after each row's first token ``first[row]``, for the
+    ``rows`` given, one batched ``continuation`` call per step. A row stops
+    when ``done(its tokens)`` holds, when it writes a token of ``stop_ids``
+    (not kept) or after ``max_new_tokens`` more tokens. Returns
+    ``{row: [first token, written tokens...]}``."""
+    written = {int(r): [int(first[r])] for r in rows}
+    going = [r for r in written if not done(written[r])]
+    stop = {int(t) for t in stop_ids}
+    for _ in range(max_new_tokens):
+        if not going:
+            break
+        logits = continuation(torch.tensor(going, dtype=torch.long),
+                              torch.tensor([written[r] for r in going], dtype=torch.long))
+        still = []
+        for r, token in zip(going, logits.argmax(dim=-1).tolist()):
+            if token in stop:
+                continue
+            written[r].append(token)
+            if not done(written[r]):
+                still.append(r)
+        going = still
+    return written
+
+
+def extend_inputs(inputs: Mapping[str, torch.Tensor], rows: torch.Tensor, written: torch.Tensor,
+                  pad_id: int) -> dict[str, torch.Tensor]:
+    """The batch with ``written`` [b, k] appended on the right of ``rows``
+    (the other rows get ``pad_id``). Per-token integer tensors [B, T] grow
+    with it: ``input_ids`` by the tokens, ``attention_mask`` by ones, any
+    other (token type ids: text) by zeros; everything else is unchanged."""
+    ids = inputs["input_ids"]
+    B, T = ids.shape
+    new = torch.full((B, written.shape[1]), int(pad_id), dtype=ids.dtype)
+    new[rows.cpu()] = written.to(ids.dtype).cpu()
+    out = dict(inputs)
+    for name, value in inputs.items():
+        if not isinstance(value, torch.Tensor) or value.shape != (B, T) or value.is_floating_point():
+            continue
+        fill = new if name == "input_ids" else torch.ones_like(new) if name == "attention_mask" else torch.zeros_like(new)
+        out[name] = torch.cat([value, fill.to(device=value.device, dtype=value.dtype)], dim=1)
+    return out
+
+
+def model_next_logits(model) -> NextLogits:
+    """The plain forward of an HF model as a :data:`NextLogits`."""
+    def next_logits(inputs):
+        with torch.no_grad():
+            return model(**inputs, logits_to_keep=1).logits[:, -1]
+    return next_logits
+
+
+def reforward(inputs: Mapping[str, torch.Tensor], next_logits: NextLogits, pad_id: int) -> Continuation:
+    """A :data:`Continuation` that runs the whole batch ``inputs`` again with
+    the written tokens appended (see the module docstring for why every
+    row stays)."""
+    def step(rows: torch.Tensor, written: torch.Tensor) -> torch.Tensor:
+        return next_logits(extend_inputs(inputs, rows, written, pad_id))[rows.to(inputs["input_ids"].device)]
+    return step
+
+
+def over_cache(mllm, inputs: Mapping[str, torch.Tensor], cache) -> Continuation:
+    """A :data:`Continuation` over ``cache``, the KV cache of the forward of
+    ``inputs`` (``model(**inputs, use_cache=True)``); build it right after
+    that forward (M-RoPE families keep that forward's position offsets on
+    the model). The cache itself is never written: each step runs on a copy
+    of the undecided rows' cache."""
+    mask = inputs["attention_mask"]
+    deltas = rope_deltas(mllm)
+    key = cache_kwarg(mllm.model)
+
+    def step(rows: torch.Tensor, written: torch.Tensor) -> torch.Tensor:
+        device = mask.device
+        rows = rows.to(device)
+        b, k = written.shape
+        x = {"input_ids": written.to(device),
+             "attention_mask": torch.cat([mask[rows], torch.ones(b, k, dtype=mask.dtype, device=device)], dim=1),
+             key: cache_rows(cache, rows), "use_cache": True}
+        if deltas is not None:  # M-RoPE: a row's text positions count its real tokens, offset by its delta
+            start = mask[rows].sum(dim=1, keepdim=True).to(deltas.device)
+            x["position_ids"] = (start + torch.arange(k, device=deltas.device)[None, :]
+                                 + deltas.reshape(-1, 1)[rows.to(deltas.device)]).to(device)
+        with torch.no_grad():
+            return mllm.model(**x, logits_to_keep=1).logits[:, -1]
+    return step

@@ -1,0 +1,202 @@
+"""Answer labels (mechmod.answers) and greedy continuation (mechmod.decoding):
+the ownership rule on a hand-made SentencePiece-like vocabulary, predictions
+that decode the word a one-letter piece begins, first-token probabilities,
+and the KV-cache continuation against a full re-forward on tiny models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mechmod.answers import (COMMON_ANSWER_WORDS, COMMON_ANSWER_WORDS_VERSION, MAX_NEW_TOKENS, MIN_PREFIX, OTHER,
+                             RULE_TEXT, LabelSet)
+from mechmod.decoding import extend_inputs, greedy, model_next_logits, over_cache, reforward
+from mechmod.errors import MechmodError
+from mechmod.prefix import cache_kwarg
+from mechmod.models import load_model
+from tests.tiny_families import build_tiny
+
+PIECES = ["<unk>", "</s>", "▁", "▁B", "▁Blue", "Blue", "lue", "lack", "oth", "▁Both", "▁C", "ube", "yl", "inder",
+          "▁cyl", "yan", ".", "▁red", "RED", "▁R", "ed", "▁the", "▁gre", "en", "y", "▁pur", "ple", "▁bro", "wn", "\"",
+          "▁zz"]
+
+
+class PieceTokenizer:
+    """A SentencePiece-like tokenizer over PIECES: spaces are '▁', longest
+    piece first, '<unk>' for what no piece spells."""
+
+    unk_token_id = 0
+    all_special_ids = [0, 1]
+
+    def get_vocab(self):
+        return {p: i for i, p in enumerate(PIECES)}
+
+    def encode(self, text, add_special_tokens=False):
+        s, ids = text.replace(" ", "▁"), []
+        while s:
+            match = max((p for p in PIECES[2:] if s.startswith(p)), key=len, default=None)
+            ids.append(PIECES.index(match) if match else 0)
+            s = s[len(match):] if match else s[1:]
+        return ids
+
+    def decode(self, ids):
+        return "".join(PIECES[i] for i in ids).replace("▁", " ")
+
+
+TOK = PieceTokenizer()
+ID = {p: i for i, p in enumerate(PIECES)}
+
+
+def _one_hot(rows: list[str]) -> torch.Tensor:
+    logits = torch.full((len(rows), len(PIECES)), -1e4)
+    for r, piece in enumerate(rows):
+        logits[r, ID[piece]] = 5.0
+    return logits
+
+
+def _scripted(scripts: dict[int, list[str]], calls: list | None = None):
+    """A continuation writing ``scripts[row]`` (the pieces after the first),
+    then '</s>'; ``calls`` records (rows, written) of each call."""
+    def step(rows, written):
+        if calls is not None:
+            calls.append((rows.tolist(), written.tolist()))
+        k = written.shape[1]
+        nxt = [scripts[r][k - 1] if k - 1 < len(scripts[r]) else "</s>" for r in rows.tolist()]
+        return _one_hot(nxt)
+    return step
+
+
+def test_ownership_whole_labels_and_long_unique_prefixes_only():
+    ls = LabelSet(TOK, ["red", "blue", "green", "purple", "brown"])
+    owned = {lab: sorted(PIECES[t] for t in ls.token_ids(lab)) for lab in ls.labels}
+    assert owned["red"] == ["RED", "▁red"]  # not '▁R' (one letter)
+    assert owned["blue"] == ["Blue", "▁Blue"]  # not '▁B' (Blue or Black?)
+    assert owned["purple"] == ["▁pur"]  # three letters, no other label or common word begins 'pur'
+    assert owned["green"] == [] and owned["brown"] == []  # 'gre' begins 'grey', 'bro' begins 'bronze'
+    assert ls.unowned == ["green", "brown"]
+    assert LabelSet(TOK, ["cube", "cylinder"]).token_ids("cylinder") == [ID["▁cyl"]]
+    assert LabelSet(TOK, ["cube", "cyan", "cylinder"]).token_ids("cube") == []  # '▁C' is one letter
+
+
+def test_labelset_refuses_bad_labels():
+    with pytest.raises(MechmodError, match="distinct"):
+        LabelSet(TOK, ["red", "Red"])
+    with pytest.raises(MechmodError, match="reserved"):
+        LabelSet(TOK, ["blue", "other"])
+    with pytest.raises(MechmodError, match="zebra"):
+        LabelSet(TOK, ["red", "zebra"])  # no piece spells it: the model could never write it
+
+
+def test_probabilities_are_first_token_sums_over_owned_tokens():
+    ls = LabelSet(TOK, ["red", "blue", "green"])
+    v = torch.randn(4, len(PIECES)) * 3
+    p = torch.softmax(v, -1)
+    expected = torch.stack([p[:, [ID["▁red"], ID["RED"]]].sum(-1), p[:, [ID["▁Blue"], ID["Blue"]]].sum(-1),
+                            torch.zeros(4)], -1)
+    torch.testing.assert_close(ls.label_probs(v), expected)
+    np.testing.assert_allclose(ls.label_probs(v.bfloat16()).numpy(), ls.label_probs(v.bfloat16().float()).numpy())
+
+
+def test_lens_votes_count_owned_tokens_only():
+    ls = LabelSet(TOK, ["red", "blue"])
+    layered = ls.top1_labels(_one_hot(["▁Blue", "▁B", "RED", "▁the"])[None].expand(2, 4, -1))
+    assert layered.shape == (2, 4) and list(layered[1]) == ["blue", OTHER, "red", OTHER]
+
+
+def test_prediction_decodes_the_word_a_short_or_shared_piece_begins():
+    ls = LabelSet(TOK, ["red", "blue", "cube", "cylinder"])
+    first = ["▁B", "▁B", "▁C", "▁C", "▁Blue", "▁the", "▁R", "▁", "\"", "▁B"]
+    then = {0: ["lue", "."], 1: ["lack"], 2: ["ube", "."], 3: ["yl", "inder", "."], 6: ["ed"], 7: ["▁Blue"],
+            8: ["Blue", "\""], 9: ["oth"]}
+    calls: list = []
+    got = ls.predict(_one_hot(first), _scripted(then, calls))
+    assert got == ["blue", OTHER, "cube", "cylinder", "blue", OTHER, "red", "blue", "blue", OTHER]
+    assert calls[0][0] == [0, 1, 2, 3, 6, 7, 8, 9]  # decided rows never continue, the others go in one batch
+    assert calls[0][1][0] == [ID["▁B"]]
+    assert all(len(rows) == len(w) for rows, w in calls)
+    assert ls.predict(_one_hot(first)) == [OTHER, OTHER, OTHER, OTHER, "blue", OTHER, OTHER, OTHER, OTHER, OTHER]
+    assert json.dumps(got)  # plain strings
+
+
+def test_decoding_stops_after_the_word_at_a_stop_token_and_after_max_new_tokens():
+    ls = LabelSet(TOK, ["red", "blue"])
+    calls: list = []
+    got = ls.predict(_one_hot(["▁B", "▁", "▁B"]), _scripted({0: ["lue", "▁the", "▁the"], 1: ["▁"] * 9, 2: []},
+                                                             calls))
+    assert got == ["blue", OTHER, OTHER]  # '▁B' then '</s>': the word is "B"
+    assert len(calls) == MAX_NEW_TOKENS and max(len(w[0]) for _, w in calls) == MAX_NEW_TOKENS
+    assert [rows for rows, _ in calls] == [[0, 1, 2], [1], [1], [1]]  # 'Blue' is decided at once
+
+
+def test_label_of_text_matches_the_first_word_punctuation_stripped():
+    ls = LabelSet(TOK, ["red", "blue", "cube", "cylinder"])
+    assert [ls.label_of_text(t) for t in ("Cube.", " **Blue**", "cyl", "Cubes", "Both", "", "blue-green")] == \
+        ["cube", "blue", "cylinder", OTHER, OTHER, OTHER, "blue"]
+
+
+def test_rule_text_and_common_words_are_versioned_constants():
+    assert isinstance(COMMON_ANSWER_WORDS_VERSION, int) and 150 <= len(COMMON_ANSWER_WORDS) <= 300
+    assert all(w == w.strip().lower() and " " not in w for w in COMMON_ANSWER_WORDS)
+    assert {"black", "white", "brown", "gray", "pink", "yes", "no", "both", "neither", "none", "the", "it"} \
+        <= COMMON_ANSWER_WORDS
+    for needle in (str(MIN_PREFIX), str(MAX_NEW_TOKENS), f"version {COMMON_ANSWER_WORDS_VERSION}", "first tokens"):
+        assert needle in RULE_TEXT
+    assert json.dumps(RULE_TEXT)
+
+
+def test_organism_word_tokens_are_its_labels_unchanged():
+    from mechmod.data.color import COLORS
+    from mechmod.models.organism import CHECKPOINT_DIR
+    from transformers import AutoProcessor
+
+    tok = AutoProcessor.from_pretrained(str(CHECKPOINT_DIR)).tokenizer
+    ls = LabelSet(tok, list(COLORS))
+    vocab = tok.get_vocab()
+    assert {c: ls.token_ids(c) for c in COLORS} == {c: [vocab[c]] for c in COLORS}
+    logits = torch.full((2, len(tok)), -1e4)
+    logits[0, vocab["blue"]] = logits[1, vocab["the"]] = 5.0
+    assert ls.predict(logits) == ["blue", OTHER]
+
+
+def test_greedy_and_extend_inputs():
+    out = greedy(lambda rows, w: _one_hot(["ed"] * len(rows)), torch.tensor([ID["▁R"], ID["▁B"]]), [1],
+                 done=lambda ids: len(ids) >= 3, max_new_tokens=4)
+    assert out == {1: [ID["▁B"], ID["ed"], ID["ed"]]}
+    inputs = {"input_ids": torch.tensor([[0, 5, 6], [7, 8, 9]]), "attention_mask": torch.tensor([[0, 1, 1], [1, 1, 1]]),
+              "token_type_ids": torch.ones(2, 3, dtype=torch.long), "pixel_values": torch.zeros(2, 3)}
+    ext = extend_inputs(inputs, torch.tensor([1]), torch.tensor([[4, 2]]), pad_id=0)
+    assert ext["input_ids"].tolist() == [[0, 5, 6, 0, 0], [7, 8, 9, 4, 2]]
+    assert ext["attention_mask"][:, 3:].eq(1).all() and ext["token_type_ids"][:, 3:].eq(0).all()
+    assert ext["pixel_values"] is inputs["pixel_values"]
+
+
+@pytest.fixture(scope="module", params=("qwen2_vl", "gemma3"))
+def tiny(request, tmp_path_factory):
+    return load_model(str(build_tiny(request.param, tmp_path_factory.mktemp(request.param))))
+
+
+def test_cache_continuation_equals_a_full_reforward(tiny):
+    """Left-padded rows, M-RoPE (Qwen2-VL) and token types (Gemma 3): the
+    undecided rows continued over the prompt's KV cache give the logits of
+    the whole batch run again with the written tokens appended."""
+    images = [Image.new("RGB", (64, 32), (200, 30, 30)), Image.new("RGB", (32, 32), (30, 30, 200))]
+    enc = tiny.encode(images, ["the circle is red .", None], ["what color is the circle ?"] * 2)
+    with torch.no_grad():
+        out = tiny.model(**enc.inputs, use_cache=True, logits_to_keep=1)
+    cached = over_cache(tiny, enc.inputs, getattr(out, cache_kwarg(tiny.model)))
+    full = reforward(enc.inputs, model_next_logits(tiny.model), tiny.tokenizer.pad_token_id)
+
+    def ids(text, n):
+        got = tiny.tokenizer.encode(text, add_special_tokens=False)[:n]
+        assert len(got) == n
+        return got
+
+    for rows, written in ((torch.tensor([1]), [ids(" red", 1)]), (torch.tensor([0, 1]), [ids(" blue .", 2), ids(" red ?", 2)])):
+        w = torch.tensor(written)
+        got = cached(rows, w)
+        torch.testing.assert_close(got, full(rows, w), atol=1e-4, rtol=0)
+        torch.testing.assert_close(cached(rows, w), got, atol=0, rtol=0)  # the prompt's cache was not written
