@@ -3,7 +3,8 @@ loaded :class:`MLLM` that builds the three inputs of a conflict case.
 
 An adapter is data, not logic: the HF model class, where the LM decoder
 layers, final norm and unembedding live, the image placeholder, and the
-fallback prompt format (used when the processor has no chat template).
+fallback prompt format (used when neither the processor nor its tokenizer
+has a chat template).
 Adding a family is one file with one ``Adapter(...)`` (see ``llava.py``).
 
 Prompt layout, the same in every family (the image first, so an image's
@@ -32,7 +33,7 @@ class Adapter:
 
     ``prompt_format`` holds ``{image}`` (the processor's image placeholder,
     or nothing for a text-only prompt) and ``{text}``; it is used when the
-    processor has no chat template (tiny test models, the organism)."""
+    processor and its tokenizer have no chat template (tiny test models, the organism)."""
 
     family: str
     model_types: tuple[str, ...]
@@ -121,7 +122,9 @@ class MLLM:
         if not isinstance(self.layers, nn.ModuleList) or len(self.layers) == 0:
             raise MechmodError(f"{name}: {adapter.layers_path} is {type(self.layers).__name__}, not a ModuleList of decoder layers")
         self.image_token_id = _image_token_id(model, processor, adapter)
-        self._chat = bool(getattr(processor, "chat_template", None))
+        # the processor's chat template, else the tokenizer's (Gemma 3 may ship it in tokenizer_config.json only)
+        self._template = getattr(processor, "chat_template", None) or getattr(self.tokenizer, "chat_template", None)
+        self._chat = bool(self._template)
 
     # ------------------------------------------------------------ slots
     @property
@@ -149,8 +152,9 @@ class MLLM:
         """The chat prompt for ``text`` (image first when ``with_image``)."""
         if self._chat:
             content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": text}]
-            return self.processor.apply_chat_template(
-                [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
+            return self.processor.apply_chat_template([{"role": "user", "content": content}],
+                                                      chat_template=self._template, add_generation_prompt=True,
+                                                      tokenize=False)
         image = self.adapter.image_placeholder if with_image else ""
         return self.adapter.prompt_format.format(image=image, text=text)
 
