@@ -82,22 +82,12 @@ def train(out_dir: str | Path, seed: int = 0, steps: int = 3000, cfg: OrganismCo
     tok, proc, model = build_artifacts(cfg, seed, vocab_groups)
     colors = sorted(COLORS)
     color_ids = {c: tok.convert_tokens_to_ids(c) for c in colors}
-    cid = torch.tensor([color_ids[c] for c in colors])
     if any(i == tok.unk_token_id for i in color_ids.values()):
         raise MechmodError("a colour word is missing from the organism vocabulary")
     n_params = sum(p.numel() for p in model.parameters())
-
-    # auxiliary per-patch (shape, colour) head on the vision features the
-    # projector reads; a training aid only, never saved with the model
-    n_shape, n_col = len(TARGET_SHAPES) + 1, len(colors) + 1
-    aux_head = torch.nn.Linear(cfg.vision_hidden, n_shape + n_col)
-    captured = {}
-    hook = model.model.multi_modal_projector.register_forward_hook(
-        lambda mod, inp, out: captured.__setitem__("feat", inp[0]))
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n] + [aux_head.weight]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)] + [aux_head.bias]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.98))
+    objective = Objective(model, torch.tensor([color_ids[c] for c in colors]), cfg.vision_hidden,
+                          aux_patch_weight, binding_weight, binding_layers)
+    opt = _optimizer(model, objective.aux_head, lr)
 
     def lr_at(s):
         if s < warmup:
@@ -114,17 +104,9 @@ def train(out_dir: str | Path, seed: int = 0, steps: int = 3000, cfg: OrganismCo
     loader = (encode_step(stream.step(s / max(1, steps)), tok, cfg.n_image_tokens, color_ids) for s in range(steps))
     model.train()
     log: list[dict] = []
-    acc = {"vision_easy": [0, 0], "vision_hard": [0, 0], "text_dt0": [0, 0], "text_dt1": [0, 0],
-           "text_dt2": [0, 0], "knowledge": [0, 0], "multi_consistent": [0, 0], "conflict_text": [0, 0],
-           "patch_shape": [0, 0]}
-    loss_sum = {"vision": 0.0, "text": 0.0, "multi": 0.0, "aux": 0.0, "bind": 0.0}
-    n_since = 0
+    tally = Tally()
     t0 = time.time()
     bar = tqdm(total=steps, disable=not progress, desc="organism", mininterval=5)
-
-    def answer_logits(enc):
-        return model(**enc).logits[:, -1, :].float()
-
     stopped_at = None
     for s, batch in enumerate(loader):
         if max_minutes is not None and time.time() - t0 > 60 * max_minutes:
@@ -132,97 +114,15 @@ def train(out_dir: str | Path, seed: int = 0, steps: int = 3000, cfg: OrganismCo
             break
         for g in opt.param_groups:
             g["lr"] = lr_at(s)
-        if binding_weight > 0:
-            out_v = model(**batch["vision"], output_attentions=True)
-            lv = out_v.logits[:, -1, :].float()
-            # binding aid: head 0 of some LM layers, at the answer position,
-            # should look at the asked shape's patches
-            ids = batch["vision"]["input_ids"]
-            is_img = ids == model.config.image_token_id
-            tgt = torch.zeros(ids.shape, dtype=torch.float32)
-            tgt[is_img] = batch["patch_labels"][:, 2].reshape(-1).float()
-            has = tgt.sum(-1) > 0
-            loss_bind = torch.zeros(())
-            for li in binding_layers:
-                att = out_v.attentions[li][:, 0, -1, :]  # [B, T]
-                mass = (att * tgt).sum(-1)
-                loss_bind = loss_bind - torch.log(mass[has] + 1e-6).mean() / len(binding_layers)
-        else:
-            lv = answer_logits(batch["vision"])
-            loss_bind = torch.zeros(())
-        feat = captured.pop("feat")  # [B, n_patches, d_vision]
-        if aux_patch_weight > 0:
-            al = aux_head(feat.reshape(-1, feat.shape[-1]))
-            lab = batch["patch_labels"]  # [B, 2, n_patches]
-            # object patches dominate the weight: at dv 0-4 a few patches of
-            # 64-100 hold an object, and a plain mean drowns the shape signal
-            # (the hard part) in easy background patches
-            ls = lab[:, 0].reshape(-1).long()
-            w_obj = torch.where(ls > 0, 1.0, 0.1)
-            w_obj = w_obj / w_obj.sum()
-            loss_aux = (w_obj * (F.cross_entropy(al[:, :n_shape], ls, reduction="none")
-                                 + F.cross_entropy(al[:, n_shape:], lab[:, 1].reshape(-1).long(),
-                                                   reduction="none"))).sum()
-            with torch.no_grad():  # shape read-out on object patches (logged)
-                obj = ls > 0
-                acc["patch_shape"][0] += int((al[:, :n_shape].argmax(-1)[obj] == ls[obj]).sum())
-                acc["patch_shape"][1] += int(obj.sum())
-        else:
-            loss_aux = torch.zeros(())
-        lt = answer_logits(batch["text"])
-        lm = answer_logits(batch["multi"])
-        loss_v = F.cross_entropy(lv, batch["vision_labels"])
-        loss_t = F.cross_entropy(lt, batch["text_labels"])
-        # multimodal: hard rows + soft product-of-experts rows for conflicts
-        meta_m = batch["meta"]["multi"]
-        is_conf = torch.tensor([k == "conflict" for k, _, _ in meta_m])
-        logp_m = F.log_softmax(lm, dim=-1)
-        with torch.no_grad():
-            G = len(meta_m)
-            pv = F.softmax(lv[:G], -1)[:, cid]
-            pt = F.softmax(lt[:G], -1)[:, cid]
-            q = pv * pt
-            q = q / q.sum(-1, keepdim=True)
-        soft = -(q * logp_m[:, cid]).sum(-1)
-        hard_lab = batch["multi_labels"].clamp(min=0)
-        hard = -logp_m.gather(1, hard_lab[:, None])[:, 0]
-        loss_m = torch.where(is_conf, soft, hard).mean()
-        loss = loss_v + loss_t + loss_m + aux_patch_weight * loss_aux + binding_weight * loss_bind
+        loss, logits, parts = objective(batch, tally.acc)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-
-        with torch.no_grad():
-            for key, logits in (("vision", lv), ("text", lt), ("multi", lm)):
-                pred = logits.argmax(-1)
-                labels = batch[key + "_labels"]
-                for j, (kind, dv, dt) in enumerate(batch["meta"][key]):
-                    if key == "vision":
-                        name = "vision_easy" if dv <= 4 else "vision_hard"
-                    elif key == "text":
-                        name = "knowledge" if kind == "knowledge" else f"text_dt{dt}"
-                    elif kind == "conflict":
-                        name = "conflict_text"
-                        labels_j = batch["text_labels"][j]
-                        acc[name][0] += int(pred[j] == labels_j)
-                        acc[name][1] += 1
-                        continue
-                    else:
-                        name = "multi_consistent"
-                    acc[name][0] += int(pred[j] == labels[j])
-                    acc[name][1] += 1
-        loss_sum["vision"] += loss_v.item()
-        loss_sum["text"] += loss_t.item()
-        loss_sum["multi"] += loss_m.item()
-        loss_sum["aux"] += float(loss_aux.detach())
-        loss_sum["bind"] += float(loss_bind.detach())
-        n_since += 1
+        tally.add(batch, logits, parts)
         bar.update(1)
         if (s + 1) % log_every == 0 or s + 1 == steps:
-            row = {"step": s + 1, "elapsed_s": round(time.time() - t0, 1), "lr": lr_at(s)}
-            row.update({f"loss_{k}": round(v / n_since, 4) for k, v in loss_sum.items()})
-            row.update({f"acc_{k}": (round(a / n, 3) if n else None) for k, (a, n) in acc.items()})
+            row = tally.row(s + 1, round(time.time() - t0, 1), lr_at(s))
             log.append(row)
             bar.set_postfix(lv=row["loss_vision"], lt=row["loss_text"], va=row["acc_vision_easy"],
                             vh=row["acc_vision_hard"], t2=row["acc_text_dt2"])
@@ -232,13 +132,8 @@ def train(out_dir: str | Path, seed: int = 0, steps: int = 3000, cfg: OrganismCo
                 model.eval()
                 save(out_dir, model, proc, {"partial": True, "step": s + 1, "seed": seed}, log)
                 model.train()
-            for v in acc.values():
-                v[0] = v[1] = 0
-            for k in loss_sum:
-                loss_sum[k] = 0.0
-            n_since = 0
     bar.close()
-    hook.remove()
+    objective.hook.remove()
     wall = time.time() - t0
     model.eval()
     info = {
@@ -271,6 +166,160 @@ def train(out_dir: str | Path, seed: int = 0, steps: int = 3000, cfg: OrganismCo
     }
     save(out_dir, model, proc, info, log)
     return {"info": info, "log": log}
+
+
+
+def _optimizer(model, aux_head, lr: float):
+    """AdamW with weight decay on the matrices (embeddings excepted)."""
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n] + [aux_head.weight]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)] + [aux_head.bias]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.98))
+
+
+class Objective:
+    """The loss of one step: answer cross-entropy on the vision-only and
+    text-only rows; on the multimodal rows a hard label, or for conflicts the
+    soft product-of-experts target of the same step's detached unimodal
+    predictions; plus two training aids. The auxiliary per-patch (shape,
+    colour) head reads the vision features the projector reads (a training
+    aid only, never saved with the model); the binding aid asks head 0 of
+    ``binding_layers``, at the answer position, to look at the asked shape's
+    patches."""
+
+    def __init__(self, model, cid: torch.Tensor, vision_hidden: int, aux_weight: float, binding_weight: float,
+                 binding_layers: tuple[int, ...]):
+        self.model, self.cid = model, cid
+        self.aux_weight, self.binding_weight, self.binding_layers = aux_weight, binding_weight, binding_layers
+        self.n_shape = len(TARGET_SHAPES) + 1
+        self.aux_head = torch.nn.Linear(vision_hidden, self.n_shape + len(COLORS) + 1)
+        self.captured: dict = {}
+        self.hook = model.model.multi_modal_projector.register_forward_hook(
+            lambda mod, inp, out: self.captured.__setitem__("feat", inp[0]))
+
+    def __call__(self, batch: dict, acc: dict) -> tuple[torch.Tensor, dict, dict]:
+        """(total loss, answer logits per sub-batch, loss parts); counts the
+        auxiliary head's shape read-out into ``acc``."""
+        lv, loss_bind = self._vision(batch)
+        loss_aux = self._aux(batch, self.captured.pop("feat"), acc)  # feat [B, n_patches, d_vision]
+        lt = self._answer_logits(batch["text"])
+        lm = self._answer_logits(batch["multi"])
+        loss_v = F.cross_entropy(lv, batch["vision_labels"])
+        loss_t = F.cross_entropy(lt, batch["text_labels"])
+        loss_m = self._multimodal(batch, lv, lt, lm)
+        loss = loss_v + loss_t + loss_m + self.aux_weight * loss_aux + self.binding_weight * loss_bind
+        parts = {"vision": loss_v, "text": loss_t, "multi": loss_m, "aux": loss_aux, "bind": loss_bind}
+        return loss, {"vision": lv, "text": lt, "multi": lm}, parts
+
+    def _answer_logits(self, enc) -> torch.Tensor:
+        return self.model(**enc).logits[:, -1, :].float()
+
+    def _vision(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Vision-only answer logits and the binding loss."""
+        if self.binding_weight <= 0:
+            return self._answer_logits(batch["vision"]), torch.zeros(())
+        out_v = self.model(**batch["vision"], output_attentions=True)
+        ids = batch["vision"]["input_ids"]
+        is_img = ids == self.model.config.image_token_id
+        tgt = torch.zeros(ids.shape, dtype=torch.float32)
+        tgt[is_img] = batch["patch_labels"][:, 2].reshape(-1).float()
+        has = tgt.sum(-1) > 0
+        loss_bind = torch.zeros(())
+        for li in self.binding_layers:
+            att = out_v.attentions[li][:, 0, -1, :]  # [B, T]
+            mass = (att * tgt).sum(-1)
+            loss_bind = loss_bind - torch.log(mass[has] + 1e-6).mean() / len(self.binding_layers)
+        return out_v.logits[:, -1, :].float(), loss_bind
+
+    def _aux(self, batch: dict, feat: torch.Tensor, acc: dict) -> torch.Tensor:
+        """Per-patch shape and colour cross-entropy of the auxiliary head."""
+        if self.aux_weight <= 0:
+            return torch.zeros(())
+        n_shape = self.n_shape
+        al = self.aux_head(feat.reshape(-1, feat.shape[-1]))
+        lab = batch["patch_labels"]  # [B, 2, n_patches]
+        # object patches dominate the weight: at dv 0-4 a few patches of
+        # 64-100 hold an object, and a plain mean drowns the shape signal
+        # (the hard part) in easy background patches
+        ls = lab[:, 0].reshape(-1).long()
+        w_obj = torch.where(ls > 0, 1.0, 0.1)
+        w_obj = w_obj / w_obj.sum()
+        loss_aux = (w_obj * (F.cross_entropy(al[:, :n_shape], ls, reduction="none")
+                             + F.cross_entropy(al[:, n_shape:], lab[:, 1].reshape(-1).long(),
+                                               reduction="none"))).sum()
+        with torch.no_grad():  # shape read-out on object patches (logged)
+            obj = ls > 0
+            acc["patch_shape"][0] += int((al[:, :n_shape].argmax(-1)[obj] == ls[obj]).sum())
+            acc["patch_shape"][1] += int(obj.sum())
+        return loss_aux
+
+    def _multimodal(self, batch: dict, lv: torch.Tensor, lt: torch.Tensor, lm: torch.Tensor) -> torch.Tensor:
+        """Hard rows + soft product-of-experts rows for conflicts."""
+        cid = self.cid
+        meta_m = batch["meta"]["multi"]
+        is_conf = torch.tensor([k == "conflict" for k, _, _ in meta_m])
+        logp_m = F.log_softmax(lm, dim=-1)
+        with torch.no_grad():
+            G = len(meta_m)
+            pv = F.softmax(lv[:G], -1)[:, cid]
+            pt = F.softmax(lt[:G], -1)[:, cid]
+            q = pv * pt
+            q = q / q.sum(-1, keepdim=True)
+        soft = -(q * logp_m[:, cid]).sum(-1)
+        hard_lab = batch["multi_labels"].clamp(min=0)
+        hard = -logp_m.gather(1, hard_lab[:, None])[:, 0]
+        return torch.where(is_conf, soft, hard).mean()
+
+
+class Tally:
+    """Accuracies per row kind and mean losses since the last log row."""
+
+    def __init__(self):
+        self.acc = {"vision_easy": [0, 0], "vision_hard": [0, 0], "text_dt0": [0, 0], "text_dt1": [0, 0],
+                    "text_dt2": [0, 0], "knowledge": [0, 0], "multi_consistent": [0, 0], "conflict_text": [0, 0],
+                    "patch_shape": [0, 0]}
+        self.loss_sum = {"vision": 0.0, "text": 0.0, "multi": 0.0, "aux": 0.0, "bind": 0.0}
+        self.n_since = 0
+
+    def add(self, batch: dict, logits: dict, parts: dict) -> None:
+        """Count one step's answers (conflicts: against the text label) and losses."""
+        acc = self.acc
+        with torch.no_grad():
+            for key in ("vision", "text", "multi"):
+                pred = logits[key].argmax(-1)
+                labels = batch[key + "_labels"]
+                for j, (kind, dv, dt) in enumerate(batch["meta"][key]):
+                    if key == "vision":
+                        name = "vision_easy" if dv <= 4 else "vision_hard"
+                    elif key == "text":
+                        name = "knowledge" if kind == "knowledge" else f"text_dt{dt}"
+                    elif kind == "conflict":
+                        name = "conflict_text"
+                        labels_j = batch["text_labels"][j]
+                        acc[name][0] += int(pred[j] == labels_j)
+                        acc[name][1] += 1
+                        continue
+                    else:
+                        name = "multi_consistent"
+                    acc[name][0] += int(pred[j] == labels[j])
+                    acc[name][1] += 1
+        for key in ("vision", "text", "multi"):
+            self.loss_sum[key] += parts[key].item()
+        for key in ("aux", "bind"):
+            self.loss_sum[key] += float(parts[key].detach())
+        self.n_since += 1
+
+    def row(self, step: int, elapsed_s: float, lr: float) -> dict:
+        """The log row of the steps since the last one; starts a new count."""
+        row = {"step": step, "elapsed_s": elapsed_s, "lr": lr}
+        row.update({f"loss_{k}": round(v / self.n_since, 4) for k, v in self.loss_sum.items()})
+        row.update({f"acc_{k}": (round(a / n, 3) if n else None) for k, (a, n) in self.acc.items()})
+        for v in self.acc.values():
+            v[0] = v[1] = 0
+        for k in self.loss_sum:
+            self.loss_sum[k] = 0.0
+        self.n_since = 0
+        return row
 
 
 def save(out_dir: Path, model, processor, info: dict, log: list[dict]) -> None:
