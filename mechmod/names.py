@@ -20,8 +20,9 @@ POSITION_GROUPS = SPANS + ("all",)
 #: mechmod.uncertainty.UNCERTAINTY_MEASURES (entropy, label entropy, 1 - margin)
 UNCERTAINTY_MEASURES = ("entropy", "label_entropy", "margin")
 
-#: intervention sites within a decoder layer, in forward order (mechmod.interventions.core.Site)
-SITE_COMPONENTS = ("z", "attn", "mlp", "resid")
+#: read and edit sites within a decoder layer, in forward order (mechmod.backends.sites.Site)
+SITE_COMPONENTS = ("resid_in", "mask", "scores", "z", "pattern", "attn", "attn_contrib", "mlp", "mlp_contrib",
+                   "resid")
 #: components a layer patch copies (mechmod.interventions.patching.PatchSpec)
 PATCH_COMPONENTS = ("resid", "attn", "mlp")
 #: patch directions, source -> conflict (mechmod.interventions.cases.DIRECTIONS)

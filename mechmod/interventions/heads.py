@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from mechmod.errors import MechmodError
-from mechmod.interventions.core import Site, _n_heads, chunk_for, forward, sweep
+from mechmod.interventions.core import Site, chunk_for, forward, sweep
 from mechmod.names import KNOCKOUT_MODES
 
 
@@ -46,7 +46,7 @@ class Unit:
 def units(mllm, layers: Sequence[int] | None = None, heads: bool = True, mlps: bool = True) -> list[Unit]:
     """Every head and/or MLP of ``layers`` (default all)."""
     layers = range(mllm.n_layers) if layers is None else layers
-    H = _n_heads(mllm)
+    H = mllm.n_heads
     out = []
     for layer in layers:
         if heads:

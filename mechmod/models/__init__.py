@@ -1,28 +1,39 @@
 """Model families, the registry and :func:`load_model`.
 
 One file per family (``llava.py``, ``llava_next.py``, ``qwen2_vl.py``,
-``qwen2_5_vl.py``, ``gemma3.py``), each defining ``ADAPTER``; the registry
-maps HF ``config.model_type`` to it. Built-in short names: ``organism``
-(the shipped model organism) and each family's hub ids.
+``qwen2_5_vl.py``, ``gemma3.py``), each defining ``ADAPTER``: every module
+of this package but ``base`` is a family (the registry finds a new file by
+itself) and the registry maps HF ``config.model_type`` to it. Built-in
+short names: ``organism`` (the shipped model organism) and each family's
+hub ids.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from pathlib import Path
 
+from mechmod.backends import self_check
 from mechmod.errors import MechmodError
 from mechmod.models.base import Adapter, Encoded, MLLM
 
-FAMILY_MODULES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "gemma3")
 ORGANISM = "organism"
+
+
+def family_modules() -> list[str]:
+    """The family modules of this package, by name (packages such as the organism excluded)."""
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.ispkg and m.name != "base")
 
 
 def families() -> dict[str, Adapter]:
     """family name -> adapter, for every supported family."""
     out = {}
-    for mod in FAMILY_MODULES:
-        adapter = importlib.import_module(f"mechmod.models.{mod}").ADAPTER
+    for mod in family_modules():
+        adapter = getattr(importlib.import_module(f"mechmod.models.{mod}"), "ADAPTER", None)
+        if not isinstance(adapter, Adapter):
+            raise MechmodError(f"mechmod/models/{mod}.py defines no ADAPTER; every module there but base.py is a "
+                               "model family")
         out[adapter.family] = adapter
     return out
 
@@ -102,7 +113,7 @@ def load_model(name_or_path: str = ORGANISM, device: str = "cpu", dtype=None,
     with accelerate (``device`` is then ignored); tracing reads every layer
     wherever it sits. With ``check`` the
     adapter runs one tiny forward and checks every slot (see
-    :func:`mechmod.tracing.self_check`)."""
+    :func:`mechmod.backends.self_check`)."""
     import transformers
 
     source = resolve(name_or_path)
@@ -134,8 +145,6 @@ def load_model(name_or_path: str = ORGANISM, device: str = "cpu", dtype=None,
     if device_map is not None:
         _check_unembedding_placed(mllm, device_map)
     if check:
-        from mechmod.tracing import self_check
-
         self_check(mllm)
     return mllm
 

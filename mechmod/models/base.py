@@ -33,7 +33,17 @@ class Adapter:
 
     ``prompt_format`` holds ``{image}`` (the processor's image placeholder,
     or nothing for a text-only prompt) and ``{text}``; it is used when the
-    processor and its tokenizer have no chat template (tiny test models, the organism)."""
+    processor and its tokenizer have no chat template (tiny test models, the organism).
+
+    Module paths are dotted attribute paths from the HF model, or from one
+    decoder layer for ``attn_path``, ``mlp_path``, ``o_proj_path`` and the
+    post-module norms: the norm applied to the attention / MLP output before
+    it joins the residual stream (Gemma 3's ``post_attention_layernorm`` /
+    ``post_feedforward_layernorm``; None where the output joins it as is,
+    e.g. Llama, whose ``post_attention_layernorm`` is the MLP's input norm).
+    ``n_heads_attr`` / ``head_dim_attr`` are dotted attributes of the HF
+    config (``head_dim_attr`` None: d_model / heads). The self-check on load
+    (:func:`mechmod.backends.self_check`) verifies every one of them."""
 
     family: str
     model_types: tuple[str, ...]
@@ -47,6 +57,13 @@ class Adapter:
     embed_path: str = "model.language_model.embed_tokens"
     vision_path: str = "model.vision_tower"
     projector_path: str = "model.multi_modal_projector"
+    attn_path: str = "self_attn"
+    mlp_path: str = "mlp"
+    o_proj_path: str = "self_attn.o_proj"
+    post_attn_norm_path: str | None = None
+    post_mlp_norm_path: str | None = None
+    n_heads_attr: str = "text_config.num_attention_heads"
+    head_dim_attr: str | None = "text_config.head_dim"
     image_token_attr: str = "image_token_id"
     # M-RoPE families keep per-prompt position offsets of the text after the
     # image ("rope deltas") on the model after a forward; the tail of a
@@ -67,7 +84,20 @@ class Adapter:
                     f"what the adapter knows: fix mechmod/models/{self.family}.py"
                 )
             obj = getattr(obj, part)
+        if not isinstance(obj, nn.Module):
+            raise MechmodError(f"{self.family} adapter: {path!r} of {type(model).__name__} is a {type(obj).__name__}, "
+                               f"not a module; fix mechmod/models/{self.family}.py")
         return obj
+
+    def config_int(self, config, attr: str) -> int:
+        """The integer at dotted ``attr`` of an HF config; a clear error if absent."""
+        value: Any = config
+        for part in attr.split("."):
+            value = getattr(value, part, None)
+        if not isinstance(value, int):
+            raise MechmodError(f"{self.family} adapter: the model config has no integer {attr!r} (found {value!r}); "
+                               f"fix mechmod/models/{self.family}.py")
+        return value
 
 
 @dataclass(frozen=True)
@@ -103,7 +133,7 @@ class MLLM:
     Slots: ``model`` (HF), ``processor``, ``tokenizer``, ``adapter``,
     ``name``, ``family``, ``device``, ``dtype``, ``n_layers``, ``d_model``,
     ``layers`` (LM decoder ModuleList), ``final_norm``, ``lm_head``,
-    ``image_token_id``."""
+    ``image_token_id``, ``n_heads``, ``head_dim``."""
 
     def __init__(self, model: nn.Module, processor, adapter: Adapter, name: str):
         self.model = model.eval()
@@ -134,6 +164,18 @@ class MLLM:
     @property
     def d_model(self) -> int:
         return self.lm_head.weight.shape[1]
+
+    @property
+    def n_heads(self) -> int:
+        """Attention heads per decoder layer (the adapter's ``n_heads_attr``)."""
+        return self.adapter.config_int(self.model.config, self.adapter.n_heads_attr)
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one head's output (``head_dim_attr``, else d_model / heads)."""
+        if self.adapter.head_dim_attr is None:
+            return self.d_model // self.n_heads
+        return self.adapter.config_int(self.model.config, self.adapter.head_dim_attr)
 
     @property
     def device(self) -> torch.device:

@@ -11,6 +11,8 @@ ADAPTER = Adapter(
     image_placeholder="<start_of_image>",
     prompt_format="<start_of_turn>user\n{image}{text}<end_of_turn>\n<start_of_turn>model\n",
     description="Gemma 3: SigLIP-400M (256 image tokens) + Gemma-3 LM",
+    post_attn_norm_path="post_attention_layernorm",  # Gemma norms each module's output before the residual add
+    post_mlp_norm_path="post_feedforward_layernorm",
     builtin={
         "gemma-3-4b": "google/gemma-3-4b-it",
         "gemma-3-12b": "google/gemma-3-12b-it",

@@ -16,6 +16,7 @@ ADAPTER = Adapter(
     vision_path="model.visual",
     projector_path="model.visual.merger",
     rope_deltas_path="model.rope_deltas",
+    head_dim_attr=None,  # Qwen2 configs leave head_dim to hidden_size / heads
     builtin={
         "qwen2-vl-2b": "Qwen/Qwen2-VL-2B-Instruct",
         "qwen2-vl-7b": "Qwen/Qwen2-VL-7B-Instruct",
