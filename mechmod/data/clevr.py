@@ -130,41 +130,9 @@ def load_clevr(clevr_dir: str | os.PathLike, split: str = "val", out: str | os.P
     built: list[dict] = []  # group records
     missing_tiers = 0
     for ti, task in enumerate(tasks):
-        # candidates[(tier, label)] -> list of (scene index, object index, referent keys)
-        cands: dict[tuple[int, str], list[tuple[int, int, tuple[str, ...]]]] = {}
-        for si, sc in enumerate(scenes):
-            objs = sc["objects"]
-            for oi, o in enumerate(objs):
-                dv = _tier(len(objs), o["size"])
-                if dv is None:
-                    continue
-                keys = _referent_words(task, objs, oi)
-                if keys is None:
-                    continue
-                cands.setdefault((dv, o[task]), []).append((si, oi, keys))
-        rng = np.random.default_rng([seed, 77, ti])
-        for key in sorted(cands):
-            order = rng.permutation(len(cands[key]))
-            cands[key] = [cands[key][i] for i in order]
-        used: set[int] = set()
-        pairs = balanced_pairs(LABELS[task], groups, seed, 91 + ti)
-        width = max(4, len(str(groups - 1)))
-        for gi, (v, t) in enumerate(pairs):
-            members = {}
-            for dv in range(len(ATTR_TIERS)):
-                pool = cands.get((dv, v), [])
-                while pool and pool[0][0] in used:
-                    pool.pop(0)
-                if pool:
-                    si, oi, keys = pool.pop(0)
-                    used.add(si)
-                    members[dv] = (si, oi, keys)
-                else:
-                    missing_tiers += 1
-            if not members:
-                continue
-            built.append({"task": task, "group_id": f"clevr-{task}-s{seed}-g{gi:0{width}d}", "index": gi,
-                          "v": v, "t": t, "members": members})
+        task_groups, missing = _task_groups(scenes, task, ti, groups, seed)
+        built += task_groups
+        missing_tiers += missing
     if not built:
         raise MechmodError(f"{clevr_dir}: no scene of split {split!r} yields a usable target (need scenes with "
                            "3-4, 6-8 or >= 10 objects and a uniquely nameable object)")
@@ -173,8 +141,6 @@ def load_clevr(clevr_dir: str | os.PathLike, split: str = "val", out: str | os.P
     copied: dict[int, str] = {}
     with DatasetDir(out) as ds:
         for g in _progress(built, len(built), progress, "clevr groups"):
-            task = g["task"]
-            salt = TASKS.index(task)
             for dv, (si, oi, keys) in sorted(g["members"].items()):
                 sc = scenes[si]
                 fname = sc["image_filename"]
@@ -184,27 +150,7 @@ def load_clevr(clevr_dir: str | os.PathLike, split: str = "val", out: str | os.P
                     ds.copy_image(rel, idir / fname)
                     copied[si] = rel
                 rel = copied[si]
-                image_id = f"clevr-{split}-{Path(fname).stem}"
-                objs = sc["objects"]
-                obj = objs[oi]
-                present = {o["color"] for o in objs}
-                absent = [c for c in CLEVR_COLORS if c not in present]
-                make = _make_ref(task, keys, obj)
-                for dt in range(N_DT):
-                    drng_seed = [seed, 60 + salt, g["index"], dv, 1000 + dt]
-                    irr = absent[int(np.random.default_rng(drng_seed + [1]).integers(len(absent)))] \
-                        if absent else FALLBACK_IRRELEVANT
-                    for ctrl in ctrls:
-                        d = attr_text(task, make, obj["color"], g["t"], dt, np.random.default_rng(drng_seed), ctrl,
-                                      irrelevant_color=irr, answer_vision=g["v"])
-                        extra = {"target_shape": obj["shape"], "target_material": obj["material"],
-                                 "target_color": obj["color"], "target_size": obj["size"],
-                                 "n_objects": len(objs), "target_area_px": -1, "target_visible_fraction": -1.0,
-                                 "source": f"clevr:{split}:{fname}"}
-                        rows.append(case_row(case_id=f"{g['group_id']}-dv{dv}-dt{dt}-{ctrl}", group_id=g["group_id"],
-                                             task=task, dv=dv, dt=dt, control=ctrl, image_id=image_id,
-                                             image_path=rel, d=d, answer_vision=g["v"], answer_text=g["t"],
-                                             seed=seed, extra=extra))
+                rows += _member_rows(g, dv, sc, oi, keys, rel, split, seed, ctrls)
         manifest = {
             "task": tasks[0] if len(tasks) == 1 else "attribute",
             "tasks": list(tasks),
@@ -222,3 +168,77 @@ def load_clevr(clevr_dir: str | os.PathLike, split: str = "val", out: str | os.P
                        "dv": dataset_counts(r["dv"] for r in rows)},
         }
         return ds.finish(rows, manifest)
+
+
+def _task_groups(scenes: list[dict], task: str, ti: int, groups: int, seed: int) -> tuple[list[dict], int]:
+    """The group records of one task (its ``ti``-th), and how many of their
+    tiers found no unused scene."""
+    # candidates[(tier, label)] -> list of (scene index, object index, referent keys)
+    cands: dict[tuple[int, str], list[tuple[int, int, tuple[str, ...]]]] = {}
+    for si, sc in enumerate(scenes):
+        objs = sc["objects"]
+        for oi, o in enumerate(objs):
+            dv = _tier(len(objs), o["size"])
+            if dv is None:
+                continue
+            keys = _referent_words(task, objs, oi)
+            if keys is None:
+                continue
+            cands.setdefault((dv, o[task]), []).append((si, oi, keys))
+    rng = np.random.default_rng([seed, 77, ti])
+    for key in sorted(cands):
+        order = rng.permutation(len(cands[key]))
+        cands[key] = [cands[key][i] for i in order]
+    used: set[int] = set()
+    built, missing_tiers = [], 0
+    pairs = balanced_pairs(LABELS[task], groups, seed, 91 + ti)
+    width = max(4, len(str(groups - 1)))
+    for gi, (v, t) in enumerate(pairs):
+        members = {}
+        for dv in range(len(ATTR_TIERS)):
+            pool = cands.get((dv, v), [])
+            while pool and pool[0][0] in used:
+                pool.pop(0)
+            if pool:
+                si, oi, keys = pool.pop(0)
+                used.add(si)
+                members[dv] = (si, oi, keys)
+            else:
+                missing_tiers += 1
+        if not members:
+            continue
+        built.append({"task": task, "group_id": f"clevr-{task}-s{seed}-g{gi:0{width}d}", "index": gi,
+                      "v": v, "t": t, "members": members})
+    return built, missing_tiers
+
+
+def _member_rows(g: dict, dv: int, sc: dict, oi: int, keys: tuple[str, ...], rel: str, split: str, seed: int,
+                 ctrls) -> list[dict]:
+    """The cases of group ``g`` at tier ``dv``: object ``oi`` of scene ``sc``
+    (image at ``rel``), every text tier and control."""
+    task = g["task"]
+    salt = TASKS.index(task)
+    fname = sc["image_filename"]
+    image_id = f"clevr-{split}-{Path(fname).stem}"
+    objs = sc["objects"]
+    obj = objs[oi]
+    present = {o["color"] for o in objs}
+    absent = [c for c in CLEVR_COLORS if c not in present]
+    make = _make_ref(task, keys, obj)
+    rows = []
+    for dt in range(N_DT):
+        drng_seed = [seed, 60 + salt, g["index"], dv, 1000 + dt]
+        irr = absent[int(np.random.default_rng(drng_seed + [1]).integers(len(absent)))] \
+            if absent else FALLBACK_IRRELEVANT
+        for ctrl in ctrls:
+            d = attr_text(task, make, obj["color"], g["t"], dt, np.random.default_rng(drng_seed), ctrl,
+                          irrelevant_color=irr, answer_vision=g["v"])
+            extra = {"target_shape": obj["shape"], "target_material": obj["material"],
+                     "target_color": obj["color"], "target_size": obj["size"],
+                     "n_objects": len(objs), "target_area_px": -1, "target_visible_fraction": -1.0,
+                     "source": f"clevr:{split}:{fname}"}
+            rows.append(case_row(case_id=f"{g['group_id']}-dv{dv}-dt{dt}-{ctrl}", group_id=g["group_id"],
+                                 task=task, dv=dv, dt=dt, control=ctrl, image_id=image_id,
+                                 image_path=rel, d=d, answer_vision=g["v"], answer_text=g["t"],
+                                 seed=seed, extra=extra))
+    return rows
