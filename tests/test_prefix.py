@@ -11,8 +11,7 @@ from mechmod.answers import LabelSet
 from mechmod.models import load_model
 from mechmod.prefix import trace_shared
 from mechmod.tracing import trace
-from tests.tiny_families import COLORS, FAMILIES, build_tiny
-from tests.tiny_llava import build_tiny_llava
+from tests.tiny_families import ALL_FAMILIES, COLORS, build_tiny
 
 PROMPTS = [
     (None, "What color is the circle?"),
@@ -22,11 +21,9 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module", params=("llava",) + tuple(FAMILIES))
+@pytest.fixture(scope="module", params=ALL_FAMILIES)
 def mllm(request, tmp_path_factory):
-    out = tmp_path_factory.mktemp(request.param)
-    path = build_tiny_llava(out) if request.param == "llava" else build_tiny(request.param, out)
-    return load_model(str(path))
+    return load_model(str(build_tiny(request.param, tmp_path_factory.mktemp(request.param))))
 
 
 def _images():

@@ -10,7 +10,9 @@ that ``mechmod.models.load_model(str(out_dir))`` loads it with no network.
 With ``chat_template`` (default) the processor carries the user-turn part
 of the family's hub chat template (abridged: no system/assistant turns,
 videos or tools); without it mechmod falls back on the adapter's
-``prompt_format``."""
+``prompt_format``. ``build_tiny("llava", ...)`` is tests/tiny_llava.py's
+2-layer 32-d LLaVA (the organism's builder), so every registered family
+has its tiny model here (tests/test_adapter_contract.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,10 @@ from pathlib import Path
 
 import torch
 
-FAMILIES = ("llava_next", "qwen2_vl", "qwen2_5_vl", "gemma3")
+from tests.tiny_llava import build_tiny_llava
+
+FAMILIES = ("llava_next", "qwen2_vl", "qwen2_5_vl", "gemma3")  # built here
+ALL_FAMILIES = ("llava",) + FAMILIES  # llava: tests/tiny_llava.py (2-layer 32-d, the organism's builder)
 COLORS = ("red", "yellow", "blue", "green", "purple", "orange")
 
 # Words every tiny vocabulary knows as whole tokens (with and without a
@@ -254,9 +259,12 @@ _BUILDERS = {
 def build_tiny(family: str, out_dir: Path, chat_template: bool = True) -> Path:
     """Build and save a tiny random-weight ``family`` model, its tokenizer and
     processor (with the family's chat template unless ``chat_template`` is
-    false) under ``out_dir``; returns ``out_dir``."""
+    false; llava's has none) under ``out_dir``; returns ``out_dir``. A new
+    family adds its builder to ``_BUILDERS``."""
+    if family == "llava":
+        return build_tiny_llava(Path(out_dir))
     if family not in _BUILDERS:
-        raise ValueError(f"no tiny builder for {family!r}; have {', '.join(_BUILDERS)}")
+        raise ValueError(f"no tiny builder for {family!r}; have llava, {', '.join(_BUILDERS)}: add one here")
     make_tok, make = _BUILDERS[family]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
