@@ -77,7 +77,8 @@ class StubVLM(nn.Module):
     def forward(self, input_ids, attention_mask=None, pixel_values=None, logits_to_keep=0, **kwargs):
         h = self.lm.embed(input_ids)
         if pixel_values is not None:
-            patches = pixel_values.unfold(2, 14, 14).unfold(3, 14, 14).permute(0, 2, 3, 1, 4, 5).flatten(3).flatten(1, 2)
+            patches = pixel_values.unfold(2, 14, 14).unfold(3, 14, 14)  # [B, 3, 2, 2, 14, 14]
+            patches = patches.permute(0, 2, 3, 1, 4, 5).flatten(3).flatten(1, 2)
             image = (input_ids == self.config.image_token_id)[..., None]
             h = h.masked_scatter(image, self.bridge(self.eye(patches)).to(h.dtype))
         pos = torch.arange(h.shape[1], device=h.device)[None].expand(h.shape[0], -1)
@@ -210,7 +211,8 @@ def test_sites_equal_plain_forward_hooks(subject, kernel):
     torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=0)
     for site, x in got.items():
         if site.component == "scores":  # no module returns them: they give the pattern
-            torch.testing.assert_close(torch.softmax(x.float(), -1), got[Site(site.layer, "pattern")], atol=1e-6, rtol=0)
+            pattern = got[Site(site.layer, "pattern")]
+            torch.testing.assert_close(torch.softmax(x.float(), -1), pattern, atol=1e-6, rtol=0)
         else:
             torch.testing.assert_close(x, ref[site], atol=1e-6, rtol=0, msg=f"{mllm.family} {site}")
     assert got[Site(0, "z")].shape[2:] == (mllm.n_heads, mllm.head_dim)

@@ -54,7 +54,8 @@ def boot_bridge(mllm):
                            f"{str(err)[:500]}; use --backend nnsight") from None
     missing = [f"blocks.{i}.hook_out" for i in range(mllm.n_layers) if f"blocks.{i}.hook_out" not in bridge.hook_dict]
     if missing:
-        raise MechmodError(f"TransformerLens bridge of {mllm.name} lacks hook points {missing[:3]}...; use --backend nnsight")
+        raise MechmodError(f"TransformerLens bridge of {mllm.name} lacks hook points {missing[:3]}...; "
+                           "use --backend nnsight")
     return bridge
 
 
