@@ -17,12 +17,14 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
+from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
 from transformers import AutoProcessor, LlamaConfig
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import CausalLMOutput
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP, LlamaRMSNorm, LlamaRotaryEmbedding
 
 from mechmod.backends import Site, eager_attention, run, self_check
+from mechmod.backends.tl_backend import computes_attention
 from mechmod.errors import MechmodError
 from mechmod.models import families, load_model
 from mechmod.models.base import MLLM, Adapter
@@ -30,8 +32,6 @@ from tests.tiny_families import build_tiny
 from tests.tiny_llava import build_tiny_llava
 
 SUBJECTS = tuple(sorted(families())) + ("stub",)
-TL_BRIDGED = {"llava", "llava_next", "qwen2_5_vl", "gemma3"}  # TransformerLens 4.3: no Qwen2-VL bridge
-TL_SCORES = {"llava", "llava_next", "gemma3"}  # the bridge computes their attention itself
 MODULE_SITES = ("resid_in", "z", "attn", "attn_contrib", "mlp", "mlp_contrib", "resid")
 DESCS, QUESTIONS = ["the circle is red .", "There is a blue square in this picture."], ["what color ?"] * 2
 
@@ -270,15 +270,15 @@ def test_mask_edits(subject, kernel):
 
 def test_transformer_lens_reads_the_same_sites(subject):
     path, mllm = subject
-    if path is None or mllm.family not in TL_BRIDGED:
+    if type(mllm.model).__name__ not in SUPPORTED_ARCHITECTURES:  # TransformerLens 4.3: Qwen2-VL, the stub
         with pytest.raises(MechmodError, match="no bridge for .*use --backend nnsight"):
             run(mllm, _inputs(mllm).inputs, reads=[(Site(0, "resid"), lambda x: x)], backend="transformer_lens")
         return
     fresh = load_model(str(path), check=False)  # the bridge rewires the model it boots on
     enc = _inputs(fresh)
-    weights = ("pattern", "scores") if mllm.family in TL_SCORES else ("pattern",)
     with eager_attention(fresh):
-        logits, ref = read_all(fresh, enc.inputs, MODULE_SITES + weights)
+        logits, ref = read_all(fresh, enc.inputs, MODULE_SITES + ("pattern", "scores"))
+        weights = ("pattern", "scores") if computes_attention(fresh, 0) else ("pattern",)  # not Qwen2.5-VL
         tl_logits, got = read_all(fresh, enc.inputs, MODULE_SITES + weights, "transformer_lens")
         if "scores" not in weights:  # the bridge wraps HF attention: its hook_attn_scores sees the weights
             with pytest.raises(MechmodError, match="no pre-softmax scores.*use --backend nnsight"):
