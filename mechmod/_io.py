@@ -1,6 +1,9 @@
 """Crash-safe file writing: everything mechmod writes goes to a temporary
 file in the same directory and is renamed into place, so a reader never
-sees a half-written file."""
+sees a half-written file. Files get the usual mode (``0666 & ~umask``), and
+a write that fails (disk full, file size limit, permissions) raises a
+MechmodError naming the file. JSON is read here too, refusing what is not
+JSON with a MechmodError."""
 
 from __future__ import annotations
 
@@ -12,24 +15,64 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from mechmod.errors import MechmodError
+
+
+def umask() -> int:
+    """The process's umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _write_error(path: Path, err: OSError) -> MechmodError:
+    return MechmodError(f"{path}: cannot write ({err.strerror or err}); check the free disk space, the file size "
+                        "limit (ulimit -f) and the permissions, then re-run")
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success rename it onto
-    ``path`` (atomic on POSIX), on failure remove it."""
+    """Yield a temporary path next to ``path``; on success give it the mode
+    ``open()`` would (mkstemp makes 0600) and rename it onto ``path``
+    (atomic on POSIX); on failure remove it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as err:
+        raise _write_error(path, err) from None
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, 0o666 & ~umask())
         os.replace(tmp_path, path)
+    except OSError as err:
+        raise _write_error(path, err) from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def read_json(path: str | os.PathLike, hint: str, expect: type | None = None) -> Any:
+    """The JSON value in ``path`` (of type ``expect`` when given). A file that
+    cannot be read, is not UTF-8 JSON, is nested too deeply or holds another
+    type raises a MechmodError naming it and ending with ``hint`` (what to do)."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise MechmodError(f"{path}: cannot read ({err.strerror or err}); {hint}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise MechmodError(f"{path}: not valid JSON ({err}); {hint}") from None
+    except RecursionError:
+        raise MechmodError(f"{path}: JSON nested too deeply to read; {hint}") from None
+    if expect is not None and not isinstance(value, expect):
+        raise MechmodError(f"{path}: holds a JSON {type(value).__name__}, expected a JSON "
+                           f"{'object' if expect is dict else expect.__name__}; {hint}")
+    return value
 
 
 def remove_stale_temps(directory: str | os.PathLike, prefix: str = "") -> list[Path]:

@@ -8,16 +8,17 @@ A dataset is a directory::
     DIR/images/...      PNG files, referenced by relative path
     DIR/manifest.json   written last
 
-Writers stage everything in a hidden sibling directory and rename it onto
-``DIR`` at the very end (:class:`DatasetDir`), so an interrupted run never
-leaves a ``DIR`` that looks complete.
+Writers stage everything in a hidden directory inside ``DIR`` and move it
+into place at the very end, manifest.json last (:class:`DatasetDir`), so an
+interrupted run never leaves a ``DIR`` that looks complete, and the next
+writer into ``DIR`` removes the stage a killed one left.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
-import json
 import os
 import shutil
 import tempfile
@@ -54,6 +55,13 @@ COLUMNS: dict[str, str] = {
 
 #: largest image open_image accepts (pixels); CLEVR is 480x320, ours <= 800x600
 MAX_PIXELS = 4096 * 4096
+#: longest description or question a case may have (characters); ours are under 300
+MAX_TEXT = 2000
+#: task -> (visual tiers, text tiers) of the generated sets (mechmod.data.color, .attribute, .clevr);
+#: other tasks (MC2) only need tiers >= 0
+TIERS = {"color": (14, 3), "shape": (4, 4), "material": (4, 4)}
+#: name prefix of a writer's stage inside the dataset directory
+STAGE_PREFIX = ".partial-"
 
 
 # ----------------------------------------------------------------------------
@@ -92,13 +100,15 @@ def _sha256(path: Path) -> str:
 
 
 def check_out_dir(out: str | os.PathLike) -> Path:
-    """``out`` must not exist, or be an empty directory, in a writable parent."""
+    """``out`` must not exist, or be a directory empty but for the stages of
+    killed writers (removed here), in a writable parent."""
     out = Path(out)
     if out.is_symlink():
         raise MechmodError(f"{out}: is a symbolic link; pass a real directory path")
     if out.exists():
         if not out.is_dir():
             raise MechmodError(f"{out}: exists and is not a directory; choose a new output directory")
+        _remove_stale_stages(out)
         if any(out.iterdir()):
             raise MechmodError(f"{out}: directory is not empty; choose a new or empty output directory")
     parent = out.absolute().parent
@@ -112,29 +122,56 @@ def check_out_dir(out: str | os.PathLike) -> Path:
     return out
 
 
+def _remove_stale_stages(out: Path) -> None:
+    """Remove the stages killed writers left in ``out``; a stage still locked
+    by its writer means another process is writing there: refused."""
+    for stage in out.glob(f"{STAGE_PREFIX}*"):
+        fd = os.open(stage, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise MechmodError(f"{out}: another process is writing a dataset here; wait for it to finish or choose "
+                               "another output directory") from None
+        finally:
+            os.close(fd)
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 class DatasetDir:
-    """Stage a dataset in a hidden sibling of ``out``; ``finish()`` writes
-    cases.parquet and manifest.json (last) and renames the stage onto
-    ``out``. Used as a context manager: on any exception (or Ctrl-C) the stage
-    is removed and ``out`` is left as it was."""
+    """Stage a dataset in a hidden directory inside ``out`` (locked while this
+    writer lives); ``finish()`` writes cases.parquet and manifest.json and
+    moves them into ``out``, manifest.json last. Used as a context manager:
+    on any exception (or Ctrl-C) the stage is removed and ``out`` is left as
+    it was; a SIGKILL leaves the stage, which the next writer removes."""
 
     def __init__(self, out: str | os.PathLike):
         self.out = check_out_dir(out)
         self.stage: Path | None = None
         self.images: dict[str, str] = {}  # relative path -> sha256
+        self._created = False
+        self._lock: int | None = None
 
     def __enter__(self) -> "DatasetDir":
-        parent = self.out.absolute().parent
         try:
-            self.stage = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-", dir=parent))
+            self._created = not self.out.exists()
+            self.out.mkdir(exist_ok=True)
+            self.stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=self.out))
+            self._lock = os.open(self.stage, os.O_RDONLY)
+            fcntl.flock(self._lock, fcntl.LOCK_EX)
         except OSError as err:
-            raise MechmodError(f"{self.out}: cannot write in {parent} ({err.strerror})") from None
+            self.__exit__(None, None, None)
+            raise MechmodError(f"{self.out}: cannot write there ({err.strerror})") from None
         (self.stage / IMAGES).mkdir()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
         if self.stage is not None and self.stage.exists():
             shutil.rmtree(self.stage, ignore_errors=True)
+        if self._created and self.out.is_dir() and not any(self.out.iterdir()):
+            self.out.rmdir()
 
     def write_image(self, rel: str, img=None, data: bytes | None = None) -> str:
         """Write a PNG (PIL image or encoded bytes) at ``rel`` (under images/)."""
@@ -173,13 +210,12 @@ class DatasetDir:
             for f in fnames:
                 os.chmod(os.path.join(root, f), 0o666 & ~mask)
         try:
-            if self.out.exists():
-                self.out.rmdir()  # empty (checked); rename needs it gone on some systems
-            os.replace(self.stage, self.out)
+            for name in (IMAGES, CASES, MANIFEST):  # manifest.json last: only then does out look complete
+                os.replace(self.stage / name, self.out / name)
         except OSError as err:
             raise MechmodError(f"{self.out}: could not move the finished dataset into place ({err.strerror}); "
                                "did something else write there meanwhile?") from None
-        self.stage = None
+        self._created = False
         return self.out
 
 
@@ -264,6 +300,16 @@ def validate_table(table, where: str, root: Path | None = None, check_files: boo
     bad = set(table.column("control").to_pylist()) - set(CONTROLS)
     if bad:
         raise MechmodError(f"{where}: unknown control value(s) {sorted(bad)}; expected {CONTROLS}")
+    for col in ("description", "question"):
+        for case, text in zip(ids, table.column(col).to_pylist()):
+            if len(text) > MAX_TEXT:
+                raise MechmodError(f"{where}: case {case!r} has a {col} of {len(text)} characters, over the limit "
+                                   f"of {MAX_TEXT}; shorten it")
+    for case, task, dv, dt in zip(ids, *(table.column(c).to_pylist() for c in ("task", "dv", "dt"))):
+        n_dv, n_dt = TIERS.get(task, (None, None))
+        if dv < 0 or dt < 0 or (n_dv is not None and (dv >= n_dv or dt >= n_dt)):
+            table_of = f"the {task} tiers are dv 0..{n_dv - 1}, dt 0..{n_dt - 1}" if n_dv else "tiers are >= 0"
+            raise MechmodError(f"{where}: case {case!r} has tiers dv={dv}, dt={dt}; {table_of}")
     for rel in sorted(set(table.column("image_path").to_pylist())):
         try:
             _check_rel(rel, "image_path")
@@ -279,10 +325,7 @@ def _read_manifest(d: Path) -> dict:
         raise MechmodError(f"{d}: not a directory (expected a mechmod dataset directory)")
     if not mpath.is_file():
         raise MechmodError(f"{mpath}: missing; {d} is not a complete dataset (was its generation interrupted?)")
-    try:
-        man = json.loads(mpath.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise MechmodError(f"{mpath}: not valid JSON ({err})") from None
+    man = _io.read_json(mpath, f"re-create the dataset with `mechmod dataset` or restore {MANIFEST}")
     if not isinstance(man, dict) or man.get("format") != FORMAT:
         raise MechmodError(f"{mpath}: format is {man.get('format') if isinstance(man, dict) else None!r}, "
                            f"expected {FORMAT!r}")

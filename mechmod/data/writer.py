@@ -37,9 +37,16 @@ def check_seed(seed) -> int:
     return int(seed)
 
 
+#: most groups a generator makes: 100,000 colour groups are already 12.6 million cases
+MAX_GROUPS = 100_000
+
+
 def check_groups(groups) -> int:
     if isinstance(groups, bool) or int(groups) != groups or groups <= 0:
         raise MechmodError(f"--groups must be a positive integer, got {groups!r}")
+    if groups > MAX_GROUPS:
+        raise MechmodError(f"--groups {groups}: at most {MAX_GROUPS} (already 12.6 million colour cases, more than "
+                           "a study can run); generate several datasets with different seeds instead")
     return int(groups)
 
 

@@ -24,7 +24,6 @@ another unembedding.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -153,10 +152,7 @@ class TunedLens(Lens):
                     f"{p} not found: a tuned lens directory holds {WEIGHTS_FILE} and {CONFIG_FILE} "
                     "(written by TunedLens.save / `mechmod lens train --out DIR`)"
                 )
-        try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise MechmodError(f"{config_path} is not valid JSON ({err})") from None
+        config = _io.read_json(config_path, "retrain the lens with `mechmod lens train`")
         if not isinstance(config, dict) or config.get("format") != FORMAT:
             found = config.get("format") if isinstance(config, dict) else type(config).__name__
             raise MechmodError(
@@ -184,7 +180,13 @@ class TunedLens(Lens):
                 f"{weights_path} does not match the sha256 recorded in {config_path}: "
                 "the weights were changed or truncated; retrain or restore the lens"
             )
-        n_layers, d_model = int(config["n_layers"]), int(config["d_model"])
+        n_layers, d_model = config["n_layers"], config["d_model"]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (n_layers, d_model)):
+            raise MechmodError(f"{config_path}: n_layers {n_layers!r} and d_model {d_model!r} must be positive "
+                               "integers; the lens directory is corrupted: retrain it with `mechmod lens train`")
+        if not isinstance(config.get("training") or {}, dict):
+            raise MechmodError(f"{config_path}: 'training' must be a JSON object; the lens directory is corrupted: "
+                               "retrain it with `mechmod lens train`")
         want = {"weight": (n_layers, d_model, d_model), "bias": (n_layers, d_model)}
         if set(tensors) != set(want):
             raise MechmodError(f"{weights_path} holds tensors {sorted(tensors)}, expected {sorted(want)}")
@@ -194,6 +196,9 @@ class TunedLens(Lens):
                     f"{weights_path}: tensor {name!r} has shape {tuple(tensors[name].shape)}, "
                     f"expected {shape} from {config_path}"
                 )
+        if not all(bool(torch.isfinite(tensors[name]).all()) for name in want):
+            raise MechmodError(f"{weights_path} holds NaN or infinite weights: the lens file is broken; retrain it "
+                               "with `mechmod lens train`")
         lens = cls(unembed, n_layers, d_model, model_name=config.get("model"))
         with torch.no_grad():
             lens.weight.copy_(tensors["weight"].to(torch.float32))

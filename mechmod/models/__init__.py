@@ -115,6 +115,7 @@ def load_model(name_or_path: str = ORGANISM, device: str = "cpu", dtype=None,
     adapter runs one tiny forward and checks every slot (see
     :func:`mechmod.backends.self_check`)."""
     import transformers
+    from safetensors import SafetensorError
 
     source = resolve(name_or_path)
     local = Path(source)
@@ -137,8 +138,9 @@ def load_model(name_or_path: str = ORGANISM, device: str = "cpu", dtype=None,
     try:
         model = cls.from_pretrained(source, **kw)
         processor = transformers.AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise MechmodError(f"cannot load {name_or_path!r} as {adapter.model_class} ({err})") from None
+    except (OSError, ValueError, SafetensorError) as err:  # SafetensorError: a damaged weights file
+        raise MechmodError(f"cannot load {name_or_path!r} as {adapter.model_class} ({err}); check that its "
+                           "weights files are complete (re-download or re-save the model)") from None
     if device_map is None:
         model = model.to(device)
     mllm = MLLM(model, processor, adapter, name=str(name_or_path))
