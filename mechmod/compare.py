@@ -12,7 +12,6 @@ the pairwise differences come from
 
 from __future__ import annotations
 
-import json
 from itertools import combinations
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,7 +19,9 @@ from typing import Any, Sequence
 import pandas as pd
 
 from mechmod.errors import MechmodError
+from mechmod.following import compare_balance_points
 from mechmod.rundir import RunDir
+from mechmod.summary import check_results
 
 N_BOOT = 1000
 
@@ -34,25 +35,48 @@ def decided_cases(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def load_run(run_dir: str | Path) -> tuple[dict[str, Any], pd.DataFrame]:
-    """(summary, results) of a finished run directory."""
+    """(summary, results) of a run directory, checked: results.parquet as
+    :func:`mechmod.summary.check_results` wants it, summary.json holding
+    what `mechmod run` writes in the fields read here."""
     run = RunDir(run_dir)
-    run_dir, s_path, r_path = run.path, run.summary, run.results
-    for p in (s_path, r_path):
-        if not p.is_file():
-            raise MechmodError(f"{run_dir}: no {p.name}; give run directories written by `mechmod run` "
-                               "(or finish one with `mechmod summarize RUN`)")
-    try:
-        summary = json.loads(s_path.read_text())
-    except json.JSONDecodeError as err:
-        raise MechmodError(f"{s_path}: not valid JSON ({err}); rewrite it with `mechmod summarize {run_dir}`") from None
-    try:
-        results = pd.read_parquet(r_path, columns=None)
-    except Exception as err:  # pyarrow raises several types for a bad file
-        raise MechmodError(f"{r_path}: cannot read as parquet ({err})") from None
-    missing = {"dh_rel", "follow"} - set(results.columns)
-    if missing:
-        raise MechmodError(f"{r_path}: missing columns {sorted(missing)}")
+    summary, results = run.read_summary(), run.read_results()
+    check_results(results, str(run.results))
+    bad = _odd_summary_field(summary)
+    if bad:
+        raise MechmodError(f"{run.summary}: field {bad!r} is not what `mechmod run` writes; rewrite the file with "
+                           f"`mechmod summarize {run.path}`")
     return summary, results
+
+
+def _is_num(x: Any) -> bool:
+    return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
+
+
+def _is_pair(x: Any) -> bool:
+    return x is None or (isinstance(x, list) and len(x) == 2 and all(_is_num(v) for v in x))
+
+
+def _odd_summary_field(summary: dict[str, Any]) -> str | None:
+    """The first field compared runs read whose value has the wrong shape (None: all fine)."""
+    for key in ("n_cases", "tfr", "tfr_both_correct", "balance_point"):
+        if not _is_num(summary.get(key)):
+            return key
+    if not _is_pair(summary.get("balance_ci")):
+        return "balance_ci"
+    if not isinstance(summary.get("partial", False), bool):
+        return "partial"
+    bal = summary.get("balance")
+    if bal is not None and not (isinstance(bal, dict) and _is_num(bal.get("estimate")) and _is_pair(bal.get("ci"))
+                                and _is_num(bal.get("interpolated")) and isinstance(bal.get("status"), (str, type(None)))):
+        return "balance"
+    curve = summary.get("curve")
+    if curve is not None:
+        keys = ("centers", "p_text", "ci_lo", "ci_hi", "n")
+        if not isinstance(curve, dict) or not all(
+                isinstance(curve.get(k), list) and all(_is_num(v) for v in curve[k]) for k in keys) or \
+                len({len(curve[k]) for k in keys}) != 1:
+            return "curve"
+    return None
 
 
 def run_labels(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = None) -> list[str]:
@@ -74,18 +98,25 @@ def run_labels(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = No
 
 
 def compare_runs(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = None,
-                 n_boot: int = N_BOOT, seed: int = 0) -> dict[str, Any]:
+                 n_boot: int = N_BOOT, seed: int = 0, allow_partial: bool = False) -> dict[str, Any]:
     """Per-run headline numbers and curves, and every pair's balance-point
     difference (second minus first, bootstrap interval and p-value; only
-    where both runs have a balance point, i.e. status 'ok')."""
-    from mechmod.following import compare_balance_points
-
+    where both runs have a balance point, i.e. status 'ok'). A partial run
+    (not every case scored) is refused unless ``allow_partial``; it is then
+    labelled ``(partial)``."""
     if len(run_dirs) < 2:
         raise MechmodError(f"compare needs at least 2 runs, got {len(run_dirs)}")
     labels = run_labels(run_dirs, labels)
     runs, decided = [], {}
-    for label, run_dir in zip(labels, run_dirs):
+    for i, run_dir in enumerate(run_dirs):
         summary, results = load_run(run_dir)
+        if summary.get("partial"):
+            if not allow_partial:
+                raise MechmodError(f"{run_dir}: a partial run ({summary.get('n_cases_missing')} of "
+                                   f"{summary.get('n_cases_expected')} cases have no result); finish it by re-running "
+                                   "its `mechmod run` command, or pass --allow-partial to compare it as it is")
+            labels[i] = f"{labels[i]} (partial)"
+        label = labels[i]
         d = decided_cases(results)
         decided[label] = (d["dh_rel"].to_numpy(float), (d["follow"] == "text").to_numpy())
         bal = summary.get("balance") or {}
@@ -103,6 +134,7 @@ def compare_runs(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = 
             "balance_interpolated": bal.get("interpolated"),
             "balance": bal,
             "curve": summary.get("curve"),
+            "partial": bool(summary.get("partial")),
         })
     status = {r["label"]: r["balance_status"] for r in runs}
     pairs = []

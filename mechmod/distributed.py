@@ -34,6 +34,7 @@ from datetime import timedelta
 from typing import Sequence
 
 from mechmod.errors import MechmodError
+from mechmod.rundir import LAUNCH_ENV
 
 #: seconds a barrier may wait for the slowest rank (ranks finish their shares
 #: at different times, resumed ranks may have little left); override with
@@ -66,6 +67,17 @@ class World:
         if not dist.is_initialized():
             raise MechmodError("internal: barrier before the process group was set up (call distributed.setup())")
         dist.barrier()
+
+    def share(self, value):
+        """Rank 0's ``value`` on every rank (a barrier for the others): e.g.
+        the launch id of the run directory rank 0 holds."""
+        if not self.parallel:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
 
 def _env_int(name: str) -> int | None:
@@ -151,11 +163,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_local(n: int, args: Sequence[str], poll_s: float = 0.2) -> int:
+def launch_local(n: int, args: Sequence[str], launch_id: str | None = None, poll_s: float = 0.2) -> int:
     """Run ``python -m mechmod *args`` in ``n`` local processes forming one
-    data-parallel world (the environment ``accelerate launch`` would give).
-    Returns 0 when all succeed; when one fails the others are stopped and its
-    exit code is returned."""
+    data-parallel world (the environment ``accelerate launch`` would give),
+    carrying ``launch_id`` (the run directory this process holds for them,
+    :meth:`mechmod.rundir.RunDir.launch`). Returns 0 when all succeed; when
+    one fails the others are stopped and its exit code is returned."""
     if n < 1:
         raise MechmodError(f"--num-processes must be >= 1, got {n}")
     if _env_int("WORLD_SIZE") not in (None, 1):
@@ -165,6 +178,8 @@ def launch_local(n: int, args: Sequence[str], poll_s: float = 0.2) -> int:
     for rank in range(n):
         env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(n), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(n),
                    GROUP_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        if launch_id is not None:
+            env[LAUNCH_ENV] = launch_id
         procs.append(subprocess.Popen([sys.executable, "-m", "mechmod", *args], env=env))
     failed: int | None = None
     try:

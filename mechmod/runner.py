@@ -6,12 +6,15 @@ together, :mod:`mechmod.scoring`); each finished chunk is written as one
 parquet part of the run directory (:class:`mechmod.rundir.RunDir`), so a
 killed run loses at most the chunk in flight and a re-run skips every case
 already in a part: no duplicate, no lost row. ``finalize`` merges the parts
-into ``results.parquet`` and writes ``summary.json`` and ``report.html``.
+into ``results.parquet`` and writes ``report.html`` and ``summary.json``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
+from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -21,7 +24,7 @@ from tqdm.auto import tqdm
 from mechmod import distributed
 from mechmod.data import load_cases
 from mechmod.errors import MechmodError
-from mechmod.report import write_run_report
+from mechmod.report import run_page
 from mechmod.rundir import RunConfig, RunDir
 from mechmod.scoring import ScoreOptions, score_cases
 from mechmod.summary import summarize_run
@@ -49,55 +52,80 @@ def _score_options(config: RunConfig) -> ScoreOptions:
 def run_study(mllm, lens, dataset_dir: str | Path, out: str | Path, config: RunConfig,
               chunk_size: int | None = None, progress: bool = True, world=None) -> Path:
     """Run (or resume) the study into ``out``; returns the run directory
-    after :func:`finalize`.
+    after :func:`finalize`. The run's dtype, device and number of cases are
+    taken from ``mllm`` and the dataset.
 
     Data parallel (``world.size > 1``, by default detected from the
-    launcher's environment, see :mod:`mechmod.distributed`): each rank scores
-    its share of the images (:func:`~mechmod.distributed.shard_cases`) into
-    its own parts; rank 0 finalizes after every rank is done (other ranks
-    return the run directory without finalizing)."""
+    launcher's environment, see :mod:`mechmod.distributed`): rank 0 holds
+    the run directory for the launch (:meth:`RunDir.launch`) and shares the
+    launch id; each rank scores its share of the images
+    (:func:`~mechmod.distributed.shard_cases`) into its own parts; rank 0
+    finalizes after every rank is done (other ranks return the run directory
+    without finalizing)."""
     world = world or distributed.setup()
     dataset_dir = Path(dataset_dir)
-    run = RunDir(out)
-    if world.is_main:
-        run.open(config)
-    world.barrier()  # run.json exists before the other ranks check it
-    if not world.is_main:
-        run.open(config)
-    rank = world.rank if world.parallel else None
-    run.clean_part_temps(rank)  # a killed writer's half-written parts (never read); each rank only touches its own
     cases = load_cases(dataset_dir)
-    mine = distributed.shard_cases(cases, world.rank, world.size)
-    done = run.done_case_ids()
-    pending = mine[~mine["case_id"].isin(done)].sort_values(["image_id", "case_id"], kind="stable")
-    chunk_size = chunk_size or max(4 * config.batch_size, 32)
-    options = _score_options(config)
-    part = run.next_part_index(rank)
-    desc = f"cases (rank {world.rank}/{world.size})" if world.parallel else "cases"
-    bar = tqdm(total=len(mine), initial=len(mine) - len(pending), desc=desc, unit="case",
-               disable=not progress or not world.is_main)
-    for chunk in _chunks(pending, chunk_size):
-        run.write_part(part, score_cases(mllm, lens, chunk, dataset_dir, options), rank)
-        part += 1
-        bar.update(len(chunk))
-    bar.close()
-    world.barrier()  # every rank's parts are written
-    if not world.is_main:
-        return run.path
-    missing = set(cases["case_id"]) - run.done_case_ids()
-    if missing:
-        raise MechmodError(f"{run.path}: {len(missing)} case(s) have no result after all ranks finished "
-                           f"(e.g. {sorted(missing)[0]!r}); re-run the same command to resume")
-    return finalize(run.path)
-
-
-def finalize(out: str | Path) -> Path:
-    """Merge the parts into results.parquet, then write summary.json and
-    report.html from it. Call it where no other process writes to ``out``
-    (rank 0 after the last barrier)."""
+    config = replace(config, dtype=str(mllm.dtype).removeprefix("torch."), device=str(mllm.device),
+                     n_cases=len(cases))
     run = RunDir(out)
-    run.clean_temps()  # e.g. a results.parquet temp of a finalize killed midway
-    results = run.read_parts()
-    summarize_run(run.path, results=results, model=run.config().get("model"))
-    write_run_report(run.path)
+    with ExitStack() as held:
+        launch = None
+        if world.is_main:
+            run.accept(config.identity())  # before anything is written
+            run.create()
+            launch = held.enter_context(run.launch())
+            for notice in run.open(config):
+                print(f"note: {notice}", file=sys.stderr)
+        launch = world.share(launch)  # after rank 0 opened the run: run.json exists for the others
+        if not world.is_main:
+            run.join(launch)
+            run.open(config)
+        rank = world.rank if world.parallel else None
+        run.clean_part_temps(rank)  # a killed writer's half-written parts (never read); each rank only its own
+        mine = distributed.shard_cases(cases, world.rank, world.size)
+        done = run.done_case_ids()
+        pending = mine[~mine["case_id"].isin(done)].sort_values(["image_id", "case_id"], kind="stable")
+        chunk_size = chunk_size or max(4 * config.batch_size, 32)
+        options = _score_options(config)
+        part = run.next_part_index(rank)
+        desc = f"cases (rank {world.rank}/{world.size})" if world.parallel else "cases"
+        bar = tqdm(total=len(mine), initial=len(mine) - len(pending), desc=desc, unit="case",
+                   disable=not progress or not world.is_main)
+        for chunk in _chunks(pending, chunk_size):
+            run.write_part(part, score_cases(mllm, lens, chunk, dataset_dir, options), rank)
+            part += 1
+            bar.update(len(chunk))
+        bar.close()
+        world.barrier()  # every rank's parts are written
+        if not world.is_main:
+            return run.path
+        missing = set(cases["case_id"]) - run.done_case_ids()
+        if missing:
+            raise MechmodError(f"{run.path}: {len(missing)} case(s) have no result after all ranks finished "
+                               f"(e.g. {sorted(missing)[0]!r}); re-run the same command to resume")
+        return finalize(run.path)
+
+
+def finalize(out: str | Path, results: pd.DataFrame | None = None, radius: float | None = None) -> Path:
+    """Write the run's outputs from ``results`` (by default its merged
+    parts): results.parquet with ``region`` filled, report.html, then
+    summary.json. Everything is computed before the first file is written,
+    so a failure (a bad table, a full disk) never leaves a summary without
+    its report. When no case could be scored, results.parquet is still
+    written (its 'error' column says why) before the MechmodError. Holds
+    the run directory (:meth:`RunDir.launch`) while it writes."""
+    run = RunDir(out)
+    with run.launch():
+        run.clean_temps()  # e.g. a results.parquet temp of a finalize killed midway
+        merged = results is None
+        if merged:
+            results = run.read_parts()
+            if "status" in results and not (results["status"] == "ok").any():
+                run.write_outputs(results)  # the error below points to its 'error' column
+        summary, table = summarize_run(run.path, results, radius=radius)
+        lens_path = run.config().get("lens_path")
+        if lens_path is not None and not isinstance(lens_path, str):
+            raise MechmodError(f"{run.run_file}: lens_path {lens_path!r} is not a path; restore run.json")
+        html = run_page(summary, table, lens_path).render()
+        run.write_outputs(table, summary, html)
     return run.path

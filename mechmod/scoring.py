@@ -34,7 +34,7 @@ from mechmod.data import open_image
 from mechmod.dynamics import commit_layer, count_oscillations_batch, last_sign_change, layer_votes
 from mechmod.errors import MechmodError
 from mechmod.following import follow_outcome
-from mechmod.lenses import LogitLens, Unembed
+from mechmod.lenses import LogitLens, TunedLens, Unembed
 from mechmod.prefix import trace_shared
 from mechmod.tracing import SPANS, span_mass, trace
 from mechmod.uncertainty import UNCERTAINTY_MEASURES, entropy, label_entropy, relative_uncertainty
@@ -79,7 +79,7 @@ def score_cases(mllm, lens, cases: pd.DataFrame, dataset_dir: Path, options: Sco
         rows = score_chunk(mllm, lens, cases, dataset_dir, options)
     except (MechmodError, RuntimeError, ValueError):
         rows = _isolate_failures(mllm, lens, cases, dataset_dir, options)
-    return flag_nonfinite(rows)
+    return flag_nonfinite(rows, tuned_lens=isinstance(lens, TunedLens))
 
 
 def _isolate_failures(mllm, lens, chunk: pd.DataFrame, dataset_dir: Path, options: ScoreOptions) -> pd.DataFrame:
@@ -321,9 +321,11 @@ def nonfinite_fields(row) -> list[str]:
     return [c for c in (*_SCALARS, *_VECTORS) if c in row and not _finite(row[c])]
 
 
-def flag_nonfinite(rows: pd.DataFrame) -> pd.DataFrame:
+def flag_nonfinite(rows: pd.DataFrame, tuned_lens: bool = False) -> pd.DataFrame:
     """``rows`` with every 'ok' row holding a non-finite value replaced by a
-    failed row ``nonfinite: ...`` (the other rows unchanged)."""
+    failed row ``nonfinite: ...`` (the other rows unchanged). The reason
+    blames a tuned lens (``tuned_lens``) when only its readings are not
+    finite, else the model's precision."""
     if rows.empty or "status" not in rows:
         return rows
     out = []
@@ -332,8 +334,9 @@ def flag_nonfinite(rows: pd.DataFrame) -> pd.DataFrame:
         bad = nonfinite_fields(row) if row.get("status") == "ok" else []
         if bad:
             changed = True
-            row = failed_row(SimpleNamespace(**row), NONFINITE,
-                             f"non-finite values in {', '.join(bad)} (NaN/inf logits, e.g. a float16 overflow); "
-                             "re-run with --dtype float32 or bfloat16")
+            why = ("(the tuned lens reads NaN/inf: its file is broken); retrain it with `mechmod lens train`"
+                   if tuned_lens and bad == ["layer_logit_diff"] else
+                   "(NaN/inf logits, e.g. a float16 overflow); re-run with --dtype float32 or bfloat16")
+            row = failed_row(SimpleNamespace(**row), NONFINITE, f"non-finite values in {', '.join(bad)} {why}")
         out.append(row)
     return pd.DataFrame(out, columns=rows.columns) if changed else rows

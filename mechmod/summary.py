@@ -1,10 +1,12 @@
 """From a results table to summary.json.
 
 ``summarize(results)`` is a pure function of the table (any table with the
-results.parquet columns can be studied); ``summarize_run`` reads and writes
-the run directory: it fills the ``region`` column (which needs the balance
-point, so only exists once all cases are in), rewrites results.parquet and
-summary.json atomically; :mod:`mechmod.report` draws report.html from them.
+documented results.parquet columns can be studied; a statistic whose
+columns are missing is left out, saying so); ``summarize_run`` summarizes a
+run directory: it fills the ``region`` column (which needs the balance
+point, so only exists once all cases are in) and marks a run missing cases
+as partial. ``mechmod.runner.finalize`` writes the results, the report and
+the summary.
 """
 
 from __future__ import annotations
@@ -29,19 +31,89 @@ from mechmod.following import (
 )
 from mechmod.rundir import RunDir
 from mechmod.stats import bootstrap_mean_ci
-from mechmod.uncertainty import relative_uncertainty
+from mechmod.uncertainty import UNCERTAINTY_MEASURES, relative_uncertainty
 
-REQUIRED = (
-    "case_id", "group_id", "dv", "dt", "control", "answer_vision", "answer_text",
-    "y_v", "y_t", "y_m", "h_v", "h_t", "h_m", "dh_rel", "follow",
-)
+#: the documented columns of a results table (docs/architecture.md §3) and their kinds
+COLUMNS: dict[str, str] = {
+    "case_id": "str", "group_id": "str", "image_id": "str", "task": "str", "control": "str",
+    "answer_vision": "str", "answer_text": "str", "y_v": "str", "y_t": "str", "y_m": "str", "follow": "str",
+    "status": "str", "error": "str", "dv": "int", "dt": "int", "oscillations": "int", "commit_layer": "int",
+    "h_v": "float", "h_t": "float", "h_m": "float", "hl_v": "float", "hl_t": "float", "hl_m": "float",
+    "dh_rel": "float", "p_v": "floats", "p_t": "floats", "p_m": "floats", "layer_logit_diff": "floats",
+    "attn_image": "floats", "attn_description": "floats", "attn_question": "floats",
+}
+#: without these nothing is summarized (the following curve)
+REQUIRED = ("case_id", "control", "dh_rel", "follow")
+#: statistic -> the columns it needs; a table lacking one leaves the statistic
+#: out (``summary["left_out"]`` names it and the missing columns)
+NEEDS: dict[str, tuple[str, ...]] = {
+    "tfr_both_correct": ("y_v", "y_t", "answer_vision", "answer_text"),
+    "entropy_split": ("h_v", "h_t"),
+    "balance_by_measure": ("h_v", "h_t"),
+    "entropy_by_tier": ("image_id", "group_id", "dv", "dt", "h_v", "h_t"),
+    "accuracy_by_tier": ("image_id", "group_id", "dv", "dt", "y_v", "y_t", "answer_vision", "answer_text"),
+    "oscillations": ("oscillations",),
+    "logit_diff_heatmap": ("layer_logit_diff",),
+    "case_study": ("layer_logit_diff", "image_id", "dv", "dt", "answer_vision", "answer_text"),
+    "commit_layer": ("commit_layer",),
+}
+#: list columns read as one matrix (equal lengths over the scored cases)
+_MATRICES = ("layer_logit_diff", "attn_image", "attn_description", "attn_question")
 N_BOOT = 1000
 
 
-def _check_columns(results: pd.DataFrame, where: str) -> None:
+def check_results(results: pd.DataFrame, where: str) -> None:
+    """Refuse a results table that lacks a REQUIRED column, holds a
+    documented column of the wrong type or with missing values, a
+    non-finite number in a scored row, or ragged per-layer lists; each
+    MechmodError names ``where`` and the column."""
     missing = [c for c in REQUIRED if c not in results.columns]
     if missing:
-        raise MechmodError(f"{where}: missing columns {missing}; a results table needs {list(REQUIRED)}")
+        raise MechmodError(f"{where}: missing column(s) {missing}; a results table needs at least "
+                           f"{list(REQUIRED)} (written by `mechmod run`)")
+    ok = (results["status"] == "ok").to_numpy() if "status" in results and _is_kind(results["status"], "str") else None
+    for col, kind in COLUMNS.items():
+        if col not in results.columns:
+            continue
+        values = results[col]
+        if not _is_kind(values, kind):
+            raise MechmodError(f"{where}: column {col!r} holds {values.dtype} values, expected {kind}; "
+                               "re-create the table with `mechmod run` or fix the column")
+        scored = values if ok is None else values[ok]
+        if kind in ("float", "floats"):
+            finite = pd.Series(np.isfinite(scored.to_numpy(float)), index=scored.index) if kind == "float" else \
+                scored.map(lambda v: bool(np.isfinite(np.asarray(v, float)).all()))
+            if not finite.all():
+                case = results.loc[scored.index[~finite.to_numpy()][0], "case_id"]
+                raise MechmodError(f"{where}: column {col!r} has {int((~finite).sum())} NaN or infinite value(s) in "
+                                   f"scored rows (e.g. case {case!r}); mark such cases status='failed' (as "
+                                   "`mechmod run` does) or fix them")
+        if col in _MATRICES and scored.map(len).nunique() > 1:
+            raise MechmodError(f"{where}: column {col!r} holds lists of different lengths; every case needs one "
+                               "value per layer")
+
+
+def _is_kind(values: pd.Series, kind: str) -> bool:
+    """Whether every value of ``values`` is of ``kind`` (no missing value)."""
+    dtype = values.dtype
+    if kind == "int":
+        return pd.api.types.is_integer_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
+    if kind == "float":
+        return (pd.api.types.is_float_dtype(dtype) or pd.api.types.is_integer_dtype(dtype)) \
+            and not pd.api.types.is_bool_dtype(dtype)
+    if kind == "str":
+        return values.map(lambda v: isinstance(v, str)).all()
+    return values.map(_is_numbers).all()  # "floats": a list of numbers per row
+
+
+def _is_numbers(v) -> bool:
+    if not isinstance(v, (list, tuple, np.ndarray)):
+        return False
+    try:
+        np.asarray(v, dtype=float)
+    except (TypeError, ValueError):
+        return False
+    return np.asarray(v).ndim == 1 and not np.asarray(v).dtype == bool
 
 
 def _by_tier(df: pd.DataFrame, tier: str, value: np.ndarray, seed: int) -> list[dict[str, Any]]:
@@ -52,61 +124,44 @@ def _by_tier(df: pd.DataFrame, tier: str, value: np.ndarray, seed: int) -> list[
     return rows
 
 
-def _unimodal(df: pd.DataFrame, seed: int) -> tuple[dict, dict]:
-    """Entropy and accuracy by tier; each image (or description) counted once."""
+def _unimodal(df: pd.DataFrame, seed: int, what: str) -> dict[str, list]:
+    """Entropy or accuracy by tier; each image (or description) counted once."""
     vis = df.drop_duplicates("image_id")
     txt = df.drop_duplicates(["group_id", "dt", "control"])
-    ent = {
-        "vision": _by_tier(vis, "dv", vis["h_v"].to_numpy(float), seed),
-        "text": _by_tier(txt, "dt", txt["h_t"].to_numpy(float), seed),
-    }
-    acc = {
-        "vision": _by_tier(vis, "dv", (vis["y_v"] == vis["answer_vision"]).to_numpy(float), seed),
-        "text": _by_tier(txt, "dt", (txt["y_t"] == txt["answer_text"]).to_numpy(float), seed),
-    }
-    return ent, acc
+    if what == "entropy":
+        v, t = vis["h_v"].to_numpy(float), txt["h_t"].to_numpy(float)
+    else:
+        v = (vis["y_v"] == vis["answer_vision"]).to_numpy(float)
+        t = (txt["y_t"] == txt["answer_text"]).to_numpy(float)
+    return {"vision": _by_tier(vis, "dv", v, seed), "text": _by_tier(txt, "dt", t, seed)}
 
 
-def summarize(results: pd.DataFrame, model: str | None = None, radius: float = 0.5, seed: int = 0) -> tuple[dict[str, Any], pd.DataFrame]:
-    """The study's summary dict and the results with ``region`` filled."""
-    _check_columns(results, "results")
+def summarize(results: pd.DataFrame, model: str | None = None, radius: float = 0.5, seed: int = 0,
+              where: str = "results") -> tuple[dict[str, Any], pd.DataFrame]:
+    """The study's summary dict and the results with ``region`` filled. A
+    statistic whose columns the table lacks is left out: ``summary["left_out"]``
+    maps it to the missing columns (the key is absent when nothing is).
+    Errors name ``where`` (the table's file)."""
+    check_results(results, where)
+    columns = set(results.columns)
+    left_out = {name: f"needs column(s) {', '.join(c for c in cols if c not in columns)}"
+                for name, cols in NEEDS.items() if not set(cols) <= columns}
     status = results["status"] if "status" in results else pd.Series("ok", index=results.index)
     failed = results[status != "ok"]
     ok = results[status == "ok"].copy()
     if ok.empty:
-        raise MechmodError("no successfully scored case: nothing to summarize "
-                           f"({len(failed)} failed; see the 'error' column of results.parquet)")
+        raise MechmodError(f"{where}: no successfully scored case, nothing to summarize "
+                           f"({len(failed)} failed; their 'error' column says why)")
     main = ok[ok["control"] == "none"]
     if main.empty:
-        raise MechmodError("no conflict case with control == 'none': the following curve needs them")
+        raise MechmodError(f"{where}: no scored conflict case (control == 'none'); the following curve needs them")
     decided = main[main["follow"].isin(["text", "vision"])]
     follows_text = (decided["follow"] == "text").to_numpy()
     dh = decided["dh_rel"].to_numpy(float)
 
-    both = both_correct_mask(main["y_v"].to_numpy(object), main["y_t"].to_numpy(object),
-                             main["answer_vision"].to_numpy(object), main["answer_text"].to_numpy(object))
     rates = following_rates(main["follow"].to_numpy(object))
-    rates_both = following_rates(main["follow"].to_numpy(object), mask=both)
     bp = balance_point(dh, follows_text, n_boot=N_BOOT, seed=seed)
     bp_d = bp.to_dict()
-    curve = following_curve(dh, follows_text, binning="quantile").to_dict()
-    curve_w = following_curve(dh, follows_text, binning="width").to_dict()
-
-    split = entropy_split(dh, follows_text, (decided["h_t"] + decided["h_v"]).to_numpy(float))
-    split_d = {"median": float(split["median"])}
-    for half in ("low", "high"):
-        sel = split[f"{half}_mask"]
-        split_d[half] = {
-            "n": int(sel.sum()),
-            "balance": split[half].to_dict(),
-            "curve": following_curve(dh[sel], follows_text[sel], binning="quantile").to_dict(),
-        }
-
-    by_measure = {}
-    for measure, (u_v, u_t) in _measures(decided).items():
-        dhm, _ = relative_uncertainty(u_t, u_v)
-        by_measure[measure] = balance_point(np.asarray(dhm, float), follows_text, n_boot=N_BOOT, seed=seed).to_dict()
-
     est = bp_d.get("estimate")
     regions = np.full(len(ok), "", dtype=object)
     if est is not None:
@@ -115,7 +170,6 @@ def summarize(results: pd.DataFrame, model: str | None = None, radius: float = 0
     failed = failed.assign(region="")
     out = pd.concat([ok, failed]).sort_values("case_id", kind="stable").reset_index(drop=True)
 
-    ent, acc = _unimodal(main, seed)
     summary: dict[str, Any] = {
         "model": model,
         "n_cases": int(len(ok)),
@@ -123,52 +177,81 @@ def summarize(results: pd.DataFrame, model: str | None = None, radius: float = 0
         "failures_by_kind": _failure_kinds(failed),
         "n_conflict": int(len(main)),
         "n_decided": int(len(decided)),
-        "n_both_correct": int(np.sum(both)),
         "outcomes": {k: int((main["follow"] == k).sum()) for k in ("text", "vision", "other")},
         "tfr": rates["tfr"],
         "vfr": rates["vfr"],
-        "tfr_both_correct": rates_both["tfr"],
-        "vfr_both_correct": rates_both["vfr"],
         "balance_point": est,
         "balance_ci": bp_d.get("ci"),
         "balance": bp_d,
-        "balance_by_measure": by_measure,
-        "curve": curve,
-        "curve_fixed_width": curve_w,
-        "entropy_split": split_d,
+        "curve": following_curve(dh, follows_text, binning="quantile").to_dict(),
+        "curve_fixed_width": following_curve(dh, follows_text, binning="width").to_dict(),
         "monotonicity": monotonicity_test(dh, follows_text),
-        "entropy_by_tier": ent,
-        "accuracy_by_tier": acc,
         "radius": radius,
     }
-    if "oscillations" in ok and est is not None:
+    if "tfr_both_correct" not in left_out:
+        both = both_correct_mask(main["y_v"].to_numpy(object), main["y_t"].to_numpy(object),
+                                 main["answer_vision"].to_numpy(object), main["answer_text"].to_numpy(object))
+        rates_both = following_rates(main["follow"].to_numpy(object), mask=both)
+        summary.update(n_both_correct=int(np.sum(both)), tfr_both_correct=rates_both["tfr"],
+                       vfr_both_correct=rates_both["vfr"])
+    if "entropy_split" not in left_out:
+        summary["entropy_split"] = _entropy_split(decided, dh, follows_text)
+    if "balance_by_measure" not in left_out:
+        by_measure = {}
+        for measure, (u_v, u_t) in _measures(decided).items():
+            dhm, _ = relative_uncertainty(u_t, u_v)
+            by_measure[measure] = balance_point(np.asarray(dhm, float), follows_text, n_boot=N_BOOT, seed=seed).to_dict()
+        summary["balance_by_measure"] = by_measure
+    for what in ("entropy", "accuracy"):
+        if f"{what}_by_tier" not in left_out:
+            summary[f"{what}_by_tier"] = _unimodal(main, seed, what)
+    if "oscillations" not in left_out and est is not None:
         summary["oscillations"] = oscillation_summary(ok["oscillations"].to_numpy(int), regions, ok["control"].to_numpy(object))
-    if "layer_logit_diff" in main and len(main):
-        summary.update(_layer_dynamics(main))
+    summary.update(_layer_dynamics(main, left_out))
+    if left_out:
+        summary["left_out"] = left_out
     return summary, out
 
 
-def _layer_dynamics(main: pd.DataFrame) -> dict[str, Any]:
-    """Logit-difference heatmap by dHrel bin (Fig. 6a), the case study of one
-    image across dt 0-2 (Fig. 6b), and commit layers."""
-    diffs = np.stack(main["layer_logit_diff"].map(lambda v: np.asarray(v, float)).to_numpy())
-    out: dict[str, Any] = {"logit_diff_heatmap": logit_diff_by_dh(main["dh_rel"].to_numpy(float), diffs)}
-    image = pick_case_study(main["image_id"].to_numpy(object), main["dt"].to_numpy(int), diffs[:, -1])
-    if image is not None:
-        rows = main[main["image_id"] == image].sort_values("dt", kind="stable")
-        out["case_study"] = {
-            "image_id": image,
-            "dv": int(rows["dv"].iloc[0]),
-            "answer_vision": rows["answer_vision"].iloc[0],
-            "answer_text": rows["answer_text"].iloc[0],
-            "cases": [{"case_id": r.case_id, "dt": int(r.dt), "dh_rel": float(r.dh_rel), "follow": r.follow,
-                       "layer_logit_diff": [float(x) for x in r.layer_logit_diff]} for r in rows.itertuples()],
+def _entropy_split(decided: pd.DataFrame, dh: np.ndarray, follows_text: np.ndarray) -> dict[str, Any]:
+    """Balance point and curve of the low and high halves of H(t) + H(v)."""
+    split = entropy_split(dh, follows_text, (decided["h_t"] + decided["h_v"]).to_numpy(float))
+    out: dict[str, Any] = {"median": float(split["median"])}
+    for half in ("low", "high"):
+        sel = split[f"{half}_mask"]
+        out[half] = {
+            "n": int(sel.sum()),
+            "balance": split[half].to_dict(),
+            "curve": following_curve(dh[sel], follows_text[sel], binning="quantile").to_dict(),
         }
-    if "attn_image" in main and main["attn_image"].map(len).gt(0).all():
+    return out
+
+
+def _layer_dynamics(main: pd.DataFrame, left_out: dict[str, str]) -> dict[str, Any]:
+    """Logit-difference heatmap by dHrel bin (Fig. 6a), the case study of one
+    image across dt 0-2 (Fig. 6b), attention by layer and commit layers."""
+    out: dict[str, Any] = {}
+    if "logit_diff_heatmap" not in left_out:
+        diffs = np.stack(main["layer_logit_diff"].map(lambda v: np.asarray(v, float)).to_numpy())
+        out["logit_diff_heatmap"] = logit_diff_by_dh(main["dh_rel"].to_numpy(float), diffs)
+        image = None if "case_study" in left_out else pick_case_study(
+            main["image_id"].to_numpy(object), main["dt"].to_numpy(int), diffs[:, -1])
+        if image is not None:
+            rows = main[main["image_id"] == image].sort_values("dt", kind="stable")
+            out["case_study"] = {
+                "image_id": image,
+                "dv": int(rows["dv"].iloc[0]),
+                "answer_vision": rows["answer_vision"].iloc[0],
+                "answer_text": rows["answer_text"].iloc[0],
+                "cases": [{"case_id": r.case_id, "dt": int(r.dt), "dh_rel": float(r.dh_rel), "follow": r.follow,
+                           "layer_logit_diff": [float(x) for x in r.layer_logit_diff]} for r in rows.itertuples()],
+            }
+    spans = ("image", "description", "question")
+    if all(f"attn_{s}" in main for s in spans) and main["attn_image"].map(len).gt(0).all():
         out["attention_by_layer"] = {
             span: np.stack(main[f"attn_{span}"].map(lambda v: np.asarray(v, float)).to_numpy()).mean(0).tolist()
-            for span in ("image", "description", "question")}
-    if "commit_layer" in main:
+            for span in spans}
+    if "commit_layer" not in left_out:
         c = main["commit_layer"].to_numpy(float)
         c = c[c >= 0]
         out["commit_layer"] = bootstrap_mean_ci(c, n_boot=N_BOOT, seed=0)
@@ -176,15 +259,25 @@ def _layer_dynamics(main: pd.DataFrame) -> dict[str, Any]:
 
 
 def _measures(df: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    from mechmod.uncertainty import UNCERTAINTY_MEASURES
-
     out = {"entropy": (df["h_v"].to_numpy(float), df["h_t"].to_numpy(float))}
-    if "hl_v" in df:
+    if "hl_v" in df and "hl_t" in df:
         out["label_entropy"] = (df["hl_v"].to_numpy(float), df["hl_t"].to_numpy(float))
-    if "p_v" in df and len(df) and "margin" in UNCERTAINTY_MEASURES:
+    if "p_v" in df and "p_t" in df and len(df) and "margin" in UNCERTAINTY_MEASURES:
         m = UNCERTAINTY_MEASURES["margin"]
-        out["margin"] = (np.asarray(m(np.stack(df["p_v"].map(np.asarray)))),
-                         np.asarray(m(np.stack(df["p_t"].map(np.asarray)))))
+        out["margin"] = (_per_row(m, df["p_v"]), _per_row(m, df["p_t"]))
+    return out
+
+
+def _per_row(measure, probs: pd.Series) -> np.ndarray:
+    """``measure`` of each row's label probabilities: rows of one length at
+    once (tasks with other label counts apart)."""
+    lengths = probs.map(len).to_numpy()
+    parts = {n: np.asarray(measure(np.stack(probs[lengths == n].map(np.asarray).to_numpy()))) for n in np.unique(lengths)}
+    if len(parts) == 1:
+        return next(iter(parts.values()))
+    out = np.empty(len(probs), dtype=np.result_type(*parts.values()))
+    for n, values in parts.items():
+        out[lengths == n] = values
     return out
 
 
@@ -195,27 +288,26 @@ def _failure_kinds(failed: pd.DataFrame) -> dict[str, int]:
     return {k: int(v) for k, v in kinds.value_counts().sort_index().items()}
 
 
-def summarize_run(run_dir: str | Path, results: pd.DataFrame | None = None, model: str | None = None,
-                  radius: float | None = None) -> dict[str, Any]:
-    """(Re)write RUN/results.parquet and RUN/summary.json (the report from
-    them: :func:`mechmod.report.write_run_report`)."""
+def summarize_run(run_dir: str | Path, results: pd.DataFrame | None = None,
+                  radius: float | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The summary of a run directory (strict JSON) and its results with
+    ``region`` filled; computed, not written (:func:`mechmod.runner.finalize`
+    writes them). ``results``: by default RUN/results.parquet; the model,
+    lens, uncertainty measure, radius and the number of cases of the dataset
+    come from RUN/run.json. A run holding fewer cases than its dataset is
+    marked ``partial`` (with the counts)."""
     run = RunDir(run_dir)
     run_cfg = run.config()
     if results is None:
-        path = run.results
-        if not path.is_file():
-            raise MechmodError(f"{path}: not found; `mechmod summarize` needs a run directory holding results.parquet")
-        try:
-            results = pd.read_parquet(path)
-        except Exception as err:  # pyarrow raises several types for a bad file
-            raise MechmodError(f"{path}: cannot read as parquet ({err})") from None
-        _check_columns(results, str(path))
-    radius = radius if radius is not None else run_cfg.get("radius", 0.5)
-    model = model or run_cfg.get("model") or "unknown"
-    summary, out = summarize(results, model=model, radius=radius)
-    _io.write_parquet(run.results, out)
+        results = run.read_results()
+    radius = run_cfg.get("radius", 0.5) if radius is None else radius
+    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not np.isfinite(radius) or radius < 0:
+        raise MechmodError(f"{run.run_file}: radius {radius!r} is not a non-negative number; pass --radius R")
+    summary, out = summarize(results, model=run_cfg.get("model") or "unknown", radius=radius, where=str(run.results))
     summary["lens"] = run_cfg.get("lens", summary.get("lens"))
     summary["uncertainty"] = run_cfg.get("uncertainty", "entropy")
-    summary = _io.jsonable(summary)
-    _io.write_json(run.summary, summary)
-    return summary
+    expected, have = run.expected_cases(), int(results["case_id"].nunique())
+    summary["partial"] = expected is not None and have < expected
+    if summary["partial"]:
+        summary.update(n_cases_expected=expected, n_cases_missing=expected - have)
+    return _io.jsonable(summary), out

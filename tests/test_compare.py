@@ -16,7 +16,7 @@ from mechmod.errors import MechmodError
 def simulated_run(run_dir, balance: float, n: int = 300, slope: float = -4.0, seed: int = 0):
     """A run directory whose cases follow the text with probability
     sigmoid(slope * (dHrel - balance))."""
-    from mechmod.summary import summarize_run
+    from mechmod.runner import finalize
 
     rng = np.random.default_rng(seed)
     dh = rng.uniform(-1.8, 1.8, n)
@@ -32,7 +32,7 @@ def simulated_run(run_dir, balance: float, n: int = 300, slope: float = -4.0, se
     })
     run_dir.mkdir(parents=True)
     (run_dir / "run.json").write_text(json.dumps({"model": f"sim{balance:+.1f}"}))
-    summarize_run(run_dir, results=df)
+    finalize(run_dir, results=df)
     return run_dir
 
 

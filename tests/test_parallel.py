@@ -96,7 +96,7 @@ def test_two_processes_give_the_rows_of_one_and_resume_with_another_world_size(t
 def test_a_failing_process_fails_the_launch_with_a_clear_message(tmp_path, capsys, monkeypatch):
     # the children refuse --batch-size 0 at once (the parent's own check is bypassed here)
     assert distributed.launch_local(2, ["run", "--batch-size", "0", "--out", str(tmp_path / "r"), "--quiet"]) == 2
-    monkeypatch.setattr(distributed, "launch_local", lambda n, args: 3)
+    monkeypatch.setattr(distributed, "launch_local", lambda n, args, launch_id=None: 3)
     assert main(cli_args(color_dataset(groups=1), tmp_path / "r", "--num-processes", "2")) == 2
     assert "data-parallel process exited with code 3" in capsys.readouterr().err
 

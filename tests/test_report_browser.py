@@ -71,8 +71,7 @@ def test_tiny_run_report(browser, tmp_path):
 def simulated_study(run_dir):
     """A run directory with every report section (tests.test_report_registry's
     simulated results) and a tuned lens's fidelity."""
-    from mechmod.report import write_run_report
-    from mechmod.summary import summarize_run
+    from mechmod.runner import finalize
     from tests.test_report_registry import simulated_results
 
     lens = run_dir / "lens"
@@ -80,8 +79,7 @@ def simulated_study(run_dir):
     (lens / "fidelity.json").write_text(json.dumps({"heldout": {"kl_logit": [2.0, 0.6, 0.3, 0.01, 0.0],
                                                                  "kl_tuned": [1.3, 0.5, 0.2, 0.01, 0.0]}}))
     (run_dir / "run.json").write_text(json.dumps({"model": "simulated", "lens": "tuned", "lens_path": str(lens)}))
-    summarize_run(run_dir, results=simulated_results())
-    write_run_report(run_dir)
+    finalize(run_dir, results=simulated_results())
     return run_dir
 
 

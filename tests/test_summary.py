@@ -61,8 +61,8 @@ def test_summarize_run_and_cli_from_results_alone(tmp_path):
 
 
 def test_bad_results_are_refused(tmp_path):
-    with pytest.raises(MechmodError, match="missing columns"):
-        summarize(synthetic_results().drop(columns=["h_t"]))
+    with pytest.raises(MechmodError, match="missing column"):
+        summarize(synthetic_results().drop(columns=["dh_rel"]))
     assert main(["summarize", str(tmp_path / "nope")]) == 2
     (tmp_path / "results.parquet").write_bytes(b"not parquet")
     with pytest.raises(MechmodError, match="cannot read"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -32,14 +33,53 @@ def cli() -> None:
 
 def generated_color_dataset(target: Path, groups: int, seed: int, dv=None, progress: bool = False) -> Path:
     """The colour dataset (controls included) a command generates when given
-    no --dataset; a re-run of the command finds it there and reuses it."""
-    if not (Path(target) / "manifest.json").is_file():
-        from mechmod.data import generate_color
+    no --dataset; a re-run of the command finds it there and reuses it, when
+    it was generated with the same arguments (else it is refused)."""
+    from mechmod import _io
+    from mechmod.data.color import N_DV
+    from mechmod.data.writer import parse_tiers
 
-        click.echo(f"generating a colour dataset ({groups} groups, seed {seed}) into {target}", err=True)
-        generate_color(target, groups=groups, seed=seed, controls=True, progress=progress,
-                       **({"dv": list(dv)} if dv else {}))
-    return Path(target)
+    target = Path(target)
+    want = {"groups": groups, "seed": seed, "dv": list(parse_tiers(dv, N_DV, "visual (dv)"))}
+    manifest = target / "manifest.json"
+    if manifest.is_file():
+        man = _io.read_json(manifest, f"remove {target} to generate it again", expect=dict)
+        options = man.get("options") if isinstance(man.get("options"), dict) else {}
+        have = {"groups": options.get("groups"), "seed": man.get("seed"), "dv": options.get("dv")}
+        if have != want:
+            diff = ", ".join(f"{k} {have[k]!r} there vs {want[k]!r} asked" for k in want if have[k] != want[k])
+            raise MechmodError(f"{target} holds a colour dataset generated with other arguments ({diff}); "
+                               "choose another --out directory")
+        return target
+    from mechmod.data import generate_color
+
+    click.echo(f"generating a colour dataset ({groups} groups, seed {seed}) into {target}", err=True)
+    generate_color(target, groups=groups, seed=seed, controls=True, progress=progress,
+                   **({"dv": list(dv)} if dv else {}))
+    return target
+
+
+def check_device(device: str) -> str:
+    """--device, checked before anything is loaded: cpu, cuda, cuda:N (of the
+    GPUs visible) or mps (where available)."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise MechmodError(f"--device {device!r}: not a device; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count()
+        if n == 0:
+            raise MechmodError(f"--device {device}: no CUDA GPU is visible here; use --device cpu")
+        if dev.index is not None and dev.index >= n:
+            raise MechmodError(f"--device {device}: only {n} CUDA GPU(s) are visible (cuda:0 to cuda:{n - 1})")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise MechmodError(f"--device {device}: Apple's MPS is not available here; use --device cpu")
+    elif dev.type != "cpu":
+        raise MechmodError(f"--device {device}: mechmod runs on cpu, cuda, cuda:N or mps")
+    return device
 
 
 def load_for_command(model: str, device: str, dtype: str | None, trust_remote_code: bool = False,
@@ -47,6 +87,7 @@ def load_for_command(model: str, device: str, dtype: str | None, trust_remote_co
     """``load_model`` with a command's --device/--dtype/--threads options."""
     from mechmod.models import load_model
 
+    check_device(device)
     if threads:
         import torch
 
@@ -60,19 +101,31 @@ def _register() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; a user's mistake ends in one line and exit
+    code 2 (warnings print as one line each too)."""
     _register()
-    try:
-        cli.main(args=argv, standalone_mode=False)
-    except MechmodError as err:
-        click.echo(f"error: {err}", err=True)
-        return 2
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        return 130
-    except click.ClickException as err:
-        err.show()
-        return err.exit_code
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        try:
+            cli.main(args=argv, standalone_mode=False)
+        except MechmodError as err:
+            click.echo("error: " + " ".join(str(err).split("\n")), err=True)
+            return 2
+        except click.exceptions.Abort:
+            click.echo("aborted", err=True)
+            return 130
+        except click.UsageError as err:
+            hint = f" (see `{err.ctx.command_path} --help`)" if err.ctx is not None else ""
+            click.echo(f"error: {err.format_message()}{hint}", err=True)
+            return 2
+        except click.ClickException as err:
+            err.show()
+            return err.exit_code
     return 0
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    click.echo(f"warning: {message}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,7 +21,9 @@ from mechmod.cli import cli
 @click.option("--n-boot", default=1000, show_default=True, type=click.IntRange(min=10),
               help="Bootstrap draws for each pair's balance-point difference.")
 @click.option("--seed", default=0, show_default=True, type=int)
-def compare_cmd(run_dirs, labels, out, json_out, n_boot, seed):
+@click.option("--allow-partial", is_flag=True,
+              help="Compare runs that are not finished (not every case scored); they are labelled '(partial)'.")
+def compare_cmd(run_dirs, labels, out, json_out, n_boot, seed, allow_partial):
     """Overlay the following curves and balance points of several runs, with
     a table of TFR, balance point and interval, and every pair's
     balance-point difference (bootstrap interval, p-value)."""
@@ -30,7 +32,8 @@ def compare_cmd(run_dirs, labels, out, json_out, n_boot, seed):
     from mechmod._io import jsonable
     from mechmod.report import page
 
-    comparison = jsonable(compare_runs(list(run_dirs), labels=list(labels) or None, n_boot=n_boot, seed=seed))
+    comparison = jsonable(compare_runs(list(run_dirs), labels=list(labels) or None, n_boot=n_boot, seed=seed,
+                                       allow_partial=allow_partial))
     json_out = json_out or out.with_suffix(".json")
     page("compare", comparison).write(out)
     _io.write_json(json_out, comparison)

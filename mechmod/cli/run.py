@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
 
-from mechmod.cli import cli, generated_color_dataset
+from mechmod.cli import check_device, cli, generated_color_dataset
 from mechmod.errors import MechmodError
 from mechmod.names import BACKENDS, LENS_KINDS, UNCERTAINTY_MEASURES
 
@@ -49,7 +50,10 @@ def run_cmd(model, dataset_dir, groups, seed, lens, lens_path, backend, uncertai
     dHrel, following curve, balance point, per-layer votes. Writes
     RUN/results.parquet, RUN/summary.json and RUN/report.html; re-running
     the same command resumes an interrupted run (with any number of processes)."""
+    from contextlib import ExitStack
+
     from mechmod import distributed
+    from mechmod.models import _parse_dtype
     from mechmod.rundir import RunDir
 
     if batch_size < 1:
@@ -60,46 +64,72 @@ def run_cmd(model, dataset_dir, groups, seed, lens, lens_path, backend, uncertai
         raise MechmodError(f"--num-processes must be >= 1, got {num_processes}")
     if lens == "tuned" and lens_path is None:
         raise MechmodError("--lens tuned needs --lens-path DIR (train one with `mechmod lens train --out DIR`)")
+    check_radius(radius)
     dmap = parse_device_map(device_map)
+    if dmap is None:
+        check_device(device)
+    _parse_dtype(dtype)
+    run = RunDir(out)
+    generated = dataset_dir is None
+    if generated:
+        from mechmod.data.writer import check_groups, check_seed
+
+        check_groups(groups)
+        check_seed(seed)
+        dataset_dir = run.dataset
+    dataset_args = {"generator": "color", "groups": groups, "seed": seed} if generated else None
     world = distributed.World() if num_processes > 1 else distributed.setup()
-    if dataset_dir is None:
-        dataset_dir = RunDir(out).dataset
-        if world.is_main:
-            generated_color_dataset(dataset_dir, groups, seed, progress=not quiet)
-        world.barrier()  # the other ranks use the dataset rank 0 generated
-    if world.is_main and (Path(dataset_dir) / "manifest.json").is_file():
-        from mechmod.data import load_cases
+    with ExitStack() as held:
+        if world.is_main:  # everything is checked before the first write into --out
+            run.accept(dict(model=str(model), dataset=str(Path(dataset_dir).resolve()), dataset_args=dataset_args,
+                            lens=lens, lens_path=str(lens_path) if lens_path else None, backend=backend,
+                            uncertainty=uncertainty, radius=radius, attention=attention))
+            if not generated:
+                from mechmod.data import load_cases
 
-        load_cases(dataset_dir)  # a malformed dataset is refused before any model is loaded
-    if num_processes > 1:
-        ctx = click.get_current_context()
-        args = _child_args(ctx, dataset_dir=dataset_dir)
-        rc = distributed.launch_local(num_processes, args)
-        if rc != 0:
-            raise MechmodError(f"a data-parallel process exited with code {rc}; the others were stopped. "
-                               "Re-run the same command to resume (finished parts are kept)")
-        return  # rank 0 printed the headline
-    from mechmod.lenses import LogitLens, TunedLens, Unembed
-    from mechmod.models import load_model
-    from mechmod.rundir import RunConfig
-    from mechmod.runner import dataset_fingerprint, run_study
+                load_cases(dataset_dir)  # a malformed dataset is refused before anything is written or loaded
+            run.create()
+            launch = held.enter_context(run.launch())
+            if generated:
+                generated_color_dataset(dataset_dir, groups, seed, progress=not quiet)
+        if generated:
+            world.barrier()  # the other ranks use the dataset rank 0 generated
+        if num_processes > 1:
+            rc = distributed.launch_local(num_processes, _child_args(click.get_current_context()), launch_id=launch)
+            if rc != 0:
+                raise MechmodError(f"a data-parallel process exited with code {rc}; the others were stopped. "
+                                   "Re-run the same command to resume (finished parts are kept)")
+            return  # rank 0 printed the headline
+        from mechmod.lenses import LogitLens, TunedLens, Unembed
+        from mechmod.models import load_model
+        from mechmod.rundir import RunConfig
+        from mechmod.runner import dataset_fingerprint, run_study
 
-    if world.parallel and str(device) == "cuda" and dmap is None:
-        import torch
+        if world.parallel and str(device) == "cuda" and dmap is None:
+            import torch
 
-        device = f"cuda:{world.local_rank % max(1, torch.cuda.device_count())}"  # one GPU per local rank (shared if fewer)
-    config = RunConfig(
-        model=str(model), dataset=str(Path(dataset_dir).resolve()), dataset_sha256=dataset_fingerprint(dataset_dir),
-        lens=lens, lens_path=str(lens_path) if lens_path else None, backend=backend, uncertainty=uncertainty,
-        batch_size=batch_size, radius=radius, share_prefix=share_prefix, attention=attention,
-    )
-    mllm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code, device_map=dmap)
-    unembed = Unembed.from_model(mllm)
-    lens_mod = TunedLens.load(lens_path, unembed) if lens == "tuned" else LogitLens(unembed)
-    run_study(mllm, lens_mod, dataset_dir, out, config, chunk_size=chunk_size, progress=not quiet, world=world)
+            device = f"cuda:{world.local_rank % max(1, torch.cuda.device_count())}"  # one GPU per local rank (shared if fewer)
+        config = RunConfig(
+            model=str(model), dataset=str(Path(dataset_dir).resolve()), dataset_sha256=dataset_fingerprint(dataset_dir),
+            lens=lens, lens_path=str(lens_path) if lens_path else None, backend=backend, uncertainty=uncertainty,
+            batch_size=batch_size, radius=radius, share_prefix=share_prefix, attention=attention,
+            dataset_args=dataset_args,
+        )
+        mllm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code, device_map=dmap)
+        unembed = Unembed.from_model(mllm)
+        lens_mod = TunedLens.load(lens_path, unembed) if lens == "tuned" else LogitLens(unembed)
+        run_study(mllm, lens_mod, dataset_dir, out, config, chunk_size=chunk_size, progress=not quiet, world=world)
     if world.is_main:
         _print_headline(out)
     distributed.teardown()
+
+
+def check_radius(radius: float) -> float:
+    """--radius: a finite half-width >= 0."""
+    if not math.isfinite(radius) or radius < 0:
+        raise MechmodError(f"--radius {radius}: give a finite number >= 0 (the half-width of the ambiguous region "
+                           "around the balance point, e.g. 0.5)")
+    return radius
 
 
 DEVICE_MAP_NAMES = ("auto", "balanced", "balanced_low_0", "sequential")
@@ -126,14 +156,14 @@ def parse_device_map(value: str | None):
     return dmap
 
 
-def _child_args(ctx: click.Context, **override) -> list[str]:
+def _child_args(ctx: click.Context) -> list[str]:
     """The command line of one data-parallel process: this command's options
-    as given (``override`` replacing some), without --num-processes."""
+    as given, without --num-processes."""
     args = [ctx.command.name]
     for param in ctx.command.params:
         if not isinstance(param, click.Option) or param.name == "num_processes":
             continue
-        value = override.get(param.name, ctx.params.get(param.name))
+        value = ctx.params.get(param.name)
         flag = max(param.opts, key=len)
         if param.is_flag:
             if param.secondary_opts:  # --x/--no-x: say which
@@ -149,34 +179,37 @@ def _child_args(ctx: click.Context, **override) -> list[str]:
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--radius", default=None, type=float, help="Ambiguous-region half-width (default: the run's, else 0.5).")
 def summarize_cmd(run_dir, radius):
-    """Recompute RUN/summary.json and RUN/report.html from RUN/results.parquet alone."""
-    from mechmod.report import write_run_report
+    """Recompute RUN/summary.json and RUN/report.html from RUN/results.parquet
+    alone (from the parts of an unfinished run, marked partial)."""
     from mechmod.rundir import RunDir
     from mechmod.runner import finalize
-    from mechmod.summary import summarize_run
 
+    if radius is not None:
+        check_radius(radius)
     run = RunDir(run_dir)
-    if not run.results.is_file() and run.part_files():
-        finalize(run_dir)  # an unfinished run: merge what its parts hold
-    summarize_run(run_dir, radius=radius)
-    write_run_report(run_dir)
-    _print_headline(run_dir)
+    if not run.path.is_dir():
+        raise MechmodError(f"{run_dir}: not a directory; give a run directory written by `mechmod run`")
+    results = run.read_results() if run.results.is_file() else None  # None: merge the parts of an unfinished run
+    finalize(run.path, results, radius=radius)
+    _print_headline(run.path)
 
 
 def _print_headline(run_dir: Path) -> None:
-    import json
-
     from mechmod.rundir import RunDir
 
     run = RunDir(run_dir)
-    s = json.loads(run.summary.read_text())
+    s = run.read_summary()
 
     def f(x):
         return "n/a" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
 
-    ci = s.get("balance_ci")
+    ci = s.get("balance_ci") or [None, None]
+    partial = f"PARTIAL ({s.get('n_cases_missing')} of {s.get('n_cases_expected')} cases missing)  " \
+        if s.get("partial") else ""
     click.echo(
-        f"{s['model']}: {s['n_cases']} cases ({s.get('n_failed', 0)} failed)  TFR {f(s['tfr'])}  "
-        f"TFR(both correct) {f(s['tfr_both_correct'])}  balance point {f(s['balance_point'])} "
-        f"[{f(ci[0]) if ci else 'n/a'}, {f(ci[1]) if ci else 'n/a'}]  -> {run.report}"
+        f"{partial}{s.get('model')}: {s.get('n_cases')} cases ({s.get('n_failed', 0)} failed)  TFR {f(s.get('tfr'))}  "
+        f"TFR(both correct) {f(s.get('tfr_both_correct'))}  balance point {f(s.get('balance_point'))} "
+        f"[{f(ci[0])}, {f(ci[1])}]  -> {run.report}"
     )
+    for name, why in (s.get("left_out") or {}).items():
+        click.echo(f"left out: {name} ({why})", err=True)

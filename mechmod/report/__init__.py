@@ -15,7 +15,7 @@ study: one module here, imported below.
 from mechmod.report import run, lens, patch, steer, compare  # noqa: F401, I001
 from mechmod.report.html import Page
 from mechmod.report.registry import Figure, LeftOut, Panel, Table, figure, figures, panels, studies, study
-from mechmod.report.write import lines, page, write_run_report, write_study
+from mechmod.report.write import lines, page, run_page, write_run_report, write_study
 
-__all__ = ["Figure", "LeftOut", "Page", "Panel", "Table", "figure", "figures", "lines", "page", "panels", "studies",
-           "study", "write_run_report", "write_study"]
+__all__ = ["Figure", "LeftOut", "Page", "Panel", "Table", "figure", "figures", "lines", "page", "panels", "run_page",
+           "studies", "study", "write_run_report", "write_study"]

@@ -4,13 +4,13 @@ decoded with it."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import plotly.graph_objects as go
 
+from mechmod import _io
 from mechmod.report._plot import OTHER_COLOR, layout
 from mechmod.report.registry import LeftOut, figure, study
 
@@ -20,7 +20,7 @@ study("lens", "mechmod lens fidelity: {model}")
 def fidelity(lens_path: str | Path) -> dict[str, Any]:
     """LENS/fidelity.json, or {} where the lens has none (its figure then says so)."""
     path = Path(lens_path) / "fidelity.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return _io.read_json(path, "retrain the lens with `mechmod lens train`", expect=dict) if path.is_file() else {}
 
 
 @figure("lens", "fidelity", title="Lens fidelity: held-out KL(final || lens) per layer",

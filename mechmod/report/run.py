@@ -14,7 +14,12 @@ from mechmod.report.registry import Table, figure, study
 
 def headline(summary: Mapping[str, Any]) -> list[Table]:
     bp = summary.get("balance") or {}
-    return [Table("Headline numbers", [
+    partial = [Table("PARTIAL RUN: not every case has a result", [
+        ("cases with a result", f"{summary.get('n_cases', 0) + summary.get('n_failed', 0)} of "
+                                f"{summary.get('n_cases_expected')}"),
+        ("to finish it", "re-run the same `mechmod run` command (it resumes)"),
+    ], caption="Every number below covers only the cases scored so far.")] if summary.get("partial") else []
+    return partial + [Table("Headline numbers", [
         ("model", summary.get("model")),
         ("cases (ok / failed)", f"{summary.get('n_cases')} / {summary.get('n_failed', 0)}"),
         ("TFR (all)", summary.get("tfr")),

@@ -52,11 +52,15 @@ def write_study(out_dir: str | Path, study: str, summary: Mapping[str, Any],
     return page(study, summary, tables).write(out / f"{study}_report.html")
 
 
+def run_page(summary: Mapping[str, Any], results: pd.DataFrame, lens_path: str | None = None) -> Page:
+    """A run's page from its summary and results, with the tuned lens's
+    fidelity when the run decoded with one."""
+    also = [("lens", fidelity(lens_path))] if lens_path else []
+    return page("run", summary, {"results": results}, also=also)
+
+
 def write_run_report(run_dir: str | Path) -> Path:
-    """RUN/report.html from RUN/summary.json and RUN/results.parquet, with
-    the tuned lens's fidelity when the run decoded with one."""
+    """RUN/report.html from RUN/summary.json and RUN/results.parquet."""
     run = RunDir(run_dir)
     summary, results = load_run(run.path)
-    lens_path = run.config().get("lens_path")
-    also = [("lens", fidelity(lens_path))] if lens_path else []
-    return page("run", summary, {"results": results}, also=also).write(run.report)
+    return run_page(summary, results, run.config().get("lens_path")).write(run.report)
