@@ -130,8 +130,9 @@ class LabelSet:
         if unwritable:
             raise MechmodError(f"the tokenizer cannot write the answer label(s) {unwritable} (they encode to "
                                "unknown or special tokens); use other labels or another tokenizer")
+        self._first = {lab: self._first_pieces(f) for lab, f in zip(labels, folded)}
         owned: dict[int, list[int]] = {i: [] for i in range(len(labels))}
-        for tid in sorted(self._candidates()):
+        for tid in sorted(self._spellings() | set().union(*self._first.values())):
             owner = self._owner(_norm(tokenizer.decode([tid])))
             if owner is not None:
                 owned[owner].append(tid)
@@ -162,22 +163,28 @@ class LabelSet:
         return any(ids and not set(ids) & self._special
                    for ids in (self.tokenizer.encode(text, add_special_tokens=False) for text in _variants(label)))
 
-    def _candidates(self) -> set[int]:
-        """Tokens that may own a label: every vocabulary entry spelling a
-        label or a long enough prefix of one, and the first token each case
-        and space variant of a label encodes to (which also finds the
-        tokens of labels a byte-level vocabulary spells in other bytes)."""
+    def _spellings(self) -> set[int]:
+        """Every vocabulary entry that spells a label or a long enough prefix
+        of one (with the first pieces, the tokens that may own a label; the
+        first pieces also find the tokens of labels a byte-level vocabulary
+        spells in other bytes)."""
         index = _vocab_index(self.tokenizer)
         out: set[int] = set()
         for lab in self._folded:
             for k in range(min(MIN_PREFIX, len(lab)), len(lab) + 1):
                 out.update(index.get(lab[:k], ()))
-            for text in _variants(lab):
-                first = next((t for t in self.tokenizer.encode(text, add_special_tokens=False)
-                              if _norm(self.tokenizer.decode([t]))), None)
-                if first is not None:
-                    out.add(first)
         return out - self._special
+
+    def _first_pieces(self, label: str) -> list[int]:
+        """The first token of each case and space variant of ``label`` as the
+        tokenizer writes it (spaces alone skipped)."""
+        out = []
+        for text in _variants(label):
+            first = next((t for t in self.tokenizer.encode(text, add_special_tokens=False)
+                          if _norm(self.tokenizer.decode([t]))), None)
+            if first is not None and first not in self._special:
+                out.append(first)
+        return sorted(set(out))
 
     def _state(self, text: str, final: bool) -> int | None:
         """What a written ``text`` gives: a label index, -1 for other, or None
@@ -206,6 +213,13 @@ class LabelSet:
         if label not in self._ids:
             raise MechmodError(f"{label!r} is not one of the labels {self.labels}")
         return list(self._ids[label])
+
+    def logit_token_ids(self, label: str) -> list[int]:
+        """The tokens whose logit stands for ``label`` in a logit difference:
+        the tokens it owns or, for an ``unowned`` label, the first pieces of
+        its spellings (cyan: Llama's '▁cy', '▁C'), which count for nothing in
+        votes, probabilities or predictions."""
+        return self.token_ids(label) or list(self._first[label])
 
     def _index(self, vocab: int) -> torch.Tensor:
         """[vocab] long: label index of each token, -1 for none."""

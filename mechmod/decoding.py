@@ -3,7 +3,7 @@ its first token (a one-letter piece "B" may begin "Blue" or "Black").
 
 A :data:`Continuation` gives next-token logits after each row's prompt
 followed by the tokens written so far; :func:`greedy` runs it, batched,
-for the undecided rows only, a few tokens at most. Two ways to build one:
+for the undecided rows only, a few tokens at most. Three ways to build one:
 
 - :func:`over_cache`: the prompt forward's KV cache, selected to the
   undecided rows and extended by their written tokens (no prompt or image
@@ -16,7 +16,10 @@ for the undecided rows only, a few tokens at most. Two ways to build one:
   keeps its index, so edits addressed to rows or prompt positions land
   where they did on the prompt (an edit at position ``-1`` follows the
   newest token). Image tensors are passed whole, which needs no
-  per-family slicing.
+  per-family slicing;
+- :func:`reencoded`: the undecided rows' prompts encoded again (no cache
+  or batch kept, e.g. after :func:`mechmod.tracing.trace`), then as
+  :func:`reforward`.
 """
 
 from __future__ import annotations
@@ -76,7 +79,8 @@ def extend_inputs(inputs: Mapping[str, torch.Tensor], rows: torch.Tensor, writte
     for name, value in inputs.items():
         if not isinstance(value, torch.Tensor) or value.shape != (B, T) or value.is_floating_point():
             continue
-        fill = new if name == "input_ids" else torch.ones_like(new) if name == "attention_mask" else torch.zeros_like(new)
+        fill = (new if name == "input_ids" else torch.ones_like(new) if name == "attention_mask"
+                else torch.zeros_like(new))
         out[name] = torch.cat([value, fill.to(device=value.device, dtype=value.dtype)], dim=1)
     return out
 
@@ -95,6 +99,27 @@ def reforward(inputs: Mapping[str, torch.Tensor], next_logits: NextLogits, pad_i
     row stays)."""
     def step(rows: torch.Tensor, written: torch.Tensor) -> torch.Tensor:
         return next_logits(extend_inputs(inputs, rows, written, pad_id))[rows.to(inputs["input_ids"].device)]
+    return step
+
+
+def reencoded(mllm, images: Sequence, descriptions: Sequence, questions: Sequence, batch_size: int = 8,
+              next_logits: NextLogits | None = None) -> Continuation:
+    """A :data:`Continuation` for prompts given as :meth:`MLLM.encode`'s
+    arguments (row i = ``images[i]``, ``descriptions[i]``, ``questions[i]``)
+    when no cache was kept: only the rows asked for are encoded again, in
+    batches of ``batch_size``, and run with their written tokens appended
+    through ``next_logits`` (default: the model's plain forward)."""
+    forward = next_logits or model_next_logits(mllm.model)
+
+    def step(rows: torch.Tensor, written: torch.Tensor) -> torch.Tensor:
+        out = []
+        for s in range(0, len(rows), batch_size):
+            part = rows[s : s + batch_size].tolist()
+            enc = mllm.encode([images[i] for i in part], [descriptions[i] for i in part],
+                              [questions[i] for i in part])
+            inputs = extend_inputs(enc.inputs, torch.arange(len(part)), written[s : s + batch_size], pad_id=0)
+            out.append(forward(inputs).float().cpu())
+        return torch.cat(out)
     return step
 
 

@@ -31,6 +31,7 @@ import torch
 
 from mechmod.answers import LabelSet
 from mechmod.data import open_image
+from mechmod.decoding import Continuation, reencoded
 from mechmod.dynamics import commit_layer, count_oscillations_batch, last_sign_change, layer_votes
 from mechmod.errors import MechmodError
 from mechmod.following import follow_outcome
@@ -177,10 +178,12 @@ class _Readout:
     probs: np.ndarray  # [N, n_labels]
 
 
-def _readout(logits: torch.Tensor, labels: LabelSet) -> _Readout:
+def _readout(logits: torch.Tensor, labels: LabelSet, continuation: Continuation) -> _Readout:
+    """``continuation`` writes on where the top-1 token does not decide the
+    answer (mechmod.answers)."""
     probs = labels.label_probs(logits).numpy()
     return _Readout(
-        pred=labels.predict(logits),
+        pred=labels.predict(logits, continuation),
         h=entropy(logits).numpy(),
         h_label=np.asarray(label_entropy(probs)),
         probs=probs,
@@ -189,8 +192,8 @@ def _readout(logits: torch.Tensor, labels: LabelSet) -> _Readout:
 
 def _label_logit(lens_logits: torch.Tensor, labels: LabelSet, answers: list[str]) -> torch.Tensor:
     """Per case and layer, the lens logit of a label: the max over the
-    label's token variants (one gather). lens_logits [B, L+1, V] -> [B, L+1]."""
-    variants = [labels.token_ids(a) for a in answers]
+    label's tokens (``LabelSet.logit_token_ids``; one gather). lens_logits [B, L+1, V] -> [B, L+1]."""
+    variants = [labels.logit_token_ids(a) for a in answers]
     width = max(len(v) for v in variants)
     idx = torch.tensor([v + v[:1] * (width - len(v)) for v in variants], device=lens_logits.device)  # pad by repeating
     B, L1, _ = lens_logits.shape
@@ -221,7 +224,11 @@ def _score_group(mllm, lens, sub: pd.DataFrame, images, labels: LabelSet, option
             diff_parts.append((_label_logit(ll, labels, ans_t[s : s + bs])
                                - _label_logit(ll, labels, ans_v[s : s + bs])).float().cpu())
         top_ids, diff = torch.cat(top_ids), torch.cat(diff_parts).numpy()
-    v, t, m = _readout(v_logits, labels), _readout(t_logits, labels), _readout(m_logits, labels)
+    v_images, m_images = [images[p] for p, _ in vis_keys], [images[p] for p in sub["image_path"]]
+    v = _readout(v_logits, labels, reencoded(mllm, v_images, [None] * len(vis_keys), [q for _, q in vis_keys], bs))
+    t = _readout(t_logits, labels, reencoded(mllm, [None] * len(txt_keys), [d for d, _ in txt_keys],
+                                             [q for _, q in txt_keys], bs))
+    m = _readout(m_logits, labels, reencoded(mllm, m_images, list(sub["description"]), list(sub["question"]), bs))
     v_idx = {k: i for i, k in enumerate(vis_keys)}
     t_idx = {k: i for i, k in enumerate(txt_keys)}
     vi = np.array([v_idx[k] for k in zip(sub["image_path"], sub["question"])])

@@ -14,7 +14,7 @@ from PIL import Image
 
 from mechmod.answers import (COMMON_ANSWER_WORDS, COMMON_ANSWER_WORDS_VERSION, MAX_NEW_TOKENS, MIN_PREFIX, OTHER,
                              RULE_TEXT, LabelSet)
-from mechmod.decoding import extend_inputs, greedy, model_next_logits, over_cache, reforward
+from mechmod.decoding import extend_inputs, greedy, model_next_logits, over_cache, reencoded, reforward
 from mechmod.errors import MechmodError
 from mechmod.prefix import cache_kwarg
 from mechmod.models import load_model
@@ -78,6 +78,7 @@ def test_ownership_whole_labels_and_long_unique_prefixes_only():
     assert owned["purple"] == ["▁pur"]  # three letters, no other label or common word begins 'pur'
     assert owned["green"] == [] and owned["brown"] == []  # 'gre' begins 'grey', 'bro' begins 'bronze'
     assert ls.unowned == ["green", "brown"]
+    assert ls.logit_token_ids("green") == [ID["▁gre"]] and ls.logit_token_ids("red") == ls.token_ids("red")
     assert LabelSet(TOK, ["cube", "cylinder"]).token_ids("cylinder") == [ID["▁cyl"]]
     assert LabelSet(TOK, ["cube", "cyan", "cylinder"]).token_ids("cube") == []  # '▁C' is one letter
 
@@ -182,21 +183,25 @@ def tiny(request, tmp_path_factory):
 def test_cache_continuation_equals_a_full_reforward(tiny):
     """Left-padded rows, M-RoPE (Qwen2-VL) and token types (Gemma 3): the
     undecided rows continued over the prompt's KV cache give the logits of
-    the whole batch run again with the written tokens appended."""
+    the whole batch run again with the written tokens appended, and of
+    their prompts encoded anew."""
     images = [Image.new("RGB", (64, 32), (200, 30, 30)), Image.new("RGB", (32, 32), (30, 30, 200))]
     enc = tiny.encode(images, ["the circle is red .", None], ["what color is the circle ?"] * 2)
     with torch.no_grad():
         out = tiny.model(**enc.inputs, use_cache=True, logits_to_keep=1)
     cached = over_cache(tiny, enc.inputs, getattr(out, cache_kwarg(tiny.model)))
     full = reforward(enc.inputs, model_next_logits(tiny.model), tiny.tokenizer.pad_token_id)
+    again = reencoded(tiny, images, ["the circle is red .", None], ["what color is the circle ?"] * 2, batch_size=1)
 
     def ids(text, n):
         got = tiny.tokenizer.encode(text, add_special_tokens=False)[:n]
         assert len(got) == n
         return got
 
-    for rows, written in ((torch.tensor([1]), [ids(" red", 1)]), (torch.tensor([0, 1]), [ids(" blue .", 2), ids(" red ?", 2)])):
+    for rows, written in ((torch.tensor([1]), [ids(" red", 1)]),
+                          (torch.tensor([0, 1]), [ids(" blue .", 2), ids(" red ?", 2)])):
         w = torch.tensor(written)
         got = cached(rows, w)
         torch.testing.assert_close(got, full(rows, w), atol=1e-4, rtol=0)
+        torch.testing.assert_close(again(rows, w), got, atol=1e-4, rtol=0)  # the rows' prompts encoded anew
         torch.testing.assert_close(cached(rows, w), got, atol=0, rtol=0)  # the prompt's cache was not written

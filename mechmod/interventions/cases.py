@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from mechmod.answers import LabelSet
+from mechmod.decoding import reencoded
 from mechmod.errors import MechmodError
 from mechmod.following import follow_outcome
 from mechmod.names import PATCH_DIRECTIONS
@@ -98,9 +99,14 @@ def baseline(mllm, dataset_dir, cases: pd.DataFrame, batch_size: int = 8, backen
         h_v, h_t = entropy(v).numpy()[vi], entropy(t).numpy()[ti]
         dh, _ = relative_uncertainty(h_t, h_v)
         part = sub.copy()
-        part["y_v"] = np.asarray(labels.predict(v), dtype=object)[vi]
-        part["y_t"] = np.asarray(labels.predict(t), dtype=object)[ti]
-        part["y_m"] = labels.predict(m)
+        # a top-1 piece that does not decide the answer is written on (mechmod.answers)
+        v_more = reencoded(mllm, [images[p] for p, _ in vk], [None] * len(vk), [q for _, q in vk], batch_size)
+        t_more = reencoded(mllm, [None] * len(tk), [d for d, _ in tk], [q for _, q in tk], batch_size)
+        m_more = reencoded(mllm, [images[p] for p in sub["image_path"]], list(sub["description"]),
+                           list(sub["question"]), batch_size)
+        part["y_v"] = np.asarray(labels.predict(v, v_more), dtype=object)[vi]
+        part["y_t"] = np.asarray(labels.predict(t, t_more), dtype=object)[ti]
+        part["y_m"] = labels.predict(m, m_more)
         part["h_v"], part["h_t"], part["dh_rel"] = h_v, h_t, dh
         part["follow"] = follow_outcome(part["y_m"], part["y_v"], part["y_t"])
         parts.append(part)

@@ -185,7 +185,7 @@ def label_logit(logits: torch.Tensor, labels, answers: Sequence[str]) -> torch.T
     out = torch.full((logits.shape[0],), float("nan"))
     for i, a in enumerate(answers):
         if a in labels.labels:
-            out[i] = logits[i, torch.as_tensor(labels.token_ids(a))].max()
+            out[i] = logits[i, torch.as_tensor(labels.logit_token_ids(a))].max()
     return out
 
 
