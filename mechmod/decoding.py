@@ -98,7 +98,8 @@ def reforward(inputs: Mapping[str, torch.Tensor], next_logits: NextLogits, pad_i
     the written tokens appended (see the module docstring for why every
     row stays)."""
     def step(rows: torch.Tensor, written: torch.Tensor) -> torch.Tensor:
-        return next_logits(extend_inputs(inputs, rows, written, pad_id))[rows.to(inputs["input_ids"].device)]
+        logits = next_logits(extend_inputs(inputs, rows, written, pad_id))
+        return logits[rows.to(logits.device)]
     return step
 
 

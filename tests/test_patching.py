@@ -12,21 +12,17 @@ import pytest
 import torch
 from PIL import Image
 
+from mechmod.answers import LabelSet
+from mechmod.decoding import extend_inputs
 from mechmod.interventions import heads as H
 from mechmod.interventions import patch_study
 from mechmod.interventions.core import forward
 from mechmod.interventions.patching import (PatchSpec, align_positions, critical_window, first_layer_reaching,
                                             flip_rate, flips_by_dh, patch_layers, restoration)
-from mechmod.models import load_model
-from tests.tiny_llava import build_tiny_llava
+from tests.run_helpers import color_dataset
 
 Q = "What color is the circle ?"
 RED, BLUE = (200, 30, 30), (30, 30, 200)
-
-
-@pytest.fixture(scope="module")
-def mllm(tmp_path_factory):
-    return load_model(str(build_tiny_llava(tmp_path_factory.mktemp("tiny") / "model")))
 
 
 def img(rgb):
@@ -203,10 +199,8 @@ def test_first_layer_and_critical_window_on_hand_arrays():
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    from mechmod.data import generate_color
-
-    return generate_color(tmp_path_factory.mktemp("ds") / "ds", groups=1, seed=0, dv=[0], progress=False)
+def dataset():
+    return color_dataset(groups=1, dv=(0,))
 
 
 def test_patch_study_tables_and_ground_truth(mllm, dataset, monkeypatch):
@@ -231,7 +225,11 @@ def test_patch_study_tables_and_ground_truth(mllm, dataset, monkeypatch):
     np.testing.assert_allclose(last["restoration"], 1.0, atol=1e-3)
     assert len(study.summary["curves"]) == 4
     assert set(study.summary["units"]) == {"patch V->C", "patch I->C", "knockout zero"}
-    assert {u["promotes"] for u in study.summary["units"]["knockout zero"]} <= {"text", "vision", "neutral"}
+    knocked = study.units[study.units["analysis"] == "knockout zero"]
+    for u in study.summary["units"]["knockout zero"]:  # the t-test by hand on the unit's contributions
+        c = knocked.loc[knocked["unit"] == u["unit"], "contrib"].to_numpy(float)
+        t = c.mean() / (c.std(ddof=1) / np.sqrt(len(c)))
+        assert u["promotes"] == ("text" if t >= cfg.t_min else "vision" if t <= -cfg.t_min else "neutral"), u
     json.dumps(study.summary, allow_nan=False)
 
 
@@ -244,5 +242,94 @@ def test_patch_cli_writes_results(mllm, dataset, tmp_path):
     assert rc == 0
     summary = json.loads((out / "patch_summary.json").read_text())
     assert {"curves", "n_pairs", "units", "balance_point"} <= set(summary)
-    assert isinstance(pd.read_parquet(out / "patch_units.parquet"), pd.DataFrame)
+    units = pd.read_parquet(out / "patch_units.parquet")
+    assert {a: sum(u["n"] for u in per) for a, per in summary["units"].items()} == \
+        units["analysis"].value_counts().to_dict()
     assert (out / "patch_layers.parquet").is_file() and (out / "patch_report.html").stat().st_size > 100_000
+
+
+# ------------------------------------------- writing on with the patch applied
+def _captured(settings_out):
+    """A sweep metric that keeps each setting's continuation (``more``)."""
+    def metric(logits, more):
+        settings_out.append(more)
+        return logits
+    return metric
+
+
+def _hooked_next_logits(mllm, inputs, module, hook):
+    """Plain HF forward of ``inputs`` with a forward hook on ``module``: the last position's logits."""
+    hd = module.register_forward_hook(hook)
+    with torch.no_grad():
+        out = mllm.model(**inputs).logits[:, -1].float()
+    hd.remove()
+    return out
+
+
+def test_patched_continuation_keeps_the_patch_at_its_prompt_positions(mllm):
+    # the continuation of each layer's patched copy (sweep over stacked copies, chunk 2 of 3 layers) equals a plain
+    # forward of the prompt + written tokens with a hook writing the source's residual at the same absolute positions
+    source, target = vision(mllm), conflict(mllm)
+    spec = PatchSpec("resid", ("question", "last"), layers=(1, 0, 1))  # 3 copies, chunks of 2
+    mores: list = []
+    patch_layers(mllm, source, target, spec, _captured(mores), chunk=2)
+    assert len(mores) == 3
+    align = align_positions(source, target, spec.positions)
+    src_out = {}
+    hds = [mllm.layers[l].register_forward_hook(
+        lambda m, a, o, l=l: src_out.__setitem__(l, (o[0] if isinstance(o, tuple) else o).detach()))
+        for l in spec.layers]
+    with torch.no_grad():
+        mllm.model(**source.inputs)
+    for hd in hds:
+        hd.remove()
+    rows, written = torch.tensor([0, 1]), torch.tensor([[5, 7], [9, 11]])
+    extended = extend_inputs(target.inputs, rows, written, pad_id=0)
+    for layer, more in zip(spec.layers, mores):
+        def write(module, args, out, layer=layer):
+            h = (out[0] if isinstance(out, tuple) else out).clone()
+            for i in range(2):
+                v = align.valid[i]
+                h[i, align.tgt[i][v]] = src_out[layer][i, align.src[i][v]].to(h.dtype)
+            return (h, *out[1:]) if isinstance(out, tuple) else h
+        ref = _hooked_next_logits(mllm, extended, mllm.layers[layer], write)
+        torch.testing.assert_close(more(rows, written), ref, atol=1e-4, rtol=0)
+    unpatched = _hooked_next_logits(mllm, extended, mllm.layers[0], lambda m, a, o: o)
+    assert (mores[1](rows, written) - unpatched).abs().max() > 1e-3  # layer 0 patch still applied: not vacuous
+
+
+def test_unit_knockout_continuation_knocks_out_the_answer_position_not_the_written_token(mllm):
+    # a unit edit addresses "the last position": while writing on it stays on the prompt's answer position
+    target = conflict(mllm)
+    unit = H.Unit(1, "mlp")
+    mores: list = []
+    H.knockout_units(mllm, target, [unit, H.Unit(0, "mlp")], "zero", metric=_captured(mores), chunk=2)
+    T = target.inputs["input_ids"].shape[1]
+    rows, written = torch.tensor([1]), torch.tensor([[5, 7, 9]])
+    extended = extend_inputs(target.inputs, rows, written, pad_id=0)
+
+    def zero_at(pos):
+        def hook(module, args, out):
+            out = out.clone()
+            out[:, pos] = 0
+            return out
+        return hook
+    mlp = mllm.layers[1].mlp
+    ref = _hooked_next_logits(mllm, extended, mlp, zero_at(T - 1))[rows]
+    torch.testing.assert_close(mores[0](rows, written), ref, atol=1e-4, rtol=0)
+    naive = _hooked_next_logits(mllm, extended, mlp, zero_at(-1))[rows]
+    assert (naive - ref).abs().max() > 1e-3  # knocking out the newest token instead would differ
+
+
+def test_patch_study_flip_reads_the_patched_continuation(mllm, monkeypatch):
+    # an undecided top-1 piece is written on through the sweep's continuation, and the word it writes decides the flip
+    labels = LabelSet(mllm.tokenizer, ["red", "blue"])
+    calls = []
+
+    def fake_predict(self, logits, continuation=None, max_new_tokens=4):
+        calls.append(continuation)
+        return ["red"] * logits.shape[0] if continuation is not None else ["other"] * logits.shape[0]
+    monkeypatch.setattr(LabelSet, "predict", fake_predict)
+    metric = patch_study._pair_metric(labels, ["red", "red"], ["blue", "blue"])
+    out, _, _ = patch_layers(mllm, vision(mllm), conflict(mllm), PatchSpec("resid", "last", layers=(0, 1)), metric)
+    assert out[..., 1].eq(1).all() and len(calls) == 2 and all(callable(c) for c in calls)

@@ -13,18 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
+from mechmod.decoding import extend_inputs
 from mechmod.interventions import steering
 from mechmod.interventions.steering import SteerSpec, preference_direction, split_groups, steer, steering_summary
-from mechmod.models import load_model
 from mechmod.tracing import trace
-from tests.tiny_llava import build_tiny_llava
+from tests.run_helpers import color_dataset
 
 Q = "What color is the circle ?"
-
-
-@pytest.fixture(scope="module")
-def mllm(tmp_path_factory):
-    return load_model(str(build_tiny_llava(tmp_path_factory.mktemp("tiny") / "model")))
 
 
 @pytest.fixture(scope="module")
@@ -117,10 +112,8 @@ def test_steering_summary_recovers_a_known_balance_shift():
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    from mechmod.data import generate_color
-
-    return generate_color(tmp_path_factory.mktemp("ds") / "ds", groups=2, seed=0, dv=[0], progress=False)
+def dataset():
+    return color_dataset(groups=2, dv=(0,))
 
 
 def _label_by_hand(monkeypatch):
@@ -165,3 +158,37 @@ def test_steer_cli(mllm, dataset, tmp_path, capsys, monkeypatch):
     assert summary["alphas"] == [0.0, 2.0] and set(summary["layers"]) == {"1"}
     assert len(pd.read_parquet(out / "steer_rows.parquet")) == 2 * 3
     assert (out / "steer_directions.safetensors").is_file() and (out / "steer_report.html").stat().st_size > 100_000
+
+
+@pytest.mark.parametrize("positions", ["all", "last"])
+def test_steered_continuation_steers_the_prompt_positions_only(mllm, enc, positions):
+    # the continuation of each alpha's copy (3 alphas, chunks of 2) equals a plain forward of the prompt + written
+    # tokens with a hook adding alpha * d at the prompt's steered positions ('last': the answer position, not the
+    # newest token); the written tokens are not steered
+    d = torch.randn(mllm.d_model, generator=torch.Generator().manual_seed(3))
+    alphas = (-2.0, 1.0, 3.0)
+    mores = []
+    steer(mllm, enc, d, SteerSpec(layer=0, alphas=alphas, positions=positions),
+          metric=lambda logits, more: mores.append(more) or logits, chunk=2)
+    T = enc.inputs["input_ids"].shape[1]
+    mask = enc.inputs["attention_mask"].float()
+    rows, written = torch.tensor([0, 1]), torch.tensor([[5, 7], [9, 11]])
+    extended = extend_inputs(enc.inputs, rows, written, pad_id=0)
+
+    def reference(a, at_end=False):
+        def add(mod, args, o):
+            h = (o[0] if isinstance(o, tuple) else o).clone()
+            if positions == "last":
+                h[:, -1 if at_end else T - 1] += a * d
+            else:
+                h[:, :T] += a * mask[..., None] * d
+            return (h, *o[1:]) if isinstance(o, tuple) else h
+        hd = mllm.layers[0].register_forward_hook(add)
+        with torch.no_grad():
+            out = mllm.model(**extended).logits[:, -1].float()
+        hd.remove()
+        return out
+    for a, more in zip(alphas, mores):
+        torch.testing.assert_close(more(rows, written), reference(a), atol=1e-4, rtol=0)
+    if positions == "last":  # steering the newest token instead would differ
+        assert (reference(alphas[0], at_end=True) - reference(alphas[0])).abs().max() > 1e-3

@@ -12,6 +12,13 @@ attention ``scores`` / ``pattern`` and the attention ``mask``; see
 the site's tensor for the whole batch (a private clone, so it may write in
 place) and returns the tensor that replaces it. A read is ``(site, fn)``:
 ``fn(x)`` is kept (keep it small: e.g. a gather of a few positions).
+
+Where the answer's first token does not decide it (:mod:`mechmod.answers`),
+the answer is written on with the intervention still applied
+(:func:`continuation`): the written tokens are appended after the prompt
+and every edit sees the prompt's positions only, so an edit of "the last
+position" keeps editing the answer position and the written tokens are
+never edited.
 """
 
 from __future__ import annotations
@@ -21,13 +28,18 @@ from typing import Callable, Mapping, Sequence, TypeVar
 import torch
 
 from mechmod.backends import Edit, Site, run
+from mechmod.decoding import Continuation, reforward
 from mechmod.errors import MechmodError
 from mechmod.names import BACKENDS, SITE_COMPONENTS
 
 S = TypeVar("S")
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
-__all__ = ["BACKENDS", "SITE_COMPONENTS", "Site", "Edit", "forward", "repeat_inputs", "sweep", "chunk_for"]
+__all__ = ["BACKENDS", "SITE_COMPONENTS", "Site", "Edit", "forward", "on_prompt", "continuation", "repeat_inputs", "sweep",
+           "chunk_for"]
+
+#: components whose tensors index positions along dims 2 and 3 ([N, H, Tq, K]); the others along dim 1
+_PAIR_SITES = ("mask", "scores", "pattern")
 
 
 def forward(mllm, inputs: Mapping[str, torch.Tensor], edits: Sequence[Edit] = (),
@@ -39,6 +51,32 @@ def forward(mllm, inputs: Mapping[str, torch.Tensor], edits: Sequence[Edit] = ()
     return logits.float().cpu(), got
 
 
+def on_prompt(edits: Sequence[Edit], n_positions: int) -> list[Edit]:
+    """``edits`` applied to the first ``n_positions`` positions of their
+    sites only (the prompt's, when tokens were appended after it): each
+    edit gets that part of the tensor and the rest passes unchanged."""
+    def narrowed(site: Site, fn: Fn) -> Edit:
+        def edit(x):
+            part = (slice(None), slice(None), slice(n_positions), slice(n_positions)) \
+                if site.component in _PAIR_SITES else (slice(None), slice(n_positions))
+            x[part] = fn(x[part])
+            return x
+        return site, edit
+    return [narrowed(site, fn) for site, fn in edits]
+
+
+def continuation(mllm, inputs: Mapping[str, torch.Tensor], edits: Sequence[Edit] = (),
+                 backend: str = "nnsight") -> Continuation:
+    """The :data:`~mechmod.decoding.Continuation` of the batch ``inputs``
+    with ``edits`` still applied (:func:`~mechmod.decoding.reforward`): the
+    batch runs again with the written tokens appended, every edit on the
+    prompt's positions (:func:`on_prompt`)."""
+    n = int(inputs["input_ids"].shape[1])
+    pad = mllm.tokenizer.pad_token_id
+    return reforward(inputs, lambda x: forward(mllm, x, on_prompt(edits, n), backend=backend)[0],
+                     0 if pad is None else pad)
+
+
 def repeat_inputs(inputs: Mapping[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
     """``k`` stacked copies of a batch along dim 0 (every tensor input, pixel
     values and image grids included, keeps its row order per copy)."""
@@ -47,26 +85,30 @@ def repeat_inputs(inputs: Mapping[str, torch.Tensor], k: int) -> dict[str, torch
 
 
 def sweep(mllm, inputs: Mapping[str, torch.Tensor], settings: Sequence[S],
-          setter: Callable[[S, slice], Sequence[Edit]], metric: Callable[[torch.Tensor], torch.Tensor] | None = None,
+          setter: Callable[[S, slice], Sequence[Edit]],
+          metric: Callable[[torch.Tensor, Continuation], torch.Tensor] | None = None,
           chunk: int | None = None, backend: str = "nnsight") -> torch.Tensor:
     """The generic batched sweep: for each setting, the edits ``setter(setting,
     rows)`` on a copy of the batch. ``chunk`` settings share one forward, the
     batch stacked ``chunk`` times along dim 0 (copy j = rows
-    ``slice(j*B, (j+1)*B)``); ``metric`` maps a copy's answer logits [B, V]
-    to per-row values (default: the logits). Returns
-    [n_settings, B, ...] stacked metric values."""
+    ``slice(j*B, (j+1)*B)``); ``metric(logits, more)`` maps a copy's answer
+    logits [B, V] to per-row values (default: the logits), ``more`` being
+    the copy's :func:`continuation` (its setting's edits on one copy, run
+    only if the metric writes on). Returns [n_settings, B, ...] stacked
+    metric values."""
     B = int(inputs["input_ids"].shape[0])
     settings = list(settings)
     if not settings:
         raise MechmodError("sweep: no settings")
     chunk = len(settings) if chunk is None else max(1, int(chunk))
-    metric = metric or (lambda x: x)
+    metric = metric or (lambda x, more: x)
     out = []
     for start in range(0, len(settings), chunk):
         part = settings[start : start + chunk]
         edits = [e for j, s in enumerate(part) for e in setter(s, slice(j * B, (j + 1) * B))]
         logits, _ = forward(mllm, repeat_inputs(inputs, len(part)), edits, backend=backend)
-        out.extend(metric(logits[j * B : (j + 1) * B]) for j in range(len(part)))
+        out.extend(metric(logits[j * B : (j + 1) * B], continuation(mllm, inputs, setter(s, slice(0, B)), backend))
+                   for j, s in enumerate(part))
     return torch.stack(out)
 
 

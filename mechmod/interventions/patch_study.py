@@ -20,6 +20,7 @@ from mechmod.errors import MechmodError
 from mechmod.following import balance_point, following_rates
 from mechmod.interventions import heads as H
 from mechmod.interventions.cases import DIRECTIONS, Images, baseline, batches, encode, standard_pairs
+from mechmod.interventions.core import forward
 from mechmod.interventions.patching import (COMPONENTS, STUDY_GROUPS, PatchSpec, logit_diff, patch_layers,
                                             restoration, summarize_curve)
 from mechmod._io import jsonable
@@ -57,10 +58,12 @@ class PatchStudy:
 
 
 def _pair_metric(labels: LabelSet, a_src: Sequence[str], a_tgt: Sequence[str]):
-    """Patched logits [B, V] -> [B, 2]: (LD src - tgt, flipped to the source's answer)."""
-    def metric(logits):
+    """Sweep metric: patched logits [B, V] -> [B, 2] (LD src - tgt, flipped
+    to the source's answer); the answer is written on with the patch still
+    applied where its first token does not decide it (``more``)."""
+    def metric(logits, more):
         ld = logit_diff(logits, labels, a_src, a_tgt)
-        flipped = torch.tensor([p == a for p, a in zip(labels.predict(logits), a_src)], dtype=torch.float32)
+        flipped = torch.tensor([p == a for p, a in zip(labels.predict(logits, more), a_src)], dtype=torch.float32)
         return torch.stack([ld, flipped], 1)
     return metric
 
@@ -85,19 +88,22 @@ def run_patching(mllm, dataset_dir, cases: pd.DataFrame, config: PatchStudyConfi
             for b in batches(sub, cfg.batch_size):
                 src = encode(mllm, images, b["src_image_path"], b["src_description"], b["src_question"])
                 tgt = encode(mllm, images, b["image_path"], b["description"], b["question"])
-                metric = _pair_metric(labels, list(b["a_src"]), list(b["a_tgt"]))
-                tgt_m = metric(_clean_logits(mllm, tgt, cfg.backend))
+                a_src, a_tgt = list(b["a_src"]), list(b["a_tgt"])
+                metric = _pair_metric(labels, a_src, a_tgt)
+                tgt_ld = logit_diff(forward(mllm, tgt.inputs, backend=cfg.backend)[0], labels, a_src, a_tgt)
                 for comp in cfg.components:
                     for group in cfg.positions:
                         spec = PatchSpec(component=comp, positions=group)
                         res, src_logits, align = patch_layers(mllm, src, tgt, spec, metric, max_rows=cfg.max_rows,
                                                               backend=cfg.backend)
-                        layer_rows.append(_layer_frame(direction, comp, group, b, res, metric(src_logits), tgt_m,
+                        layer_rows.append(_layer_frame(direction, comp, group, b, res,
+                                                       logit_diff(src_logits, labels, a_src, a_tgt), tgt_ld,
                                                        align.n_pairs))
                 if cfg.units:
                     us = H.units(mllm)
                     res, src_logits = H.patch_units(mllm, src, tgt, us, metric, max_rows=cfg.max_rows, backend=cfg.backend)
-                    unit_rows.append(_unit_frame(f"patch {direction}", us, b, res, metric(src_logits), tgt_m))
+                    unit_rows.append(_unit_frame(f"patch {direction}", us, b, res,
+                                                 logit_diff(src_logits, labels, a_src, a_tgt), tgt_ld))
     layers = pd.concat(layer_rows, ignore_index=True) if layer_rows else pd.DataFrame(columns=_LAYER_COLUMNS)
     for (d, c, g), sub in layers.groupby(["direction", "component", "positions"], sort=False):
         wide_f = sub.pivot(index="case_id", columns="layer", values="flipped")
@@ -112,17 +118,11 @@ def run_patching(mllm, dataset_dir, cases: pd.DataFrame, config: PatchStudyConfi
     return PatchStudy(layers=layers, units=units, summary=summary)
 
 
-def _clean_logits(mllm, enc, backend):
-    from mechmod.interventions.core import forward
-
-    return forward(mllm, enc.inputs, backend=backend)[0]
-
-
 _LAYER_COLUMNS = ["direction", "component", "positions", "case_id", "group_id", "dv", "dt", "dh_rel", "a_src",
                   "a_tgt", "layer", "n_aligned", "ld_patched", "ld_target", "ld_source", "restoration", "flipped"]
 
 
-def _layer_frame(direction, comp, group, b, res, src_m, tgt_m, n_aligned) -> pd.DataFrame:
+def _layer_frame(direction, comp, group, b, res, src_ld, tgt_ld, n_aligned) -> pd.DataFrame:
     L, B = res.shape[:2]
     ld = res[..., 0].numpy()
     rows = {
@@ -132,18 +132,18 @@ def _layer_frame(direction, comp, group, b, res, src_m, tgt_m, n_aligned) -> pd.
         "dh_rel": np.tile(b["dh_rel"].to_numpy(float), L),
         "a_src": np.tile(b["a_src"].to_numpy(object), L).astype(str), "a_tgt": np.tile(b["a_tgt"].to_numpy(object), L).astype(str),
         "layer": np.repeat(np.arange(L), B), "n_aligned": np.tile(n_aligned.numpy(), L),
-        "ld_patched": ld.reshape(-1), "ld_target": np.tile(tgt_m[:, 0].numpy(), L),
-        "ld_source": np.tile(src_m[:, 0].numpy(), L),
+        "ld_patched": ld.reshape(-1), "ld_target": np.tile(tgt_ld.numpy(), L),
+        "ld_source": np.tile(src_ld.numpy(), L),
         "flipped": res[..., 1].numpy().reshape(-1) > 0.5,
     }
     rows["restoration"] = restoration(rows["ld_patched"], rows["ld_target"], rows["ld_source"])
     return pd.DataFrame(rows)[_LAYER_COLUMNS]
 
 
-def _unit_frame(analysis, us, b, res, src_m, tgt_m) -> pd.DataFrame:
+def _unit_frame(analysis, us, b, res, src_ld, tgt_ld) -> pd.DataFrame:
     U, B = res.shape[:2]
     ld = res[..., 0].numpy().reshape(-1)
-    t, s = np.tile(tgt_m[:, 0].numpy(), U), np.tile(src_m[:, 0].numpy(), U)
+    t, s = np.tile(tgt_ld.numpy(), U), np.tile(src_ld.numpy(), U)
     return pd.DataFrame({
         "analysis": analysis, "unit": np.repeat([u.name for u in us], B), "kind": np.repeat([u.kind for u in us], B),
         "layer": np.repeat([u.layer for u in us], B), "head": np.repeat([u.head for u in us], B),
@@ -168,10 +168,10 @@ def _knockouts(mllm, base: pd.DataFrame, images, label_sets: dict, cfg: PatchStu
         labels = label_sets[tuple(b["candidates"].iloc[0])]
         at, av = list(b["answer_text"]), list(b["answer_vision"])
 
-        def metric(logits, labels=labels, at=at, av=av):
+        def metric(logits, more, labels=labels, at=at, av=av):  # no answer needed: no flip column
             ld = logit_diff(logits, labels, at, av)
             return torch.stack([ld, torch.zeros_like(ld)], 1)
-        clean = metric(_clean_logits(mllm, enc, cfg.backend))
+        clean = logit_diff(forward(mllm, enc.inputs, backend=cfg.backend)[0], labels, at, av)
         for mode in cfg.knockouts:
             res = H.knockout_units(mllm, enc, us, mode, means, metric, max_rows=cfg.max_rows, backend=cfg.backend)
             f = _unit_frame(f"knockout {mode}", us, b, res, clean, clean)

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mechmod.answers import LabelSet
+from mechmod.answers import OTHER, LabelSet
 from mechmod.errors import MechmodError
 from mechmod.following import balance_point, follow_outcome, following_curve, following_rates
 from mechmod.interventions.cases import Images, baseline, batches, encode
@@ -115,6 +115,18 @@ def steer(mllm, encoded, direction: torch.Tensor, spec: SteerSpec, metric=None, 
     mask = encoded.inputs.get("attention_mask")
     chunk = chunk or chunk_for(encoded.batch_size, max_rows)
     return sweep(mllm, encoded.inputs, list(spec.alphas), steer_setter(direction, spec, mask), metric, chunk, backend)
+
+
+def _answer_metric(labels: LabelSet, answer_text, answer_vision):
+    """Sweep metric: steered logits [B, V] -> [B, 2] (logit(text answer) -
+    logit(vision answer), index of the steered answer in ``labels.labels``,
+    -1 for 'other'); the answer is written on with the steering still
+    applied where its first token does not decide it."""
+    def metric(logits, more):
+        index = {lab: i for i, lab in enumerate(labels.labels)}
+        y = torch.tensor([index.get(p, -1) for p in labels.predict(logits, more)], dtype=torch.float32)
+        return torch.stack([logit_diff(logits, labels, answer_text, answer_vision), y], 1)
+    return metric
 
 
 def split_groups(group_ids, train_fraction: float = 0.5, seed: int = 0) -> np.ndarray:
@@ -206,14 +218,15 @@ def run_steering(mllm, dataset_dir, cases: pd.DataFrame, config: SteerStudyConfi
             for b in batches(sub, cfg.batch_size):
                 enc = encode(mllm, images, b["image_path"], b["description"], b["question"])
                 at, av = list(b["answer_text"]), list(b["answer_vision"])
-                logits = steer(mllm, enc, directions[layer].to(mllm.device), spec, max_rows=cfg.max_rows,
-                               backend=cfg.backend)
-                for a, lg in zip(alphas, logits):
-                    y_m = labels.predict(lg)
+                out = steer(mllm, enc, directions[layer].to(mllm.device), spec, _answer_metric(labels, at, av),
+                            max_rows=cfg.max_rows, backend=cfg.backend)
+                names = np.array(labels.labels + [OTHER], dtype=object)
+                for a, res in zip(alphas, out):
+                    y_m = names[res[:, 1].long().numpy()]  # -1 indexes 'other'
                     f = b[["case_id", "group_id", "dv", "dt", "dh_rel", "y_v", "y_t", "answer_text", "answer_vision"]].copy()
                     f["layer"], f["alpha"], f["y_m"] = layer, a, y_m
                     f["follow"] = follow_outcome(y_m, b["y_v"], b["y_t"])
-                    f["ld_text_vision"] = logit_diff(lg, labels, at, av).numpy()
+                    f["ld_text_vision"] = res[:, 0].numpy()
                     parts.append(f)
         rows = pd.concat(parts, ignore_index=True)
         frames.append(rows)
