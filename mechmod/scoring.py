@@ -36,6 +36,7 @@ from mechmod.dynamics import commit_layer, count_oscillations_batch, last_sign_c
 from mechmod.errors import MechmodError
 from mechmod.following import follow_outcome
 from mechmod.lenses import LogitLens, TunedLens, Unembed
+from mechmod.phrase_answers import PhraseSet, answer_set
 from mechmod.prefix import trace_shared
 from mechmod.tracing import SPANS, span_mass, trace
 from mechmod.uncertainty import UNCERTAINTY_MEASURES, entropy, label_entropy, relative_uncertainty
@@ -119,11 +120,14 @@ def score_chunk(mllm, lens, cases: pd.DataFrame, dataset_dir: Path, options: Sco
     if not ok:
         return pd.DataFrame(list(rows.values()))
     ok_df = pd.DataFrame(ok)
-    # One label set per candidate tuple (tasks differ in their labels).
+    # One label set per candidate tuple (tasks differ in their labels; MC2's phrases: mechmod.phrase_answers).
     out_rows = []
     for cand, sub in ok_df.groupby(ok_df["candidates"].map(tuple), sort=False):
-        labels = LabelSet(mllm.tokenizer, list(cand))
-        out_rows.extend(_score_group(mllm, lens, sub, images, labels, options))
+        labels = answer_set(mllm.tokenizer, list(cand))
+        group = _score_group(mllm, lens, sub, images, labels, options)
+        if isinstance(labels, PhraseSet) and not labels.votes_defined:
+            group = [_without_layer_votes(r) for r in group]
+        out_rows.extend(group)
     for r in out_rows:
         rows[r["case_id"]] = r
     return pd.DataFrame([rows[c] for c in cases["case_id"] if c in rows])
@@ -296,6 +300,18 @@ def _base(rec) -> dict[str, Any]:
     return d
 
 
+#: the columns read from the lens's per-layer votes
+_VOTE_COLUMNS = ("layer_votes", "layer_logit_diff", "embedding_vote", "embedding_logit_diff", "oscillations",
+                 "last_sign_change")
+
+
+def _without_layer_votes(row: dict[str, Any]) -> dict[str, Any]:
+    """The row of a case whose answers begin with the same word: no layer
+    votes (its vote columns as a failed row's: empty lists, -1, NaN)."""
+    empty = failed_row(SimpleNamespace(**row), "", "")
+    return {**row, **{c: empty[c] for c in _VOTE_COLUMNS if c in empty}}
+
+
 def failed_row(rec, kind: str, reason: str) -> dict[str, Any]:
     """The row of a case that could not be scored: its case columns, empty
     answers, NaN numbers, status 'failed', error ``kind: reason``."""
@@ -324,8 +340,10 @@ def _finite(value) -> bool:
 
 
 def nonfinite_fields(row) -> list[str]:
-    """The fields of a scored row (a mapping) holding NaN or inf."""
-    return [c for c in (*_SCALARS, *_VECTORS) if c in row and not _finite(row[c])]
+    """The fields of a scored row (a mapping) holding NaN or inf (a case
+    without layer votes holds no embedding logit difference)."""
+    absent = {"embedding_logit_diff"} if len(row.get("layer_votes", ())) == 0 else set()
+    return [c for c in (*_SCALARS, *_VECTORS) if c in row and c not in absent and not _finite(row[c])]
 
 
 def flag_nonfinite(rows: pd.DataFrame, tuned_lens: bool = False) -> pd.DataFrame:

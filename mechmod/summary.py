@@ -80,6 +80,8 @@ def check_results(results: pd.DataFrame, where: str) -> None:
             raise MechmodError(f"{where}: column {col!r} holds {values.dtype} values, expected {kind}; "
                                "re-create the table with `mechmod run` or fix the column")
         scored = values if ok is None else values[ok]
+        if col == "embedding_logit_diff":  # a case without layer votes has none
+            scored = scored[_with_layer_votes(results.loc[scored.index])]
         if kind in ("float", "floats"):
             finite = pd.Series(np.isfinite(scored.to_numpy(float)), index=scored.index) if kind == "float" else \
                 scored.map(lambda v: bool(np.isfinite(np.asarray(v, float)).all()))
@@ -88,9 +90,15 @@ def check_results(results: pd.DataFrame, where: str) -> None:
                 raise MechmodError(f"{where}: column {col!r} has {int((~finite).sum())} NaN or infinite value(s) in "
                                    f"scored rows (e.g. case {case!r}); mark such cases status='failed' (as "
                                    "`mechmod run` does) or fix them")
-        if col in _MATRICES and scored.map(len).nunique() > 1:
+        if col in _MATRICES and scored[scored.map(len) > 0].map(len).nunique() > 1:  # empty: no votes, no attention
             raise MechmodError(f"{where}: column {col!r} holds lists of different lengths; every case needs one "
                                "value per layer")
+
+
+def _with_layer_votes(df: pd.DataFrame) -> pd.Series:
+    """Which rows have per-layer votes: a case whose two answers begin with
+    the same word has none (empty lists; mechmod.phrase_answers)."""
+    return df["layer_votes"].map(len) > 0 if "layer_votes" in df else pd.Series(True, index=df.index)
 
 
 def _is_kind(values: pd.Series, kind: str) -> bool:
@@ -206,8 +214,10 @@ def summarize(results: pd.DataFrame, model: str | None = None, radius: float = 0
         if f"{what}_by_tier" not in left_out:
             summary[f"{what}_by_tier"] = _unimodal(main, seed, what)
     if "oscillations" not in left_out and est is not None:
-        summary["oscillations"] = oscillation_summary(ok["oscillations"].to_numpy(int), regions, ok["control"].to_numpy(object))
-    summary.update(_layer_dynamics(main, left_out))
+        voted = _with_layer_votes(ok).to_numpy()
+        summary["oscillations"] = oscillation_summary(ok["oscillations"].to_numpy(int)[voted], regions[voted],
+                                                      ok["control"].to_numpy(object)[voted])
+    summary.update(_layer_dynamics(main[_with_layer_votes(main)], left_out))
     if left_out:
         summary["left_out"] = left_out
     return summary, out

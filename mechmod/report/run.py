@@ -8,6 +8,8 @@ from typing import Any, Mapping
 import pandas as pd
 import plotly.graph_objects as go
 
+from mechmod.answers import RULE_TEXT
+from mechmod.phrase_answers import PHRASE_RULE_TEXT
 from mechmod.report._plot import OTHER_COLOR, TEXT_COLOR, VISION_COLOR, following_curves, layout
 from mechmod.report.registry import Table, figure, study
 
@@ -32,7 +34,12 @@ def headline(summary: Mapping[str, Any]) -> list[Table]:
     ])]
 
 
-study("run", "mechmod study: {model}", headline=headline)
+def answer_rule(summary: Mapping[str, Any]) -> list[Table]:
+    """How every answer of the run was read (the rules of mechmod.answers and mechmod.phrase_answers)."""
+    return [Table("How answers are read", [("one-word answers", RULE_TEXT), ("phrase answers (MC2)", PHRASE_RULE_TEXT)])]
+
+
+study("run", "mechmod study: {model}", headline=headline, footer=answer_rule)
 
 
 @figure("run", "entropy_by_tier", title="Unimodal uncertainty by tier (Fig. 2)",
