@@ -31,6 +31,11 @@ PATCH_DIRECTIONS = ("V->C", "T->C", "I->C")
 KNOCKOUT_MODES = ("zero", "mean")
 #: where a steering direction is added (mechmod.interventions.steering.SteerSpec)
 STEER_POSITIONS = ("all", "last")
+#: attention flows an attention knockout blocks, source span -> destination span (mechmod.interventions.flow)
+FLOWS = ("image->last", "description->last", "question->last", "image->description", "image->question",
+         "description->question")
+#: where head scaling multiplies a head's output (mechmod.interventions.head_scaling)
+HEAD_SCALE_POSITIONS = ("last", "all")
 
 #: lenses a run decodes layers with (mechmod.lenses)
 LENS_KINDS = ("logit", "tuned")

@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "mechmod.cli.models",
     "mechmod.cli.compare",
     "mechmod.cli.patch",
+    "mechmod.cli.choice",
 ]
 
 
