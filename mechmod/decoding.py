@@ -11,12 +11,12 @@ for the undecided rows only, a few tokens at most. Three ways to build one:
 - :func:`reforward`: the whole batch again with the written tokens
   appended on the right, through a ``next_logits`` callable. This is the
   hook for a forward with an intervention still applied (a patched or
-  steered forward, e.g. ``lambda x: interventions.core.forward(mllm, x,
-  edits)[0]``): every row stays in the batch and every prompt position
-  keeps its index, so edits addressed to rows or prompt positions land
-  where they did on the prompt (an edit at position ``-1`` follows the
-  newest token). Image tensors are passed whole, which needs no
-  per-family slicing;
+  steered forward: :func:`mechmod.interventions.core.continuation`, which
+  also keeps every edit on the prompt's positions, so that an edit at
+  position ``-1`` stays on the answer position): every row stays in the
+  batch and every prompt position keeps its index, so edits addressed to
+  rows or prompt positions land where they did on the prompt. Image
+  tensors are passed whole, which needs no per-family slicing;
 - :func:`reencoded`: the undecided rows' prompts encoded again (no cache
   or batch kept, e.g. after :func:`mechmod.tracing.trace`), then as
   :func:`reforward`.
