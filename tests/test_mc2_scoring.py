@@ -16,6 +16,7 @@ from mechmod import report, scoring
 from mechmod.answers import RULE_TEXT, LabelSet
 from mechmod.data import load_cases, load_mc2
 from mechmod.errors import MechmodError
+from mechmod.interventions import cases as intervention_cases
 from mechmod.interventions.cases import Images, encode
 from mechmod.models import load_model
 from mechmod.phrase_answers import PHRASE_RULE_TEXT, PHRASE_TOKENS, PhraseSet, answer_set, first_word
@@ -157,3 +158,13 @@ def test_mc2_dataset_scored_end_to_end(qwen, tmp_path, monkeypatch):
 def test_the_run_report_states_both_answer_rules():
     page = unescape(report.page("run", {"model": "m", "n_cases": 0}).render())
     assert RULE_TEXT in page and PHRASE_RULE_TEXT in page
+
+
+def test_intervention_baseline_reads_phrases_the_same_way(qwen, tmp_path, monkeypatch):
+    src, coco = _fake(tmp_path, WORD_RECORDS)
+    out = load_mc2(src, tmp_path / "mc2", coco, progress=False, report=lambda line: None)
+    monkeypatch.setattr(intervention_cases, "reencoded", _fake_reencoded)
+    table = intervention_cases.baseline(qwen, out, load_cases(out), batch_size=2).table.set_index("case_id")
+    r0, r1 = (table.loc[f"mc2-evaluate_final_text_error1-{i:05d}"] for i in range(2))
+    assert (r0.y_v, r0.y_t, r0.y_m, r0.follow) == ("red", "a blue circle", "a blue circle", "text")
+    assert (r1.y_v, r1.y_t, r1.y_m, r1.follow) == ("green square", "yellow", "green square", "vision")

@@ -1,9 +1,10 @@
 """Conflict cases as intervention inputs: the clean (unpatched) answers of
 each case, and the standard source -> target prompt pairs.
 
-Answers follow the behavioural run (mechmod.runner): the top-1 token's
-label or 'other'; dHrel from the full-vocabulary entropies of the
-vision-only and text-only runs."""
+Answers follow the behavioural run (mechmod.scoring): the label of the
+word the model writes (mechmod.answers) or, for MC2's phrases, the answer
+the written phrase matches (mechmod.phrase_answers), else 'other'; dHrel
+from the full-vocabulary entropies of the vision-only and text-only runs."""
 
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mechmod.answers import LabelSet
 from mechmod.decoding import reencoded
 from mechmod.errors import MechmodError
 from mechmod.following import follow_outcome
 from mechmod.names import PATCH_DIRECTIONS
+from mechmod.phrase_answers import answer_set
 from mechmod.tracing import trace
 from mechmod.uncertainty import entropy, relative_uncertainty
 
@@ -87,7 +88,7 @@ def baseline(mllm, dataset_dir, cases: pd.DataFrame, batch_size: int = 8, backen
     cases = cases.reset_index(drop=True)
     parts, resid = [], None
     for cand, sub in cases.groupby(cases["candidates"].map(tuple), sort=False):
-        labels = LabelSet(mllm.tokenizer, list(cand))
+        labels = answer_set(mllm.tokenizer, list(cand))  # MC2's phrases: mechmod.phrase_answers
         vk = list(dict.fromkeys(zip(sub["image_path"], sub["question"])))
         tk = list(dict.fromkeys(zip(sub["description"], sub["question"])))
         v, _ = _logits(mllm, images, [p for p, _ in vk], [None] * len(vk), [q for _, q in vk], batch_size, backend)

@@ -21,6 +21,7 @@ from mechmod.following import balance_point, following_rates
 from mechmod.interventions import heads as H
 from mechmod.interventions.cases import DIRECTIONS, Images, baseline, batches, encode, standard_pairs
 from mechmod.interventions.core import forward
+from mechmod.phrase_answers import answer_set
 from mechmod.interventions.patching import (COMPONENTS, STUDY_GROUPS, PatchSpec, logit_diff, patch_layers,
                                             restoration, summarize_curve)
 from mechmod._io import jsonable
@@ -77,7 +78,7 @@ def run_patching(mllm, dataset_dir, cases: pd.DataFrame, config: PatchStudyConfi
     if not (cases["control"] == "none").any():
         raise MechmodError("run_patching: no conflict cases (control == 'none')")
     base = baseline(mllm, dataset_dir, cases, cfg.batch_size, cfg.backend).table
-    label_sets = {c: LabelSet(mllm.tokenizer, list(c)) for c in base["candidates"].map(tuple).unique()}
+    label_sets = {c: answer_set(mllm.tokenizer, list(c)) for c in base["candidates"].map(tuple).unique()}
     images = Images(dataset_dir)
     layer_rows, curves, unit_rows, pairs_n = [], [], [], {}
     for direction in cfg.directions:

@@ -36,6 +36,7 @@ from mechmod.interventions.core import Site, chunk_for, sweep
 from mechmod.interventions.patching import logit_diff
 from mechmod._io import jsonable
 from mechmod.names import STEER_POSITIONS
+from mechmod.phrase_answers import answer_set
 
 DEFAULT_ALPHAS = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
 
@@ -214,7 +215,7 @@ def run_steering(mllm, dataset_dir, cases: pd.DataFrame, config: SteerStudyConfi
         spec = SteerSpec(layer=layer, alphas=alphas, positions=cfg.positions)
         parts = []
         for cand, sub in test.groupby(test["candidates"].map(tuple), sort=False):
-            labels = LabelSet(mllm.tokenizer, list(cand))
+            labels = answer_set(mllm.tokenizer, list(cand))
             for b in batches(sub, cfg.batch_size):
                 enc = encode(mllm, images, b["image_path"], b["description"], b["question"])
                 at, av = list(b["answer_text"]), list(b["answer_vision"])
