@@ -1,5 +1,6 @@
-"""Shared by the parallel, fault and hostile-input tests: one tiny LLaVA and
-small colour datasets built once per test session, a `mechmod run`
+"""The session's builds (each built once, on first use): the tiny model of
+every family and small colour datasets, saved under one temporary directory
+(tests/conftest.py's fixtures read them); a `mechmod run` in process or as a
 subprocess, and the comparison of two results tables as sets of rows."""
 
 from __future__ import annotations
@@ -28,9 +29,18 @@ CLOSE = ["h_v", "h_t", "h_m", "dh_rel", "layer_logit_diff", "p_m"]
 
 @functools.lru_cache(maxsize=None)
 def tiny_model_dir() -> Path:
+    """The tiny LLaVA (tests/tiny_llava.py), saved once (read-only: copy it before damaging it)."""
     from tests.tiny_llava import build_tiny_llava
 
     return build_tiny_llava(_TMP / "tiny_llava")
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_family_dir(family: str) -> Path:
+    """The tiny model of ``family`` (tests/tiny_families.py), saved once (read-only)."""
+    from tests.tiny_families import build_tiny
+
+    return tiny_model_dir() if family == "llava" else build_tiny(family, _TMP / f"tiny_{family}")
 
 
 def color_dataset(groups: int = 1, dv: tuple[int, ...] = (0, 5), seed: int = 0) -> Path:
@@ -53,6 +63,8 @@ def copy_dataset(src: Path, dst: Path) -> Path:
 
 @functools.lru_cache(maxsize=None)
 def tiny_mllm():
+    """One tiny LLaVA instance for the run tests' in-process runs; never boot
+    the TransformerLens bridge on it (tests/conftest.py checks)."""
     from mechmod.models import load_model
 
     return load_model(str(tiny_model_dir()))

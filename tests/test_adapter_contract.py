@@ -29,7 +29,6 @@ from mechmod.errors import MechmodError
 from mechmod.models import families, load_model
 from mechmod.models.base import MLLM, Adapter
 from tests.tiny_families import build_tiny
-from tests.tiny_llava import build_tiny_llava
 
 SUBJECTS = tuple(sorted(families())) + ("stub",)
 MODULE_SITES = ("resid_in", "z", "attn", "attn_contrib", "mlp", "mlp_contrib", "resid")
@@ -99,9 +98,9 @@ STUB = Adapter(family="stub", model_types=("stub",), model_class="StubVLM", imag
                head_dim_attr="head_dim")
 
 
-def build_stub(out) -> MLLM:
+def build_stub(tiny_llava_dir) -> MLLM:
     """The stub with the tiny LLaVA's processor (28 px images: 4 image tokens), self-checked."""
-    processor = AutoProcessor.from_pretrained(build_tiny_llava(out))
+    processor = AutoProcessor.from_pretrained(tiny_llava_dir)
     tok = processor.tokenizer
     config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=512)
@@ -115,12 +114,11 @@ def build_stub(out) -> MLLM:
 
 # ---------------------------------------------------------------- helpers
 @pytest.fixture(scope="module", params=SUBJECTS)
-def subject(request, tmp_path_factory):
+def subject(request, tiny_dir):
     """(tiny model directory or None, the loaded and self-checked model)."""
-    out = tmp_path_factory.mktemp(request.param)
     if request.param == "stub":
-        return None, build_stub(out)
-    path = build_tiny(request.param, out)
+        return None, build_stub(tiny_dir("llava"))
+    path = tiny_dir(request.param)
     return path, load_model(str(path))
 
 

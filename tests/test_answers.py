@@ -18,7 +18,6 @@ from mechmod.decoding import extend_inputs, greedy, model_next_logits, over_cach
 from mechmod.errors import MechmodError
 from mechmod.prefix import cache_kwarg
 from mechmod.models import load_model
-from tests.tiny_families import build_tiny
 
 PIECES = ["<unk>", "</s>", "▁", "▁B", "▁Blue", "Blue", "lue", "lack", "oth", "▁Both", "▁C", "ube", "yl", "inder",
           "▁cyl", "yan", ".", "▁red", "RED", "▁R", "ed", "▁the", "▁gre", "en", "y", "▁pur", "ple", "▁bro", "wn", "\"",
@@ -176,8 +175,8 @@ def test_greedy_and_extend_inputs():
 
 
 @pytest.fixture(scope="module", params=("qwen2_vl", "gemma3"))
-def tiny(request, tmp_path_factory):
-    return load_model(str(build_tiny(request.param, tmp_path_factory.mktemp(request.param))))
+def tiny(request, tiny_dir):
+    return load_model(str(tiny_dir(request.param)))
 
 
 def test_cache_continuation_equals_a_full_reforward(tiny):

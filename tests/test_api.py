@@ -3,12 +3,17 @@
 import subprocess
 import sys
 
+import pytest
+
 import mechmod
 
 
-def test_every_export_resolves():
-    for name in mechmod.__all__:
-        assert getattr(mechmod, name) is not None, name
+def test_every_export_resolves_to_the_object_of_that_name():
+    for name in set(mechmod.__all__) - {"__version__"}:
+        obj = getattr(mechmod, name)
+        assert obj.__name__ == name and obj.__module__.startswith("mechmod."), (name, obj)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        mechmod.nope
 
 
 def test_import_does_not_pull_torch():

@@ -13,15 +13,8 @@ import torch
 from mechmod.backends import SITE_COMPONENTS, Site, eager_attention, run, self_check
 from mechmod.backends.sites import allowed_view, attention_implementation, native_mask
 from mechmod.errors import MechmodError
-from mechmod.models import load_model
 from mechmod.models.base import MLLM
 from mechmod.tracing import trace
-from tests.tiny_llava import build_tiny_llava
-
-
-@pytest.fixture(scope="module")
-def mllm(tmp_path_factory):
-    return load_model(str(build_tiny_llava(tmp_path_factory.mktemp("tiny"))))
 
 
 @pytest.fixture(scope="module")

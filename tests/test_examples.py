@@ -4,9 +4,12 @@ short enough to read: at most 60 lines each."""
 from __future__ import annotations
 
 import runpy
+from itertools import groupby
 
 import pytest
 
+from mechmod.data import generate_color, load_cases
+from mechmod.scoring import score
 from tests.run_helpers import ROOT, tiny_model_dir
 
 EXAMPLES = ROOT / "examples"
@@ -21,15 +24,24 @@ def test_short(path):
     assert len(path.read_text().splitlines()) <= 60
 
 
-def test_score_one_case():
+def test_score_one_case(mllm, tmp_path):
     out = _main("score_one_case")(["--model", str(tiny_model_dir())])
-    assert set(out["answers"]) == {"vision", "text", "multimodal"}
-    assert -2 <= out["dh_rel"] <= 2 and out["follow"] in ("text", "vision", "other")
+    y, h = out["answers"], out["entropy"]
+    assert set(y) == {"vision", "text", "multimodal"}
+    assert out["dh_rel"] == pytest.approx(2 * (h["text"] - h["vision"]) / (h["text"] + h["vision"]), abs=1e-6)
+    by_answer = {y["text"]: "text", y["vision"]: "vision"} if y["text"] != y["vision"] else {}
+    assert out["follow"] == by_answer.get(y["multimodal"], "other")
+    # the same case through mechmod.score (batched, prefix-cached) gives the same entropies
+    ds = generate_color(tmp_path / "ds", groups=1, dv=[6], dt=[0], controls=False, progress=False)
+    row = score(mllm, load_cases(ds).iloc[:1], ds).iloc[0]
+    assert [row.h_v, row.h_t, row.h_m] == pytest.approx([h["vision"], h["text"], h["multimodal"]], abs=1e-4)
 
 
 def test_trace_trajectory():
     out = _main("trace_trajectory")(["--model", str(tiny_model_dir())])
-    assert len(out["votes"]) == 3 and out["oscillations"] >= 0  # embeddings + 2 layers
+    assert len(out["votes"]) == 3 and set(out["votes"]) <= {"vision", "text", "other"}  # embeddings + 2 layers
+    runs = [vote for vote, _ in groupby(v for v in out["votes"] if v != "other")]
+    assert out["oscillations"] == max(len(runs) - 1, 0)
 
 
 def test_train_tuned_lens(tmp_path):

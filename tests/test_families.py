@@ -13,7 +13,7 @@ from mechmod.answers import LabelSet
 from mechmod.errors import MechmodError
 from mechmod.models import load_model
 from mechmod.tracing import trace
-from tests.tiny_families import COLORS, FAMILIES, build_tiny
+from tests.tiny_families import COLORS, FAMILIES
 
 TL_FAMILIES = {"llava_next", "qwen2_5_vl", "gemma3"}  # TransformerLens 4.3 bridges these; not Qwen2-VL
 DESCS = ["the circle is red .", "There is a blue square in this picture."]
@@ -39,9 +39,8 @@ def _encode(m, layout):
 
 
 @pytest.fixture(scope="session", params=FAMILIES)
-def mllm(request, tmp_path_factory):
-    path = build_tiny(request.param, tmp_path_factory.mktemp(request.param))
-    return load_model(str(path))  # runs the adapter self-check
+def mllm(request, tiny_dir):
+    return load_model(str(tiny_dir(request.param)))  # runs the adapter self-check
 
 
 @pytest.fixture(scope="session")
@@ -61,9 +60,9 @@ def test_loads_with_real_classes(mllm):
     proc = mllm.processor
     assert (type(proc).__name__, type(proc.image_processor).__name__, type(proc.tokenizer).__name__) == \
         CLASSES[mllm.family]
-    for path in (adapter.vision_path, adapter.projector_path, adapter.embed_path):
+    for path in (adapter.vision_path, adapter.projector_path):
         assert isinstance(adapter.module(mllm.model, path), torch.nn.Module)
-    assert mllm.embed is mllm.model.get_input_embeddings()
+    assert mllm.embed is adapter.module(mllm.model, adapter.embed_path) is mllm.model.get_input_embeddings()
     assert mllm.image_token_id == mllm.model.config.image_token_id
     assert mllm.tokenizer.padding_side == "left"
 

@@ -12,7 +12,6 @@ import tempfile
 import zlib
 from pathlib import Path
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -275,7 +274,8 @@ def _fuzz_once(change, verify) -> None:
             df = load_cases(d, verify_hashes=verify)
         except MechmodError:
             return
-        assert isinstance(df, pd.DataFrame) and df["case_id"].is_unique
+        assert df["case_id"].is_unique and len(df) == json.loads((d / MANIFEST).read_text())["n_cases"]
+        assert all((d / rel).resolve().is_relative_to(d.resolve()) for rel in df["image_path"])
         for rel in df["image_path"].unique():
             try:
                 open_image(d, rel)

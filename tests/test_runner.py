@@ -9,12 +9,11 @@ import pytest
 
 from mechmod import runner, scoring
 from mechmod.cli import main
-from mechmod.data import generate_color, load_cases
+from mechmod.data import load_cases
 from mechmod.errors import MechmodError
 from mechmod.lenses import LogitLens, Unembed
-from mechmod.models import load_model
 from mechmod.rundir import RunConfig, RunDir
-from tests.tiny_llava import build_tiny_llava
+from tests.run_helpers import color_dataset, copy_dataset
 
 RESULT_COLUMNS = ["case_id", "group_id", "dv", "dt", "control", "answer_vision", "answer_text", "y_v", "y_t", "y_m",
                   "h_v", "h_t", "h_m", "dh_rel", "follow", "layer_votes", "layer_logit_diff", "oscillations", "region"]
@@ -23,12 +22,8 @@ SUMMARY_KEYS = ["model", "n_cases", "tfr", "vfr", "tfr_both_correct", "balance_p
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runner")
-    model_dir = build_tiny_llava(root / "model")
-    ds = generate_color(root / "ds", groups=2, seed=0, dv=[0, 5], progress=False)
-    mllm = load_model(str(model_dir))
-    return root, model_dir, ds, mllm
+def setup(tiny_llava_dir, mllm):
+    return tiny_llava_dir, color_dataset(groups=2), mllm
 
 
 def config(ds, model_dir, **kw):
@@ -40,7 +35,7 @@ def run(mllm, ds, out, cfg, **kw):
 
 
 def test_run_writes_one_row_per_case_and_a_summary(setup, tmp_path):
-    root, model_dir, ds, mllm = setup
+    model_dir, ds, mllm = setup
     out = run(mllm, ds, tmp_path / "run", config(ds, model_dir, batch_size=4))
     res = pd.read_parquet(out / "results.parquet")
     cases = load_cases(ds)
@@ -65,7 +60,7 @@ def test_run_writes_one_row_per_case_and_a_summary(setup, tmp_path):
 
 
 def test_batch_size_does_not_change_results(setup, tmp_path):
-    root, model_dir, ds, mllm = setup
+    model_dir, ds, mllm = setup
     a = pd.read_parquet(run(mllm, ds, tmp_path / "a", config(ds, model_dir, batch_size=1)) / "results.parquet")
     b = pd.read_parquet(run(mllm, ds, tmp_path / "b", config(ds, model_dir, batch_size=7)) / "results.parquet")
     assert (a["y_m"] == b["y_m"]).all() and (a["layer_votes"].map(tuple) == b["layer_votes"].map(tuple)).all()
@@ -73,7 +68,7 @@ def test_batch_size_does_not_change_results(setup, tmp_path):
 
 
 def test_interrupted_run_resumes_without_duplicates_or_losses(setup, tmp_path, monkeypatch):
-    root, model_dir, ds, mllm = setup
+    model_dir, ds, mllm = setup
     cfg = config(ds, model_dir, batch_size=4)
     whole = pd.read_parquet(run(mllm, ds, tmp_path / "whole", cfg, chunk_size=8) / "results.parquet")
 
@@ -99,7 +94,7 @@ def test_interrupted_run_resumes_without_duplicates_or_losses(setup, tmp_path, m
 
 
 def test_a_different_run_in_the_same_directory_is_refused(setup, tmp_path):
-    root, model_dir, ds, mllm = setup
+    model_dir, ds, mllm = setup
     run(mllm, ds, tmp_path / "run", config(ds, model_dir))
     with pytest.raises(MechmodError, match="different run.*lens"):
         run(mllm, ds, tmp_path / "run", config(ds, model_dir, lens="tuned", lens_path="x"))
@@ -110,8 +105,8 @@ def test_a_different_run_in_the_same_directory_is_refused(setup, tmp_path):
 
 
 def test_a_bad_image_fails_its_cases_and_the_run_goes_on(setup, tmp_path):
-    root, model_dir, _, mllm = setup
-    ds = generate_color(tmp_path / "ds", groups=2, seed=1, dv=[0, 5], progress=False)
+    model_dir, shared, mllm = setup
+    ds = copy_dataset(shared, tmp_path / "ds")
     cases = load_cases(ds)
     bad = cases["image_path"].iloc[0]
     (ds / bad).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
@@ -126,7 +121,7 @@ def test_a_bad_image_fails_its_cases_and_the_run_goes_on(setup, tmp_path):
 
 
 def test_cli_run_generates_a_dataset_and_summarize_recomputes(setup, tmp_path, capsys):
-    root, model_dir, _, _ = setup
+    model_dir, _, _ = setup
     out = tmp_path / "run"
     assert main(["run", "--model", str(model_dir), "--groups", "1", "--seed", "3", "--out", str(out), "--quiet",
                  "--batch-size", "16"]) == 0

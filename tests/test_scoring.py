@@ -3,20 +3,19 @@ with bad cases recorded and the rest scored."""
 
 import numpy as np
 import pytest
+import torch
 
 from mechmod.answers import LabelSet
-from mechmod.data import generate_color, load_cases
+from mechmod.data import load_cases, open_image
 from mechmod.errors import MechmodError
-from mechmod.models import load_model
 from mechmod.scoring import score
-from tests.tiny_llava import build_tiny_llava
+from mechmod.tracing import trace
+from tests.run_helpers import color_dataset, copy_dataset
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("scoring")
-    mllm = load_model(str(build_tiny_llava(root / "model")))
-    ds = generate_color(root / "ds", groups=1, seed=2, dv=[0, 5], progress=False)
+def setup(mllm):
+    ds = color_dataset(groups=1)
     return mllm, ds, load_cases(ds)
 
 
@@ -34,13 +33,18 @@ def test_score_is_independent_of_batching_and_prefix_sharing(setup):
         a, b = np.stack(one[f"attn_{span}"]), np.stack(many[f"attn_{span}"])
         assert a.shape == (len(cases), mllm.n_layers)
         np.testing.assert_allclose(a, b, atol=1e-5, err_msg=span)
-    p = np.stack(one["p_v"])
-    assert p.shape == (len(cases), 6) and (p >= 0).all() and (p.sum(1) <= 1 + 1e-6).all()
+    case = cases.iloc[0]  # its vision-only input traced directly: the same probabilities and entropy
+    enc = mllm.encode([open_image(ds, case.image_path)], [None], [case.question])
+    logits = trace(mllm, enc, keep_resid=False).logits
+    direct = LabelSet(mllm.tokenizer, list(case.candidates)).label_probs(logits)[0]
+    np.testing.assert_allclose(one["p_v"].iloc[0], direct.numpy(), atol=1e-5)
+    logp = torch.log_softmax(logits[0].double(), -1)
+    assert one["h_v"].iloc[0] == pytest.approx(float(-(logp.exp() * logp).sum()), abs=1e-4)
 
 
 def test_a_bad_image_fails_only_its_cases(setup, tmp_path):
-    mllm, _, _ = setup
-    ds = generate_color(tmp_path / "ds", groups=1, seed=3, dv=[0, 5], progress=False)
+    mllm, shared, _ = setup
+    ds = copy_dataset(shared, tmp_path / "ds")
     cases = load_cases(ds)
     bad = cases["image_path"].iloc[0]
     (ds / bad).write_bytes(b"")
