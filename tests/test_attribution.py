@@ -11,8 +11,7 @@ from mechmod.answers import LabelSet
 from mechmod.errors import MechmodError
 from mechmod.interventions.attribution import attribute, frozen_scale
 from mechmod.models import load_model
-from tests.tiny_families import ALL_FAMILIES, COLORS, build_tiny
-from tests.tiny_llava import build_tiny_llava
+from tests.tiny_families import ALL_FAMILIES, COLORS
 
 Q = "What color is the circle ?"
 
@@ -28,9 +27,8 @@ def _close(parts, whole):
 
 
 @pytest.mark.parametrize("family", ALL_FAMILIES)
-def test_parts_add_up_on_every_family(family, tmp_path):
-    path = build_tiny_llava(tmp_path / "m") if family == "llava" else build_tiny(family, tmp_path / "m")
-    mllm = load_model(str(path))
+def test_parts_add_up_on_every_family(family, tiny_dir):
+    mllm = load_model(str(tiny_dir(family)))
     a = attribute(mllm, _encode(mllm), LabelSet(mllm.tokenizer, list(COLORS)), ["blue", "green"], ["red", "yellow"])
     parts = [a.embed[:, None], a.attn, a.mlp] + ([a.attn_bias] if a.attn_bias is not None else [])
     assert _close(torch.cat(parts, 1), a.total)
@@ -40,8 +38,7 @@ def test_parts_add_up_on_every_family(family, tmp_path):
     assert float(a.residual.abs().max()) < 1e-4
 
 
-def test_shares_by_hand_on_the_tiny_llava(tmp_path):
-    mllm = load_model(str(build_tiny_llava(tmp_path / "m")))
+def test_shares_by_hand_on_the_tiny_llava(mllm):
     enc = _encode(mllm)
     labels = LabelSet(mllm.tokenizer, list(COLORS))
     a = attribute(mllm, enc, labels, ["blue", "green"], ["red", "yellow"])

@@ -12,15 +12,8 @@ from mechmod.backends import eager_attention
 from mechmod.errors import MechmodError
 from mechmod.interventions.core import forward
 from mechmod.interventions.flow import Knockout, check_kernel, knockout_setter, windows
-from mechmod.models import load_model
-from tests.tiny_llava import build_tiny_llava
 
 Q = "What color is the circle ?"
-
-
-@pytest.fixture(scope="module")
-def mllm(tmp_path_factory):
-    return load_model(str(build_tiny_llava(tmp_path_factory.mktemp("tiny") / "model")))
 
 
 @pytest.fixture(scope="module")

@@ -10,15 +10,8 @@ from mechmod.errors import MechmodError
 from mechmod.interventions.core import forward
 from mechmod.interventions.head_scaling import HeadScale, default_head_sets, parse_head, scale_heads
 from mechmod.interventions.heads import Unit, knockout_units
-from mechmod.models import load_model
-from tests.tiny_llava import build_tiny_llava
 
 Q = "What color is the circle ?"
-
-
-@pytest.fixture(scope="module")
-def mllm(tmp_path_factory):
-    return load_model(str(build_tiny_llava(tmp_path_factory.mktemp("tiny") / "model")))
 
 
 @pytest.fixture(scope="module")

@@ -22,13 +22,12 @@ from mechmod.models import load_model
 from mechmod.phrase_answers import PHRASE_RULE_TEXT, PHRASE_TOKENS, PhraseSet, answer_set, first_word
 from mechmod.summary import summarize
 from tests.test_data_mc2 import _fake
-from tests.tiny_families import build_tiny
 
 
 @pytest.fixture(scope="module")
-def qwen(tmp_path_factory):
+def qwen(tiny_dir):
     """A byte-level BPE vocabulary: every phrase is writable."""
-    return load_model(str(build_tiny("qwen2_vl", tmp_path_factory.mktemp("qwen2_vl"))))
+    return load_model(str(tiny_dir("qwen2_vl")))
 
 
 def _scripted(tokenizer, texts):
