@@ -26,8 +26,9 @@ class RunSpec:
     """Model, data and output of a probe.
 
     ``run``: an existing run directory (``mechmod run --out RUN``) to read
-    instead of running the study; ``dataset``: a dataset directory (default:
-    generate a colour dataset of ``groups`` groups into OUT/dataset)."""
+    instead of running the study (its own ``include_embedding`` holds);
+    ``dataset``: a dataset directory (default: generate a colour dataset of
+    ``groups`` groups into OUT/dataset)."""
 
     model: str = "organism"
     dataset: Path | None = None
@@ -38,6 +39,7 @@ class RunSpec:
     device: str = "cpu"
     batch_size: int = 8
     lens_path: Path | None = None
+    include_embedding: bool = False  # count the embedding output (layer -1) in the votes of the run made here
 
 
 def _base_type(tp):
@@ -109,7 +111,8 @@ def ensure_run(cfg: RunSpec) -> Path:
     lens = TunedLens.load(cfg.lens_path, unembed) if cfg.lens_path else LogitLens(unembed)
     config = RunConfig(model=str(cfg.model), dataset=str(ds.resolve()), dataset_sha256=dataset_fingerprint(ds),
                        lens="tuned" if cfg.lens_path else "logit",
-                       lens_path=str(cfg.lens_path) if cfg.lens_path else None, batch_size=cfg.batch_size)
+                       lens_path=str(cfg.lens_path) if cfg.lens_path else None, batch_size=cfg.batch_size,
+                       include_embedding=cfg.include_embedding)
     return run_study(mllm, lens, ds, Path(cfg.out) / "run", config, progress=False)
 
 

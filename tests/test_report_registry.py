@@ -75,6 +75,9 @@ def real(run_study, tmp_path_factory):
         "compare": (compare_runs(runs, n_boot=50), None),
         "patch": (json.loads((DATA / "patch_summary.json").read_text()), None),
         "steer": (json.loads((DATA / "steer_summary.json").read_text()), None),
+        "attribution": (json.loads((DATA / "attribution_summary.json").read_text()), None),
+        "flow": (json.loads((DATA / "flow_summary.json").read_text()), None),
+        "scale_heads": (json.loads((DATA / "scale_heads_summary.json").read_text()), None),
     }
 
 

@@ -10,6 +10,7 @@ import pytest
 from mechmod import runner, scoring
 from mechmod.cli import main
 from mechmod.data import load_cases
+from mechmod.dynamics import count_oscillations_batch, counted_votes
 from mechmod.errors import MechmodError
 from mechmod.lenses import LogitLens, Unembed
 from mechmod.rundir import RunConfig, RunDir
@@ -42,8 +43,10 @@ def test_run_writes_one_row_per_case_and_a_summary(setup, tmp_path):
     assert sorted(res["case_id"]) == sorted(cases["case_id"])
     assert set(RESULT_COLUMNS) <= set(res.columns)
     assert (res["status"] == "ok").all()
-    assert res["layer_votes"].map(len).eq(mllm.n_layers + 1).all()
-    assert res["layer_logit_diff"].map(len).eq(mllm.n_layers + 1).all()
+    assert res["layer_votes"].map(len).eq(mllm.n_layers).all()  # decoder layers 0..L-1
+    assert res["layer_logit_diff"].map(len).eq(mllm.n_layers).all()
+    assert res["embedding_vote"].isin(["vision", "text", "other"]).all()  # layer -1
+    assert (res["oscillations"] == count_oscillations_batch(counted_votes(res["layer_votes"]))).all()
     assert set(res["follow"]) <= {"text", "vision", "other"}
     for span in ("image", "description", "question"):
         assert res[f"attn_{span}"].map(len).eq(mllm.n_layers).all()

@@ -30,6 +30,7 @@ def _dataset_options(f):
 
 
 def _common_options(f):
+    f = click.option("--quiet", is_flag=True, help="No progress bars (there are none when stderr is not a terminal).")(f)
     f = click.option("--threads", default=2, show_default=True, type=int, help="torch CPU threads.")(f)
     f = click.option("--trace-batch-size", default=16, show_default=True, type=click.IntRange(min=1),
                      help="Prompts per traced forward pass.")(f)
@@ -77,7 +78,7 @@ def _by_kind(tuned, data) -> dict:
 @_common_options
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Lens directory to write.")
 def train_cmd(model, dataset, groups, seed, steps, batch_size, optimizer, lr, heldout_fraction, split_seed,
-              device, dtype, trace_batch_size, threads, out) -> None:
+              device, dtype, trace_batch_size, threads, quiet, out) -> None:
     """Train a tuned lens on the model's vision-only, text-only and
     multimodal prompts; print and save (OUT/fidelity.json) the held-out
     per-layer KL of the logit lens and the tuned lens."""
@@ -92,7 +93,7 @@ def train_cmd(model, dataset, groups, seed, steps, batch_size, optimizer, lr, he
     cases = load_cases(ds)
     mllm = load_for_command(model, device, dtype, threads=threads)
     click.echo(f"model {mllm.name}: {mllm.n_layers} layers, d_model {mllm.d_model}; dataset {ds}: {len(cases)} cases")
-    data = collect_residuals(mllm, cases, ds, batch_size=trace_batch_size, progress=True)
+    data = collect_residuals(mllm, cases, ds, batch_size=trace_batch_size, progress=not quiet)
     train, held = data.split_by_group(heldout_fraction, seed=split_seed)
     click.echo(f"{len(data)} prompts: {len(train)} train / {len(held)} held out "
                f"({len(set(held.group_id))} of {len(set(data.group_id))} groups held out)")
@@ -114,7 +115,8 @@ def train_cmd(model, dataset, groups, seed, steps, batch_size, optimizer, lr, he
         "heldout_groups": sorted(set(held.group_id)),
     }
     result = train_tuned_lens(tuned, train.resid, train.logits, steps=steps, batch_size=batch_size,
-                              optimizer=optimizer, lr=lr, seed=split_seed, data_info=data_info, progress=True)
+                              optimizer=optimizer, lr=lr, seed=split_seed, data_info=data_info,
+                              progress=not quiet)
     fid = evaluate_lenses(tuned, held.resid, held.logits, split="heldout")
     fid_train = evaluate_lenses(tuned, train.resid, train.logits, split="train")
     tuned.save(out)
@@ -142,7 +144,8 @@ def train_cmd(model, dataset, groups, seed, steps, batch_size, optimizer, lr, he
               help="heldout: only the groups held out in training (when the dataset is the training one).")
 @_common_options
 @click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Also write the result JSON here.")
-def eval_cmd(lens_path, model, dataset, groups, seed, split, device, dtype, trace_batch_size, threads, json_out) -> None:
+def eval_cmd(lens_path, model, dataset, groups, seed, split, device, dtype, trace_batch_size, threads, quiet,
+             json_out) -> None:
     """Per-layer KL(final || lens) of the logit lens and a saved tuned lens on
     a dataset (default: the lens's training dataset, held-out groups)."""
     import numpy as np
@@ -185,7 +188,7 @@ def eval_cmd(lens_path, model, dataset, groups, seed, split, device, dtype, trac
             cases = cases[cases["group_id"].astype(str).isin(heldout)]
         mllm = load_for_command(model, device, dtype, threads=threads)
         tuned = TunedLens.load(lens_path, Unembed.from_model(mllm))
-        data = collect_residuals(mllm, cases, ds, batch_size=trace_batch_size, progress=True)
+        data = collect_residuals(mllm, cases, ds, batch_size=trace_batch_size, progress=not quiet)
         fid = evaluate_lenses(tuned, data.resid, data.logits, split=split)
         report = {"model": str(mllm.name), "lens_path": str(lens_path.resolve()), "dataset": str(Path(ds).resolve()),
                   split: fid.to_dict(), f"{split}_by_kind": _by_kind(tuned, data)}
@@ -194,4 +197,5 @@ def eval_cmd(lens_path, model, dataset, groups, seed, split, device, dtype, trac
     click.echo(f"{split} KL(final || lens), nats, over {fid.n_examples} prompts ({model}):")
     click.echo(fid.table())
     gain = np.asarray(fid.kl_logit) - np.asarray(fid.kl_tuned)
-    click.echo(f"tuned lens better than the logit lens at {int((gain[:-1] > 0).sum())} of {len(gain) - 1} layers")
+    click.echo(f"tuned lens better than the logit lens at {int((gain[:-1] > 0).sum())} of {len(gain) - 1} layers "
+               "(-1..L-2; the last decoder layer has no translator)")

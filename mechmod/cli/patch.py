@@ -35,6 +35,7 @@ def _shared(f):
                      help="torch CPU threads (1 is fastest for the organism on a busy machine)."),
         click.option("--trust-remote-code", is_flag=True, help="Allow the model repository's own code to run."),
         click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Output directory."),
+        click.option("--quiet", is_flag=True, help="No progress bar (there is none when stderr is not a terminal)."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -64,7 +65,7 @@ def _dataset(dataset_dir, groups, seed, dv, out: Path) -> Path:
 @click.option("--knockout", "knockouts", multiple=True, type=click.Choice(KNOCKOUT_MODES),
               help="Knock-out modes for heads and MLPs (default both).")
 def patch_cmd(model, dataset_dir, groups, seed, dv, backend, device, dtype, batch_size, max_rows, threads,
-              trust_remote_code, out, directions, positions, components, no_units, knockouts):
+              trust_remote_code, out, quiet, directions, positions, components, no_units, knockouts):
     """Activation patching: per layer, copy the residual stream (or attention
     / MLP output) at a position group from a source prompt into the conflict
     prompt; flip rate and logit-difference restoration per layer, first
@@ -82,7 +83,7 @@ def patch_cmd(model, dataset_dir, groups, seed, dv, backend, device, dtype, batc
                            knockouts=tuple(knockouts) or defaults.knockouts, batch_size=batch_size, max_rows=max_rows,
                            backend=backend)
     mllm = load_for_command(model, device, dtype, trust_remote_code, threads)
-    study = run_patching(mllm, ds, load_cases(ds), cfg)
+    study = run_patching(mllm, ds, load_cases(ds), cfg, progress=not quiet)
     summary = dict(study.summary, model=str(model), dataset=str(ds))
     report = write_study(out, "patch", summary, {"layers": study.layers, "units": study.units})
     for line in lines("patch", summary):
@@ -92,7 +93,8 @@ def patch_cmd(model, dataset_dir, groups, seed, dv, backend, device, dtype, batc
 
 @cli.command("steer")
 @_shared
-@click.option("--layer", "layers", multiple=True, type=int, help="Layers to steer at (repeatable; default all).")
+@click.option("--layer", "layers", multiple=True, type=int,
+              help="Decoder layers (0..L-1) whose output is steered (repeatable; default all).")
 @click.option("--alpha", "alphas", multiple=True, type=float, help="Steering strengths (repeatable; 0 is always added).")
 @click.option("--positions", type=click.Choice(STEER_POSITIONS), default="all", show_default=True,
               help="Add the direction at every attended position or only the last.")
@@ -102,7 +104,7 @@ def patch_cmd(model, dataset_dir, groups, seed, dv, backend, device, dtype, batc
               "which cancel the answer colours).")
 @click.option("--n-boot", default=200, show_default=True, type=click.IntRange(min=0), help="Bootstrap draws per balance point.")
 def steer_cmd(model, dataset_dir, groups, seed, dv, backend, device, dtype, batch_size, max_rows, threads,
-              trust_remote_code, out, layers, alphas, positions, train_fraction, pooled, n_boot):
+              trust_remote_code, out, quiet, layers, alphas, positions, train_fraction, pooled, n_boot):
     """Preference steering: direction = mean text-following minus mean
     vision-following answer-position residual at a layer (train groups);
     add alpha * direction while answering the held-out conflicts; TFR,
@@ -121,7 +123,7 @@ def steer_cmd(model, dataset_dir, groups, seed, dv, backend, device, dtype, batc
                            train_fraction=train_fraction, within_group=not pooled, seed=seed, batch_size=batch_size, max_rows=max_rows,
                            n_boot=n_boot, backend=backend)
     mllm = load_for_command(model, device, dtype, trust_remote_code, threads)
-    study = run_steering(mllm, ds, load_cases(ds), cfg)
+    study = run_steering(mllm, ds, load_cases(ds), cfg, progress=not quiet)
     summary = dict(study.summary, model=str(model), dataset=str(ds))
     with _io.atomic_path(out / "steer_directions.safetensors") as tmp:
         save_file({f"layer_{k}": v.contiguous().cpu() for k, v in study.directions.items()}, str(tmp))

@@ -64,11 +64,13 @@ class Attribution:
         B, L, H = self.heads.shape
         ids = np.asarray(case_ids, dtype=object)
         res = self.residual.numpy()
-        blocks = [(np.full(B, -1), "embed", np.full(B, -1), self.embed), (np.full(B, -1), "total", np.full(B, -1), self.total)]
+        none = np.full(B, -1)
+        blocks = [(none, "embed", none, self.embed), (none, "total", none, self.total)]
         for name, x in (("attn", self.attn), ("attn_bias", self.attn_bias), ("mlp", self.mlp)):
             if x is not None:
                 blocks.append((np.tile(np.arange(L), B), name, np.full(B * L, -1), x.reshape(-1)))
-        blocks.append((np.tile(np.repeat(np.arange(L), H), B), "head", np.tile(np.arange(H), B * L), self.heads.reshape(-1)))
+        blocks.append((np.tile(np.repeat(np.arange(L), H), B), "head", np.tile(np.arange(H), B * L),
+                       self.heads.reshape(-1)))
         frames = []
         for layer, comp, head, x in blocks:
             k = len(layer) // B

@@ -94,7 +94,7 @@ def knockout_setter(spans: dict[str, torch.Tensor]):
 
 
 def knockout_batch(mllm, encoded, labels: LabelSet, knockouts: Sequence[Knockout], answer_text, answer_vision,
-                   max_rows: int = 64, backend: str = "nnsight") -> tuple[torch.Tensor, list[list[str]], torch.Tensor, list[str]]:
+                   max_rows: int = 64, backend: str = "nnsight"):
     """(LD [n_knockouts, B], answers per knockout, clean LD [B], clean answers)
     of one encoded batch; an answer its first token does not decide is
     written on with the same knockout applied."""
@@ -150,12 +150,15 @@ def flow_table(rows: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.Data
     for (flow, start, end, region), sub in pooled.groupby(["flow", "window_start", "window_end", "region"], sort=False):
         flip = bootstrap_mean_ci(sub["flipped"].to_numpy(float), n_boot, seed)
         dld = bootstrap_mean_ci(sub["delta_logit_diff"].to_numpy(float), n_boot, seed)
-        lo = lambda s, i: None if s["ci"] is None else s["ci"][i]  # noqa: E731
         out.append({"flow": flow, "window_start": int(start), "window_end": int(end), "region": region,
-                    "n_cases": int(len(sub)), "flip_rate": flip["mean"], "flip_rate_lo": lo(flip, 0),
-                    "flip_rate_hi": lo(flip, 1), "delta_logit_diff": dld["mean"], "delta_logit_diff_lo": lo(dld, 0),
-                    "delta_logit_diff_hi": lo(dld, 1)})
+                    "n_cases": int(len(sub)), "flip_rate": flip["mean"], "flip_rate_lo": _bound(flip, 0),
+                    "flip_rate_hi": _bound(flip, 1), "delta_logit_diff": dld["mean"],
+                    "delta_logit_diff_lo": _bound(dld, 0), "delta_logit_diff_hi": _bound(dld, 1)})
     return pd.DataFrame(out, columns=FLOW_COLUMNS)
+
+
+def _bound(stat: dict, i: int) -> float | None:
+    return None if stat["ci"] is None else stat["ci"][i]
 
 
 def flow_summary(table: pd.DataFrame, clean: CleanCases, k: int) -> dict:

@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from mechmod.answers import LabelSet
 from mechmod.errors import MechmodError
@@ -72,7 +73,8 @@ def _pair_metric(labels: LabelSet, a_src: Sequence[str], a_tgt: Sequence[str]):
 def run_patching(mllm, dataset_dir, cases: pd.DataFrame, config: PatchStudyConfig = PatchStudyConfig(),
                  progress: bool = False) -> PatchStudy:
     """Run the study on ``cases`` (conflict cases and their image-irrelevant
-    controls; other rows are ignored)."""
+    controls; other rows are ignored). ``progress``: a bar of the pairs
+    patched on stderr (when it is a terminal)."""
     cfg = config
     cases = cases[cases["control"].isin(["none", "image_irrelevant"])]
     if not (cases["control"] == "none").any():
@@ -81,8 +83,9 @@ def run_patching(mllm, dataset_dir, cases: pd.DataFrame, config: PatchStudyConfi
     label_sets = {c: answer_set(mllm.tokenizer, list(c)) for c in base["candidates"].map(tuple).unique()}
     images = Images(dataset_dir)
     layer_rows, curves, unit_rows, pairs_n = [], [], [], {}
-    for direction in cfg.directions:
-        pairs = standard_pairs(base, direction)
+    all_pairs = {direction: standard_pairs(base, direction) for direction in cfg.directions}
+    bar = tqdm(total=sum(map(len, all_pairs.values())), desc="patch", unit="pair", disable=None if progress else True)
+    for direction, pairs in all_pairs.items():
         pairs_n[direction] = len(pairs)
         for cand, sub in pairs.groupby(pairs["candidates"].map(tuple), sort=False):
             labels = label_sets[cand]
@@ -105,6 +108,8 @@ def run_patching(mllm, dataset_dir, cases: pd.DataFrame, config: PatchStudyConfi
                     res, src_logits = H.patch_units(mllm, src, tgt, us, metric, max_rows=cfg.max_rows, backend=cfg.backend)
                     unit_rows.append(_unit_frame(f"patch {direction}", us, b, res,
                                                  logit_diff(src_logits, labels, a_src, a_tgt), tgt_ld))
+                bar.update(len(b))
+    bar.close()
     layers = pd.concat(layer_rows, ignore_index=True) if layer_rows else pd.DataFrame(columns=_LAYER_COLUMNS)
     for (d, c, g), sub in layers.groupby(["direction", "component", "positions"], sort=False):
         wide_f = sub.pivot(index="case_id", columns="layer", values="flipped")

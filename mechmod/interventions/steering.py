@@ -27,6 +27,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from mechmod.answers import OTHER, LabelSet
 from mechmod.errors import MechmodError
@@ -190,9 +191,11 @@ class SteerStudy:
     summary: dict
 
 
-def run_steering(mllm, dataset_dir, cases: pd.DataFrame, config: SteerStudyConfig = SteerStudyConfig()) -> SteerStudy:
+def run_steering(mllm, dataset_dir, cases: pd.DataFrame, config: SteerStudyConfig = SteerStudyConfig(),
+                 progress: bool = False) -> SteerStudy:
     """Direction per layer on the train groups, alpha sweep on the held-out
-    groups (conflict cases only)."""
+    groups (conflict cases only). ``progress``: a bar of the (layer,
+    held-out case) sweeps on stderr (when it is a terminal)."""
     cfg = config
     alphas = tuple(sorted(set(float(a) for a in cfg.alphas) | {0.0}))
     conf = cases[cases["control"] == "none"].reset_index(drop=True)
@@ -211,6 +214,7 @@ def run_steering(mllm, dataset_dir, cases: pd.DataFrame, config: SteerStudyConfi
     test = table[~train].reset_index(drop=True)
     images = Images(dataset_dir)
     frames, summaries = [], {}
+    bar = tqdm(total=len(layers) * len(test), desc="steer", unit="case", disable=None if progress else True)
     for layer in layers:
         spec = SteerSpec(layer=layer, alphas=alphas, positions=cfg.positions)
         parts = []
@@ -229,12 +233,14 @@ def run_steering(mllm, dataset_dir, cases: pd.DataFrame, config: SteerStudyConfi
                     f["follow"] = follow_outcome(y_m, b["y_v"], b["y_t"])
                     f["ld_text_vision"] = res[:, 0].numpy()
                     parts.append(f)
+                bar.update(len(b))
         rows = pd.concat(parts, ignore_index=True)
         frames.append(rows)
         wide = rows.pivot(index="case_id", columns="alpha", values="follow")[list(alphas)]
         dh = rows.drop_duplicates("case_id").set_index("case_id").loc[wide.index, "dh_rel"].to_numpy(float)
         summaries[layer] = steering_summary(alphas, dh, wide.to_numpy(object).T, n_boot=cfg.n_boot, seed=cfg.seed)
         summaries[layer]["direction_norm"] = float(directions[layer].norm())
+    bar.close()
     train_follow = following_rates(table["follow"][train])
     summary = jsonable({"config": asdict(cfg), "alphas": list(alphas), "n_train": int(train.sum()),
                               "n_heldout": int((~train).sum()), "train_following": train_follow,

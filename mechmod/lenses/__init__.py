@@ -2,9 +2,12 @@
 
 ``Unembed`` is the model's frozen final norm + ``lm_head`` (float32);
 ``LogitLens`` and ``TunedLens`` share ``forward(h, layer) -> logits`` and
-``forward_all(resid [B, L+1, d]) -> [B, L+1, V]``. Residual index 0 is the
-embedding output, ``n_layers`` the last decoder layer's output, all before the
-final norm (as in :class:`mechmod.tracing.ResidualTrace`).
+``forward_all(resid [B, L+1, d]) -> [B, L+1, V]``. Both take residual
+indices, the tensor layout of :class:`mechmod.tracing.ResidualTrace`: index 0
+is the embedding output, ``n_layers`` the last decoder layer's output, all
+before the final norm. Residual index ``i`` is layer ``i - 1`` of the layer
+index every table and figure uses (-1 the embedding output, 0..L-1 the
+decoder layers); the fidelity tables (:class:`LensFidelity`) use the layer.
 
 Modules: :mod:`.unembed`, :mod:`.logit_lens`, :mod:`.tuned_lens` (the lenses),
 :mod:`.residuals` (a model's residuals on a dataset, held-out splits),

@@ -76,8 +76,9 @@ class LensFidelity:
     """Per-layer held-out fidelity of the logit lens and the tuned lens.
 
     Attributes:
-        kl_logit: ``[L+1]`` mean KL(final || logit lens at layer l), nats.
-        kl_tuned: ``[L+1]`` mean KL(final || tuned lens at layer l), nats.
+        kl_logit: ``[L+1]`` mean KL(final || logit lens) per residual index
+            (entry ``i`` is layer ``i - 1``: -1 the embedding output), nats.
+        kl_tuned: ``[L+1]`` the same for the tuned lens.
         n_examples: number of prompts the means are over.
         split: which examples (e.g. ``heldout``).
     """
@@ -98,17 +99,17 @@ class LensFidelity:
         return {
             "split": self.split,
             "n_examples": int(self.n_examples),
-            "layers": list(range(len(self.kl_logit))),
+            "layers": list(range(-1, len(self.kl_logit) - 1)),
             "kl_logit": [float(x) for x in self.kl_logit],
             "kl_tuned": [float(x) for x in self.kl_tuned],
-            "units": "nats, mean KL(final || lens) per residual index (0 = embeddings)",
+            "units": "nats, mean KL(final || lens) per layer (-1 = the embedding output, 0..L-1 = decoder layers)",
         }
 
     def table(self) -> str:
-        """Plain-text per-layer table."""
+        """Plain-text per-layer table (layer -1: the embedding output)."""
         lines = [f"{'layer':>5}  {'logit lens KL':>13}  {'tuned lens KL':>13}"]
         for i, (a, b) in enumerate(zip(self.kl_logit, self.kl_tuned)):
-            lines.append(f"{i:>5}  {a:>13.4f}  {b:>13.4f}")
+            lines.append(f"{i - 1:>5}  {a:>13.4f}  {b:>13.4f}")
         return "\n".join(lines)
 
 

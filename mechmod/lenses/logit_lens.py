@@ -1,10 +1,11 @@
 """The lens interface and the logit lens.
 
 A lens decodes the residual stream of one layer into next-token logits:
-``lens(h, layer) -> logits``. Layer indices follow
-``ResidualTrace.resid``: 0 is the embedding output, ``i`` (1..n_layers) the
-output of decoder layer ``i - 1``; all states are taken *before* the final
-norm, which the shared :class:`~mechmod.lenses.Unembed` applies.
+``lens(h, layer) -> logits``. ``layer`` here is the residual index of
+``ResidualTrace.resid``: 0 is the embedding output (layer -1 in every table),
+``i`` (1..n_layers) the output of decoder layer ``i - 1``; all states are
+taken *before* the final norm, which the shared
+:class:`~mechmod.lenses.Unembed` applies.
 """
 
 from __future__ import annotations

@@ -164,7 +164,7 @@ def collect_residuals(
     order = []
     bar = None
     if progress:
-        bar = tqdm(total=len(table), desc="residuals", unit="prompt")
+        bar = tqdm(total=len(table), desc="residuals", unit="prompt", disable=None)  # None: off unless a terminal
     for chunk in batches:
         kind = chunk["kind"].iloc[0]
         n = len(chunk)

@@ -191,7 +191,7 @@ def _fit(lens: TunedLens, batches: Iterator, scale: torch.Tensor, bias_hat: torc
     L = lens.n_layers
     params = [lens.weight, bias_hat]
     losses: list[float] = []
-    bar = tqdm(total=steps, desc="tuned lens", unit="step") if progress else None
+    bar = tqdm(total=steps, desc="tuned lens", unit="step", disable=None) if progress else None  # off unless a terminal
     lens.train()
     for _ in range(steps):
         try:

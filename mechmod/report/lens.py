@@ -30,10 +30,11 @@ def fidelity_by_layer(summary: Mapping[str, Any]) -> go.Figure:
     held = summary["heldout"]
     if not held.get("kl_logit"):
         raise LeftOut("the held-out fidelity has no per-layer KL")
-    layers = list(range(len(held["kl_logit"])))
+    layers = list(range(-1, len(held["kl_logit"]) - 1))  # entry i is layer i - 1
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=layers, y=np.asarray(held["kl_logit"], float), mode="lines+markers", name="logit lens",
                              line=dict(color=OTHER_COLOR)))
     fig.add_trace(go.Scatter(x=layers, y=np.asarray(held["kl_tuned"], float), mode="lines+markers", name="tuned lens",
                              line=dict(color="#2ca02c")))
-    return layout(fig, "Lens fidelity: KL(final || lens) per layer", "residual index (0 = embeddings)", "mean KL (nats)")
+    return layout(fig, "Lens fidelity: KL(final || lens) per layer", "layer (-1 = embedding output, 0..L-1 = decoder layers)",
+                  "mean KL (nats)")
