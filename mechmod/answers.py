@@ -207,6 +207,17 @@ class LabelSet:
         i = self._state(text, final=True)
         return self.labels[i] if i >= 0 else OTHER
 
+    def label_of_tokens(self, ids: Sequence[int], final: bool) -> str | None:
+        """The label (or 'other') that written token ``ids`` give; None while
+        not ``final`` and their first word may still become a label. A
+        special token (end of turn) ends the answer."""
+        ids = [int(t) for t in ids]
+        cut = next((i for i, t in enumerate(ids) if t in self._special), None)
+        if cut is not None:
+            ids, final = ids[:cut], True
+        i = self._state(self.tokenizer.decode(ids), final)
+        return None if i is None else self.labels[i] if i >= 0 else OTHER
+
     # ------------------------------------------------------ tokens and logits
     def token_ids(self, label: str) -> list[int]:
         """Every token id that counts as ``label`` (may be empty: ``unowned``)."""

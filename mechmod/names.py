@@ -17,8 +17,11 @@ ATTENTION_SPANS = ("image", "description", "question")
 POSITION_GROUPS = SPANS + ("all",)
 
 #: unimodal uncertainty measures dHrel is computed from, in the order of
-#: mechmod.uncertainty.UNCERTAINTY_MEASURES (entropy, label entropy, 1 - margin)
-UNCERTAINTY_MEASURES = ("entropy", "label_entropy", "margin")
+#: mechmod.uncertainty.UNCERTAINTY_MEASURES (entropy, label entropy, 1 - margin,
+#: 1 - max probability, Renyi-2 entropy)
+UNCERTAINTY_MEASURES = ("entropy", "label_entropy", "margin", "max_prob", "renyi2")
+#: the opt-in index from k sampled answers per prompt (mechmod.uncertainty.sampled_entropy)
+SAMPLED_MEASURE = "sampled_entropy"
 
 #: read and edit sites within a decoder layer, in forward order (mechmod.backends.sites.Site)
 SITE_COMPONENTS = ("resid_in", "mask", "scores", "z", "pattern", "attn", "attn_contrib", "mlp", "mlp_contrib",

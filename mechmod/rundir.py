@@ -62,17 +62,19 @@ class RunConfig:
     radius: float = 0.5
     share_prefix: bool = True
     attention: bool = True
-    include_embedding: bool = False  # count the embedding output (layer -1) in the layer dynamics
     dtype: str | None = None
     dataset_args: dict | None = None
     device: str | None = None
     n_cases: int | None = None
+    samples: int = 0  # sampled answers per unimodal prompt (0: no sampled-answer entropy)
+    sample_seed: int = 0
 
     def identity(self) -> dict[str, Any]:
         """The fields that must match for a resume (batch size and prefix
-        sharing change speed, not results; the device is a notice)."""
+        sharing change speed, not results; the device is a notice; a run
+        without sampled answers matches run.json files older than them)."""
         d = asdict(self)
-        for k in ("batch_size", "share_prefix", "device", "n_cases"):
+        for k in ("batch_size", "share_prefix", "device", "n_cases") + (("samples", "sample_seed") if not self.samples else ()):
             d.pop(k)
         return d
 

@@ -32,15 +32,15 @@ import torch
 from mechmod.answers import LabelSet
 from mechmod.data import open_image
 from mechmod.decoding import Continuation, reencoded
-from mechmod.dynamics import NO_LAYER, commit_layer, count_oscillations_batch, counted, first_counted_layer, \
-    last_sign_change, layer_votes
+from mechmod.dynamics import commit_layer, count_oscillations_batch, last_sign_change, layer_votes
 from mechmod.errors import MechmodError
 from mechmod.following import follow_outcome
 from mechmod.lenses import LogitLens, TunedLens, Unembed
 from mechmod.phrase_answers import PhraseSet, answer_set
 from mechmod.prefix import trace_shared
 from mechmod.tracing import SPANS, span_mass, trace
-from mechmod.uncertainty import UNCERTAINTY_MEASURES, entropy, label_entropy, relative_uncertainty
+from mechmod.uncertainty import (LOGIT_MEASURES, UNCERTAINTY_MEASURES, prompt_generator, relative_uncertainty,
+                                  sample_labels, sampled_entropy)
 
 #: kind of a case whose model outputs are not finite (the 'error' prefix)
 NONFINITE = "nonfinite"
@@ -49,35 +49,33 @@ NONFINITE = "nonfinite"
 @dataclass(frozen=True)
 class ScoreOptions:
     """How cases are scored: batch size and prefix sharing change speed, the
-    backend, uncertainty measure and attention columns change the rows;
-    ``include_embedding`` counts the embedding output (layer -1) in the
-    oscillations, commit layer and last sign change."""
+    backend, uncertainty measure and attention columns change the rows.
+    ``samples`` > 0 adds the sampled-answer entropy (hs_v, hs_t: that many
+    answers per unimodal prompt, drawn from generators seeded by ``seed``)."""
 
     batch_size: int = 8
     backend: str = "nnsight"
     uncertainty: str = "entropy"
     share_prefix: bool = True
     attention: bool = True
-    include_embedding: bool = False
+    samples: int = 0
+    seed: int = 0
 
 
 def score(mllm, cases: pd.DataFrame, dataset_dir: str | Path, batch_size: int = 8, backend: str = "nnsight",
-          uncertainty: str = "entropy", lens=None, share_prefix: bool = True,
-          include_embedding: bool = False) -> pd.DataFrame:
+          uncertainty: str = "entropy", lens=None, share_prefix: bool = True) -> pd.DataFrame:
     """One row per case: y_v, y_t, y_m (answer labels or 'other'), h_v, h_t,
     h_m (full-vocabulary entropy, nats, float32), hl_* (label-set entropy),
+    hmax_* (1 - max probability), hr2_* (Renyi-2 entropy), hs_v, hs_t
+    (sampled-answer entropy, only with ``ScoreOptions.samples``),
     p_v, p_t, p_m (per-label probabilities in ``candidates`` order),
     dh_rel, follow, per-layer votes and logit differences under ``lens``
-    (default: the logit lens; decoder layers 0..L-1 in the lists, the
-    embedding output's in ``embedding_vote`` / ``embedding_logit_diff``),
-    oscillations, commit layer and last sign change over the decoder layers
-    (and the embedding output with ``include_embedding``), status and error. A case that cannot be
+    (default: the logit lens), status and error. A case that cannot be
     scored (e.g. its image does not decode) gets status 'failed' and its
     reason; the others are scored. Padding and batch size do not change
     the numbers beyond float32 rounding."""
     lens = lens or LogitLens(Unembed.from_model(mllm))
-    options = ScoreOptions(batch_size=batch_size, backend=backend, uncertainty=uncertainty, share_prefix=share_prefix,
-                           include_embedding=include_embedding)
+    options = ScoreOptions(batch_size=batch_size, backend=backend, uncertainty=uncertainty, share_prefix=share_prefix)
     ordered = cases.sort_values(["image_id", "case_id"], kind="stable")
     rows = score_cases(mllm, lens, ordered, Path(dataset_dir), options)
     return rows.set_index("case_id").loc[list(cases["case_id"])].reset_index()
@@ -186,8 +184,7 @@ class _Readout:
     """Answer-level readout of final logits over a label set."""
 
     pred: list[str]
-    h: np.ndarray  # full-vocabulary entropy
-    h_label: np.ndarray
+    u: dict[str, np.ndarray]  # every measure of UNCERTAINTY_MEASURES, [N] each
     probs: np.ndarray  # [N, n_labels]
 
 
@@ -197,10 +194,18 @@ def _readout(logits: torch.Tensor, labels: LabelSet, continuation: Continuation)
     probs = labels.label_probs(logits).numpy()
     return _Readout(
         pred=labels.predict(logits, continuation),
-        h=entropy(logits).numpy(),
-        h_label=np.asarray(label_entropy(probs)),
+        u={name: np.asarray(f(logits).numpy() if name in LOGIT_MEASURES else f(probs))
+           for name, f in UNCERTAINTY_MEASURES.items()},
         probs=probs,
     )
+
+
+def _sampled(logits: torch.Tensor, labels: LabelSet, continuation: Continuation, keys: list[str],
+             options: ScoreOptions) -> np.ndarray:
+    """Sampled-answer entropy of each prompt (``keys`` identify the prompts
+    and seed their generators)."""
+    gens = [prompt_generator(options.seed, key) for key in keys]
+    return sampled_entropy(sample_labels(logits, continuation, labels, options.samples, gens), labels.labels)
 
 
 def _label_logit(lens_logits: torch.Tensor, labels: LabelSet, answers: list[str]) -> torch.Tensor:
@@ -238,29 +243,27 @@ def _score_group(mllm, lens, sub: pd.DataFrame, images, labels: LabelSet, option
                                - _label_logit(ll, labels, ans_v[s : s + bs])).float().cpu())
         top_ids, diff = torch.cat(top_ids), torch.cat(diff_parts).numpy()
     v_images, m_images = [images[p] for p, _ in vis_keys], [images[p] for p in sub["image_path"]]
-    v = _readout(v_logits, labels, reencoded(mllm, v_images, [None] * len(vis_keys), [q for _, q in vis_keys], bs))
-    t = _readout(t_logits, labels, reencoded(mllm, [None] * len(txt_keys), [d for d, _ in txt_keys],
-                                             [q for _, q in txt_keys], bs))
+    v_cont = reencoded(mllm, v_images, [None] * len(vis_keys), [q for _, q in vis_keys], bs)
+    t_cont = reencoded(mllm, [None] * len(txt_keys), [d for d, _ in txt_keys], [q for _, q in txt_keys], bs)
+    v, t = _readout(v_logits, labels, v_cont), _readout(t_logits, labels, t_cont)
     m = _readout(m_logits, labels, reencoded(mllm, m_images, list(sub["description"]), list(sub["question"]), bs))
     v_idx = {k: i for i, k in enumerate(vis_keys)}
     t_idx = {k: i for i, k in enumerate(txt_keys)}
     vi = np.array([v_idx[k] for k in zip(sub["image_path"], sub["question"])])
     ti = np.array([t_idx[k] for k in zip(sub["description"], sub["question"])])
 
-    measure = UNCERTAINTY_MEASURES[options.uncertainty]
-    if options.uncertainty == "entropy":
-        u_v, u_t = v.h[vi], t.h[ti]
-    else:
-        u_v, u_t = np.asarray(measure(v.probs[vi])), np.asarray(measure(t.probs[ti]))
-    dh, degenerate = relative_uncertainty(u_t, u_v)
+    dh, degenerate = relative_uncertainty(t.u[options.uncertainty][ti], v.u[options.uncertainty][vi])
+    sampled = {}
+    if options.samples > 0:
+        hs_v = _sampled(v_logits, labels, v_cont, [f"vision\0{p}\0{q}" for p, q in vis_keys], options)
+        hs_t = _sampled(t_logits, labels, t_cont, [f"text\0{d}\0{q}" for d, q in txt_keys], options)
+        sampled = {"hs_v": hs_v[vi], "hs_t": hs_t[ti]}
     dh, degenerate = np.asarray(dh, dtype=float), np.asarray(degenerate, dtype=bool)
 
-    top1_labels = labels.labels_of(top_ids)  # [B, L+1] of label strings or 'other', the embedding output first
+    top1_labels = labels.labels_of(top_ids)  # [B, L+1] of label strings or 'other'
     votes = layer_votes(np.asarray(top1_labels, dtype=object), np.asarray(ans_v, dtype=object), np.asarray(ans_t, dtype=object))
-    emb, first = options.include_embedding, first_counted_layer(options.include_embedding)
-    osc = count_oscillations_batch(counted(votes, emb))
-    commit = commit_layer(counted((top_ids == m_logits.argmax(-1)[:, None]).numpy(), emb), first)
-    counted_diff = counted(diff, emb)
+    osc = count_oscillations_batch(votes)
+    commit = commit_layer((top_ids == m_logits.argmax(-1)[:, None]).numpy())
 
     y_v = [v.pred[i] for i in vi]
     y_t = [t.pred[i] for i in ti]
@@ -271,18 +274,18 @@ def _score_group(mllm, lens, sub: pd.DataFrame, images, labels: LabelSet, option
             dict(
                 _base(rec),
                 y_v=y_v[j], y_t=y_t[j], y_m=m.pred[j],
-                h_v=float(v.h[vi[j]]), h_t=float(t.h[ti[j]]), h_m=float(m.h[j]),
-                hl_v=float(v.h_label[vi[j]]), hl_t=float(t.h_label[ti[j]]), hl_m=float(m.h_label[j]),
+                **{f"{col}_{x}": float(r.u[name][i]) for name, col in _COLUMN_OF.items()
+                   for x, r, i in (("v", v, vi[j]), ("t", t, ti[j]), ("m", m, j))},
+                **{col: float(values[j]) for col, values in sampled.items()},
                 p_v=v.probs[vi[j]].tolist(), p_t=t.probs[ti[j]].tolist(), p_m=m.probs[j].tolist(),
                 dh_rel=float(dh[j]), dh_rel_degenerate=bool(degenerate[j]),
                 follow=str(follow[j]),
-                layer_votes=[str(x) for x in votes[j, 1:]],
-                layer_logit_diff=[float(x) for x in diff[j, 1:]],
-                embedding_vote=str(votes[j, 0]), embedding_logit_diff=float(diff[j, 0]),
+                layer_votes=[str(x) for x in votes[j]],
+                layer_logit_diff=[float(x) for x in diff[j]],
                 oscillations=int(osc[j]),
                 commit_layer=int(commit[j]),
                 **_attention_columns(m_mass, j),
-                last_sign_change=_or_no_layer(last_sign_change(counted_diff[j], first)),
+                last_sign_change=_or_minus_one(last_sign_change(diff[j])),
                 status="ok", error="",
             )
         )
@@ -298,10 +301,12 @@ def _attention_columns(mass, j: int) -> dict[str, list[float]]:
     return {f"attn_{name}": [float(x) for x in mass[j, :, k]] for k, name in enumerate(SPANS)}
 
 
-def _or_no_layer(x: int | None) -> int:
-    return NO_LAYER if x is None else int(x)
+def _or_minus_one(x: int | None) -> int:
+    return -1 if x is None else int(x)
 
 
+#: measure -> prefix of its results columns (_v, _t, _m); 1 - margin is read from p_v / p_t
+_COLUMN_OF = {"entropy": "h", "label_entropy": "hl", "max_prob": "hmax", "renyi2": "hr2"}
 _BASE_COLUMNS = ("case_id", "group_id", "task", "dv", "dt", "control", "image_id", "answer_vision", "answer_text")
 
 
@@ -329,15 +334,14 @@ def failed_row(rec, kind: str, reason: str) -> dict[str, Any]:
     answers, NaN numbers, status 'failed', error ``kind: reason``."""
     nan = float("nan")
     return dict(
-        _base(rec), y_v="", y_t="", y_m="", h_v=nan, h_t=nan, h_m=nan, hl_v=nan, hl_t=nan, hl_m=nan,
+        _base(rec), y_v="", y_t="", y_m="", **{f"{col}_{x}": nan for col in _COLUMN_OF.values() for x in "vtm"},
         p_v=[], p_t=[], p_m=[], dh_rel=nan, dh_rel_degenerate=False, follow="failed",
-        layer_votes=[], layer_logit_diff=[], embedding_vote="", embedding_logit_diff=nan, oscillations=-1,
-        commit_layer=NO_LAYER, last_sign_change=NO_LAYER,
+        layer_votes=[], layer_logit_diff=[], oscillations=-1, commit_layer=-1, last_sign_change=-1,
         **_attention_columns(None, 0), status="failed", error=f"{kind}: {reason}",
     )
 
 
-_SCALARS = ("h_v", "h_t", "h_m", "hl_v", "hl_t", "hl_m", "dh_rel", "embedding_logit_diff")
+_SCALARS = (*(f"{col}_{x}" for col in _COLUMN_OF.values() for x in "vtm"), "hs_v", "hs_t", "dh_rel")
 _VECTORS = ("p_v", "p_t", "p_m", "layer_logit_diff")
 
 
@@ -373,7 +377,7 @@ def flag_nonfinite(rows: pd.DataFrame, tuned_lens: bool = False) -> pd.DataFrame
         if bad:
             changed = True
             why = ("(the tuned lens reads NaN/inf: its file is broken); retrain it with `mechmod lens train`"
-                   if tuned_lens and set(bad) <= {"layer_logit_diff", "embedding_logit_diff"} else
+                   if tuned_lens and bad == ["layer_logit_diff"] else
                    "(NaN/inf logits, e.g. a float16 overflow); re-run with --dtype float32 or bfloat16")
             row = failed_row(SimpleNamespace(**row), NONFINITE, f"non-finite values in {', '.join(bad)} {why}")
         out.append(row)

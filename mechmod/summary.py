@@ -18,8 +18,7 @@ import numpy as np
 import pandas as pd
 
 from mechmod import _io
-from mechmod.dynamics import (NO_LAYER, counted_votes, first_counted_layer, logit_diff_by_dh, oscillation_summary,
-                              pick_case_study, switch_rate_summary)
+from mechmod.dynamics import logit_diff_by_dh, oscillation_summary, pick_case_study
 from mechmod.errors import MechmodError
 from mechmod.following import (
     balance_point,
@@ -30,6 +29,7 @@ from mechmod.following import (
     monotonicity_test,
     region,
 )
+from mechmod.names import SAMPLED_MEASURE
 from mechmod.rundir import RunDir
 from mechmod.stats import bootstrap_mean_ci
 from mechmod.uncertainty import UNCERTAINTY_MEASURES, relative_uncertainty
@@ -40,9 +40,10 @@ COLUMNS: dict[str, str] = {
     "answer_vision": "str", "answer_text": "str", "y_v": "str", "y_t": "str", "y_m": "str", "follow": "str",
     "status": "str", "error": "str", "dv": "int", "dt": "int", "oscillations": "int", "commit_layer": "int",
     "h_v": "float", "h_t": "float", "h_m": "float", "hl_v": "float", "hl_t": "float", "hl_m": "float",
+    "hmax_v": "float", "hmax_t": "float", "hmax_m": "float", "hr2_v": "float", "hr2_t": "float", "hr2_m": "float",
+    "hs_v": "float", "hs_t": "float",
     "dh_rel": "float", "p_v": "floats", "p_t": "floats", "p_m": "floats", "layer_logit_diff": "floats",
     "attn_image": "floats", "attn_description": "floats", "attn_question": "floats",
-    "layer_votes": "strs", "embedding_vote": "str", "embedding_logit_diff": "float", "last_sign_change": "int",
 }
 #: without these nothing is summarized (the following curve)
 REQUIRED = ("case_id", "control", "dh_rel", "follow")
@@ -58,14 +59,9 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "logit_diff_heatmap": ("layer_logit_diff",),
     "case_study": ("layer_logit_diff", "image_id", "dv", "dt", "answer_vision", "answer_text"),
     "commit_layer": ("commit_layer",),
-    "switch_rates": ("oscillations", "layer_votes"),
 }
-#: what a statistic of the layer dynamics needs besides NEEDS when the run counts the embedding output
-NEEDS_EMBEDDING: dict[str, tuple[str, ...]] = {"switch_rates": ("embedding_vote",),
-                                               "logit_diff_heatmap": ("embedding_logit_diff",),
-                                               "case_study": ("embedding_logit_diff",)}
 #: list columns read as one matrix (equal lengths over the scored cases)
-_MATRICES = ("layer_logit_diff", "attn_image", "attn_description", "attn_question", "layer_votes")
+_MATRICES = ("layer_logit_diff", "attn_image", "attn_description", "attn_question")
 N_BOOT = 1000
 
 
@@ -118,8 +114,6 @@ def _is_kind(values: pd.Series, kind: str) -> bool:
             and not pd.api.types.is_bool_dtype(dtype)
     if kind == "str":
         return values.map(lambda v: isinstance(v, str)).all()
-    if kind == "strs":  # a list of strings per row
-        return values.map(lambda v: isinstance(v, (list, tuple, np.ndarray)) and all(isinstance(x, str) for x in v)).all()
     return values.map(_is_numbers).all()  # "floats": a list of numbers per row
 
 
@@ -154,19 +148,15 @@ def _unimodal(df: pd.DataFrame, seed: int, what: str) -> dict[str, list]:
 
 
 def summarize(results: pd.DataFrame, model: str | None = None, radius: float = 0.5, seed: int = 0,
-              where: str = "results", include_embedding: bool = False) -> tuple[dict[str, Any], pd.DataFrame]:
+              where: str = "results") -> tuple[dict[str, Any], pd.DataFrame]:
     """The study's summary dict and the results with ``region`` filled. A
     statistic whose columns the table lacks is left out: ``summary["left_out"]``
     maps it to the missing columns (the key is absent when nothing is).
-    ``include_embedding``: the table's oscillations count the embedding
-    output (layer -1; `mechmod run --include-embedding`), so the switch
-    rates, heatmap and case study count it too. Errors name ``where`` (the
-    table's file)."""
+    Errors name ``where`` (the table's file)."""
     check_results(results, where)
     columns = set(results.columns)
-    needs = {name: cols + (NEEDS_EMBEDDING.get(name, ()) if include_embedding else ()) for name, cols in NEEDS.items()}
     left_out = {name: f"needs column(s) {', '.join(c for c in cols if c not in columns)}"
-                for name, cols in needs.items() if not set(cols) <= columns}
+                for name, cols in NEEDS.items() if not set(cols) <= columns}
     status = results["status"] if "status" in results else pd.Series("ok", index=results.index)
     failed = results[status != "ok"]
     ok = results[status == "ok"].copy()
@@ -218,11 +208,8 @@ def summarize(results: pd.DataFrame, model: str | None = None, radius: float = 0
     if "entropy_split" not in left_out:
         summary["entropy_split"] = _entropy_split(decided, dh, follows_text)
     if "balance_by_measure" not in left_out:
-        by_measure = {}
-        for measure, (u_v, u_t) in _measures(decided).items():
-            dhm, _ = relative_uncertainty(u_t, u_v)
-            by_measure[measure] = balance_point(np.asarray(dhm, float), follows_text, n_boot=N_BOOT, seed=seed).to_dict()
-        summary["balance_by_measure"] = by_measure
+        summary["balance_by_measure"] = {measure: _by_index(u_v, u_t, follows_text, seed)
+                                         for measure, (u_v, u_t) in _measures(decided).items()}
     for what in ("entropy", "accuracy"):
         if f"{what}_by_tier" not in left_out:
             summary[f"{what}_by_tier"] = _unimodal(main, seed, what)
@@ -250,31 +237,24 @@ def _entropy_split(decided: pd.DataFrame, dh: np.ndarray, follows_text: np.ndarr
     return out
 
 
-def _layer_dynamics(main: pd.DataFrame, left_out: dict[str, str], include_embedding: bool) -> dict[str, Any]:
+def _layer_dynamics(main: pd.DataFrame, left_out: dict[str, str]) -> dict[str, Any]:
     """Logit-difference heatmap by dHrel bin (Fig. 6a), the case study of one
-    image across dt 0-2 (Fig. 6b), attention by layer and commit layers,
-    over the decoder layers (led by the embedding output, layer -1, with
-    ``include_embedding``)."""
+    image across dt 0-2 (Fig. 6b), attention by layer and commit layers."""
     out: dict[str, Any] = {}
-    first = first_counted_layer(include_embedding)
     if "logit_diff_heatmap" not in left_out:
         diffs = np.stack(main["layer_logit_diff"].map(lambda v: np.asarray(v, float)).to_numpy())
-        if include_embedding:
-            diffs = np.column_stack([main["embedding_logit_diff"].to_numpy(float), diffs])
-        out["logit_diff_heatmap"] = logit_diff_by_dh(main["dh_rel"].to_numpy(float), diffs, first_layer=first)
+        out["logit_diff_heatmap"] = logit_diff_by_dh(main["dh_rel"].to_numpy(float), diffs)
         image = None if "case_study" in left_out else pick_case_study(
             main["image_id"].to_numpy(object), main["dt"].to_numpy(int), diffs[:, -1])
         if image is not None:
             rows = main[main["image_id"] == image].sort_values("dt", kind="stable")
-            at = {case_id: i for i, case_id in enumerate(main["case_id"])}
             out["case_study"] = {
                 "image_id": image,
-                "layers": out["logit_diff_heatmap"]["layers"],
                 "dv": int(rows["dv"].iloc[0]),
                 "answer_vision": rows["answer_vision"].iloc[0],
                 "answer_text": rows["answer_text"].iloc[0],
                 "cases": [{"case_id": r.case_id, "dt": int(r.dt), "dh_rel": float(r.dh_rel), "follow": r.follow,
-                           "layer_logit_diff": [float(x) for x in diffs[at[r.case_id]]]} for r in rows.itertuples()],
+                           "layer_logit_diff": [float(x) for x in r.layer_logit_diff]} for r in rows.itertuples()],
             }
     spans = ("image", "description", "question")
     if all(f"attn_{s}" in main for s in spans) and main["attn_image"].map(len).gt(0).all():
@@ -283,19 +263,39 @@ def _layer_dynamics(main: pd.DataFrame, left_out: dict[str, str], include_embedd
             for span in spans}
     if "commit_layer" not in left_out:
         c = main["commit_layer"].to_numpy(float)
-        c = c[c != NO_LAYER]
+        c = c[c >= 0]
         out["commit_layer"] = bootstrap_mean_ci(c, n_boot=N_BOOT, seed=0)
     return out
 
 
+def _by_index(u_v: np.ndarray, u_t: np.ndarray, follows_text: np.ndarray, seed: int) -> dict[str, Any]:
+    """One uncertainty index's balance point (the fields of
+    :class:`mechmod.following.BalancePoint`), following curve and
+    monotonicity test from dHrel of that index; cases whose two unimodal
+    values are both ~0 (dHrel 0/0) are left out of all three and counted
+    (``n_excluded``)."""
+    dh, degenerate = relative_uncertainty(u_t, u_v)
+    keep = ~np.asarray(degenerate, dtype=bool)
+    dh, t = np.asarray(dh, float)[keep], follows_text[keep]
+    return {**balance_point(dh, t, n_boot=N_BOOT, seed=seed).to_dict(),
+            "curve": following_curve(dh, t, binning="quantile").to_dict(),
+            "monotonicity": monotonicity_test(dh, t), "n_excluded": int((~keep).sum())}
+
+
+#: uncertainty index -> the results columns of its vision-only and text-only values
+_INDEX_COLUMNS = {"entropy": ("h_v", "h_t"), "label_entropy": ("hl_v", "hl_t"), "max_prob": ("hmax_v", "hmax_t"),
+                  "renyi2": ("hr2_v", "hr2_t"), SAMPLED_MEASURE: ("hs_v", "hs_t")}
+
+
 def _measures(df: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    out = {"entropy": (df["h_v"].to_numpy(float), df["h_t"].to_numpy(float))}
-    if "hl_v" in df and "hl_t" in df:
-        out["label_entropy"] = (df["hl_v"].to_numpy(float), df["hl_t"].to_numpy(float))
-    if "p_v" in df and "p_t" in df and len(df) and "margin" in UNCERTAINTY_MEASURES:
+    """Vision-only and text-only values of every index the table holds
+    (1 - margin from the label probabilities p_v, p_t)."""
+    out = {name: (df[v].to_numpy(float), df[t].to_numpy(float))
+           for name, (v, t) in _INDEX_COLUMNS.items() if v in df and t in df}
+    if "p_v" in df and "p_t" in df and len(df):
         m = UNCERTAINTY_MEASURES["margin"]
         out["margin"] = (_per_row(m, df["p_v"]), _per_row(m, df["p_t"]))
-    return out
+    return {name: out[name] for name in (*UNCERTAINTY_MEASURES, SAMPLED_MEASURE) if name in out}
 
 
 def _per_row(measure, probs: pd.Series) -> np.ndarray:
@@ -333,8 +333,7 @@ def summarize_run(run_dir: str | Path, results: pd.DataFrame | None = None,
     radius = run_cfg.get("radius", 0.5) if radius is None else radius
     if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not np.isfinite(radius) or radius < 0:
         raise MechmodError(f"{run.run_file}: radius {radius!r} is not a non-negative number; pass --radius R")
-    summary, out = summarize(results, model=run_cfg.get("model") or "unknown", radius=radius, where=str(run.results),
-                             include_embedding=run_cfg.get("include_embedding") is True)
+    summary, out = summarize(results, model=run_cfg.get("model") or "unknown", radius=radius, where=str(run.results))
     summary["lens"] = run_cfg.get("lens", summary.get("lens"))
     summary["uncertainty"] = run_cfg.get("uncertainty", "entropy")
     expected, have = run.expected_cases(), int(results["case_id"].nunique())

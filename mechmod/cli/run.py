@@ -19,12 +19,19 @@ DEFAULT_GROUPS = 12
 @click.option("--dataset", "dataset_dir", type=click.Path(path_type=Path), default=None,
               help="A dataset directory (from `mechmod dataset ...`). Default: generate a color dataset into RUN/dataset.")
 @click.option("--groups", default=DEFAULT_GROUPS, show_default=True, help="Groups of the generated color dataset (without --dataset).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the generated color dataset (without --dataset).")
+@click.option("--seed", default=0, show_default=True,
+              help="Seed of the generated color dataset (without --dataset) and of the sampled answers.")
 @click.option("--lens", type=click.Choice(LENS_KINDS), default="logit", show_default=True)
 @click.option("--lens-path", type=click.Path(path_type=Path), default=None, help="Directory of a tuned lens (`mechmod lens train`).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="nnsight", show_default=True)
 @click.option("--uncertainty", type=click.Choice(UNCERTAINTY_MEASURES), default="entropy", show_default=True,
               help="The unimodal uncertainty dHrel is computed from.")
+@click.option("--sampled-entropy", is_flag=True,
+              help="Also sample --samples answers per unimodal prompt at temperature 1 and record the Miller-Madow "
+                   "entropy of their labels (hs_v, hs_t; up to 4 more forwards per sample where the first token does not "
+                   "decide the answer).")
+@click.option("--samples", default=20, show_default=True, type=click.IntRange(min=20),
+              help="Answers sampled per prompt for --sampled-entropy.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", default=None, help="float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on CUDA).")
 @click.option("--batch-size", default=8, show_default=True)
@@ -33,9 +40,6 @@ DEFAULT_GROUPS = 12
 @click.option("--attention/--no-attention", default=True, show_default=True,
               help="Record the answer position's attention mass on image, description and question tokens per layer.")
 @click.option("--radius", default=0.5, show_default=True, help="Half-width of the ambiguous region around the balance point.")
-@click.option("--include-embedding", is_flag=True,
-              help="Count the embedding output (layer -1) in the votes' oscillations, commit layer and last sign change "
-                   "(default: the decoder layers 0..L-1 only, as the paper).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model repository's own code to run (off by default).")
 @click.option("--device-map", default=None,
               help="Spread the model over devices (accelerate big-model inference): auto, balanced, balanced_low_0, "
@@ -47,8 +51,9 @@ DEFAULT_GROUPS = 12
               help="Cases per written part (default max(4 x batch size, 32)); a kill loses at most one chunk.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory (created, or resumed).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def run_cmd(model, dataset_dir, groups, seed, lens, lens_path, backend, uncertainty, device, dtype, batch_size,
-            share_prefix, attention, radius, include_embedding, trust_remote_code, device_map, num_processes, chunk_size, out, quiet):
+def run_cmd(model, dataset_dir, groups, seed, lens, lens_path, backend, uncertainty, sampled_entropy, samples, device,
+            dtype, batch_size, share_prefix, attention, radius, trust_remote_code, device_map, num_processes,
+            chunk_size, out, quiet):
     """Run the behavioural study: three answers per conflict case, entropies,
     dHrel, following curve, balance point, per-layer votes. Writes
     RUN/results.parquet, RUN/summary.json and RUN/report.html; re-running
@@ -86,8 +91,7 @@ def run_cmd(model, dataset_dir, groups, seed, lens, lens_path, backend, uncertai
         if world.is_main:  # everything is checked before the first write into --out
             run.accept(dict(model=str(model), dataset=str(Path(dataset_dir).resolve()), dataset_args=dataset_args,
                             lens=lens, lens_path=str(lens_path) if lens_path else None, backend=backend,
-                            uncertainty=uncertainty, radius=radius, attention=attention,
-                            include_embedding=include_embedding))
+                            uncertainty=uncertainty, radius=radius, attention=attention))
             if not generated:
                 from mechmod.data import load_cases
 
@@ -117,8 +121,8 @@ def run_cmd(model, dataset_dir, groups, seed, lens, lens_path, backend, uncertai
             model=str(model), dataset=str(Path(dataset_dir).resolve()), dataset_sha256=dataset_fingerprint(dataset_dir),
             lens=lens, lens_path=str(lens_path) if lens_path else None, backend=backend, uncertainty=uncertainty,
             batch_size=batch_size, radius=radius, share_prefix=share_prefix, attention=attention,
-            include_embedding=include_embedding,
-            dataset_args=dataset_args,
+            dataset_args=dataset_args, samples=samples if sampled_entropy else 0,
+            sample_seed=seed if sampled_entropy else 0,
         )
         mllm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code, device_map=dmap)
         unembed = Unembed.from_model(mllm)
