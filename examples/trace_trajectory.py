@@ -30,7 +30,7 @@ def main(argv=None):
         image = open_image(ds, case.image_path)
 
     enc = mllm.encode([image], [case.description], [case.question])
-    tr = mechmod.trace(mllm, enc)                  # resid [1, L+1, D]: embeddings, then each layer
+    tr = mechmod.trace(mllm, enc)                  # resid [1, L+1, D]: the embedding output, then each layer
     layer_logits = lens.forward_all(tr.resid)      # [1, L+1, V]
     labels = mechmod.LabelSet(mllm.tokenizer, list(case.candidates))
     top1 = labels.top1_labels(layer_logits)        # [1, L+1]: a label or 'other'
@@ -39,9 +39,10 @@ def main(argv=None):
     iv, it = labels.labels.index(case.answer_vision), labels.labels.index(case.answer_text)
 
     print(f"image: {case.answer_vision}; text: {case.answer_text}; lens: {type(lens).__name__}")
-    print("layer  top-1     vote    p(vision)  p(text)")
-    for layer, (t, v) in enumerate(zip(top1[0], votes)):
-        print(f"{layer:>5}  {t:<8}  {v:<6}  {float(probs[layer, iv]):9.3f}  {float(probs[layer, it]):7.3f}")
+    print("layer  top-1     vote    p(vision)  p(text)   (layer -1: the embedding output, not counted)")
+    for i, (t, v) in enumerate(zip(top1[0], votes)):  # residual index i is layer i - 1
+        print(f"{i - 1:>5}  {t:<8}  {v:<6}  {float(probs[i, iv]):9.3f}  {float(probs[i, it]):7.3f}")
+    votes = votes[1:]                              # the decoder layers 0..L-1, as `mechmod run` counts
     n_osc = mechmod.count_oscillations(list(votes))
     print(f"final answer: {labels.predict(tr.logits)[0]}; oscillations: {n_osc}")
     return {"votes": list(votes), "oscillations": n_osc}

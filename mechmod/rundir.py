@@ -62,6 +62,7 @@ class RunConfig:
     radius: float = 0.5
     share_prefix: bool = True
     attention: bool = True
+    include_embedding: bool = False  # count the embedding output (layer -1) in the layer dynamics
     dtype: str | None = None
     dataset_args: dict | None = None
     device: str | None = None

@@ -46,7 +46,8 @@ def _chunks(df: pd.DataFrame, size: int) -> Iterator[pd.DataFrame]:
 
 def _score_options(config: RunConfig) -> ScoreOptions:
     return ScoreOptions(batch_size=config.batch_size, backend=config.backend, uncertainty=config.uncertainty,
-                        share_prefix=config.share_prefix, attention=config.attention, samples=config.samples,
+                        share_prefix=config.share_prefix, attention=config.attention,
+                        include_embedding=config.include_embedding, samples=config.samples,
                         seed=config.sample_seed)
 
 
@@ -91,7 +92,7 @@ def run_study(mllm, lens, dataset_dir: str | Path, out: str | Path, config: RunC
         part = run.next_part_index(rank)
         desc = f"cases (rank {world.rank}/{world.size})" if world.parallel else "cases"
         bar = tqdm(total=len(mine), initial=len(mine) - len(pending), desc=desc, unit="case",
-                   disable=not progress or not world.is_main)
+                   disable=None if progress and world.is_main else True)  # None: off unless stderr is a terminal
         for chunk in _chunks(pending, chunk_size):
             run.write_part(part, score_cases(mllm, lens, chunk, dataset_dir, options), rank)
             part += 1

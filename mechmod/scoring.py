@@ -32,7 +32,8 @@ import torch
 from mechmod.answers import LabelSet
 from mechmod.data import open_image
 from mechmod.decoding import Continuation, reencoded
-from mechmod.dynamics import commit_layer, count_oscillations_batch, last_sign_change, layer_votes
+from mechmod.dynamics import NO_LAYER, commit_layer, count_oscillations_batch, counted, first_counted_layer, \
+    last_sign_change, layer_votes
 from mechmod.errors import MechmodError
 from mechmod.following import follow_outcome
 from mechmod.lenses import LogitLens, TunedLens, Unembed
@@ -51,31 +52,39 @@ class ScoreOptions:
     """How cases are scored: batch size and prefix sharing change speed, the
     backend, uncertainty measure and attention columns change the rows.
     ``samples`` > 0 adds the sampled-answer entropy (hs_v, hs_t: that many
-    answers per unimodal prompt, drawn from generators seeded by ``seed``)."""
+    answers per unimodal prompt, drawn from generators seeded by ``seed``).
+    ``include_embedding`` counts the embedding output (layer -1) in the
+    oscillations, commit layer and last sign change."""
 
     batch_size: int = 8
     backend: str = "nnsight"
     uncertainty: str = "entropy"
     share_prefix: bool = True
     attention: bool = True
+    include_embedding: bool = False
     samples: int = 0
     seed: int = 0
 
 
 def score(mllm, cases: pd.DataFrame, dataset_dir: str | Path, batch_size: int = 8, backend: str = "nnsight",
-          uncertainty: str = "entropy", lens=None, share_prefix: bool = True) -> pd.DataFrame:
+          uncertainty: str = "entropy", lens=None, share_prefix: bool = True,
+          include_embedding: bool = False) -> pd.DataFrame:
     """One row per case: y_v, y_t, y_m (answer labels or 'other'), h_v, h_t,
     h_m (full-vocabulary entropy, nats, float32), hl_* (label-set entropy),
     hmax_* (1 - max probability), hr2_* (Renyi-2 entropy), hs_v, hs_t
     (sampled-answer entropy, only with ``ScoreOptions.samples``),
     p_v, p_t, p_m (per-label probabilities in ``candidates`` order),
     dh_rel, follow, per-layer votes and logit differences under ``lens``
-    (default: the logit lens), status and error. A case that cannot be
+    (default: the logit lens; decoder layers 0..L-1 in the lists, the
+    embedding output's in ``embedding_vote`` / ``embedding_logit_diff``),
+    oscillations, commit layer and last sign change over the decoder layers
+    (and the embedding output with ``include_embedding``), status and error. A case that cannot be
     scored (e.g. its image does not decode) gets status 'failed' and its
     reason; the others are scored. Padding and batch size do not change
     the numbers beyond float32 rounding."""
     lens = lens or LogitLens(Unembed.from_model(mllm))
-    options = ScoreOptions(batch_size=batch_size, backend=backend, uncertainty=uncertainty, share_prefix=share_prefix)
+    options = ScoreOptions(batch_size=batch_size, backend=backend, uncertainty=uncertainty, share_prefix=share_prefix,
+                           include_embedding=include_embedding)
     ordered = cases.sort_values(["image_id", "case_id"], kind="stable")
     rows = score_cases(mllm, lens, ordered, Path(dataset_dir), options)
     return rows.set_index("case_id").loc[list(cases["case_id"])].reset_index()
@@ -260,10 +269,12 @@ def _score_group(mllm, lens, sub: pd.DataFrame, images, labels: LabelSet, option
         sampled = {"hs_v": hs_v[vi], "hs_t": hs_t[ti]}
     dh, degenerate = np.asarray(dh, dtype=float), np.asarray(degenerate, dtype=bool)
 
-    top1_labels = labels.labels_of(top_ids)  # [B, L+1] of label strings or 'other'
+    top1_labels = labels.labels_of(top_ids)  # [B, L+1] of label strings or 'other', the embedding output first
     votes = layer_votes(np.asarray(top1_labels, dtype=object), np.asarray(ans_v, dtype=object), np.asarray(ans_t, dtype=object))
-    osc = count_oscillations_batch(votes)
-    commit = commit_layer((top_ids == m_logits.argmax(-1)[:, None]).numpy())
+    emb, first = options.include_embedding, first_counted_layer(options.include_embedding)
+    osc = count_oscillations_batch(counted(votes, emb))
+    commit = commit_layer(counted((top_ids == m_logits.argmax(-1)[:, None]).numpy(), emb), first)
+    counted_diff = counted(diff, emb)
 
     y_v = [v.pred[i] for i in vi]
     y_t = [t.pred[i] for i in ti]
@@ -280,12 +291,13 @@ def _score_group(mllm, lens, sub: pd.DataFrame, images, labels: LabelSet, option
                 p_v=v.probs[vi[j]].tolist(), p_t=t.probs[ti[j]].tolist(), p_m=m.probs[j].tolist(),
                 dh_rel=float(dh[j]), dh_rel_degenerate=bool(degenerate[j]),
                 follow=str(follow[j]),
-                layer_votes=[str(x) for x in votes[j]],
-                layer_logit_diff=[float(x) for x in diff[j]],
+                layer_votes=[str(x) for x in votes[j, 1:]],
+                layer_logit_diff=[float(x) for x in diff[j, 1:]],
+                embedding_vote=str(votes[j, 0]), embedding_logit_diff=float(diff[j, 0]),
                 oscillations=int(osc[j]),
                 commit_layer=int(commit[j]),
                 **_attention_columns(m_mass, j),
-                last_sign_change=_or_minus_one(last_sign_change(diff[j])),
+                last_sign_change=_or_no_layer(last_sign_change(counted_diff[j], first)),
                 status="ok", error="",
             )
         )
@@ -301,8 +313,8 @@ def _attention_columns(mass, j: int) -> dict[str, list[float]]:
     return {f"attn_{name}": [float(x) for x in mass[j, :, k]] for k, name in enumerate(SPANS)}
 
 
-def _or_minus_one(x: int | None) -> int:
-    return -1 if x is None else int(x)
+def _or_no_layer(x: int | None) -> int:
+    return NO_LAYER if x is None else int(x)
 
 
 #: measure -> prefix of its results columns (_v, _t, _m); 1 - margin is read from p_v / p_t
@@ -336,12 +348,14 @@ def failed_row(rec, kind: str, reason: str) -> dict[str, Any]:
     return dict(
         _base(rec), y_v="", y_t="", y_m="", **{f"{col}_{x}": nan for col in _COLUMN_OF.values() for x in "vtm"},
         p_v=[], p_t=[], p_m=[], dh_rel=nan, dh_rel_degenerate=False, follow="failed",
-        layer_votes=[], layer_logit_diff=[], oscillations=-1, commit_layer=-1, last_sign_change=-1,
+        layer_votes=[], layer_logit_diff=[], embedding_vote="", embedding_logit_diff=nan, oscillations=-1,
+        commit_layer=NO_LAYER, last_sign_change=NO_LAYER,
         **_attention_columns(None, 0), status="failed", error=f"{kind}: {reason}",
     )
 
 
-_SCALARS = (*(f"{col}_{x}" for col in _COLUMN_OF.values() for x in "vtm"), "hs_v", "hs_t", "dh_rel")
+_SCALARS = (*(f"{col}_{x}" for col in _COLUMN_OF.values() for x in "vtm"), "hs_v", "hs_t", "dh_rel",
+            "embedding_logit_diff")
 _VECTORS = ("p_v", "p_t", "p_m", "layer_logit_diff")
 
 
@@ -377,7 +391,7 @@ def flag_nonfinite(rows: pd.DataFrame, tuned_lens: bool = False) -> pd.DataFrame
         if bad:
             changed = True
             why = ("(the tuned lens reads NaN/inf: its file is broken); retrain it with `mechmod lens train`"
-                   if tuned_lens and bad == ["layer_logit_diff"] else
+                   if tuned_lens and set(bad) <= {"layer_logit_diff", "embedding_logit_diff"} else
                    "(NaN/inf logits, e.g. a float16 overflow); re-run with --dtype float32 or bfloat16")
             row = failed_row(SimpleNamespace(**row), NONFINITE, f"non-finite values in {', '.join(bad)} {why}")
         out.append(row)

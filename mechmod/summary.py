@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from mechmod import _io
-from mechmod.dynamics import logit_diff_by_dh, oscillation_summary, pick_case_study
+from mechmod.dynamics import (NO_LAYER, counted_votes, first_counted_layer, logit_diff_by_dh, oscillation_summary,
+                              pick_case_study, switch_rate_summary)
 from mechmod.errors import MechmodError
 from mechmod.following import (
     balance_point,
@@ -44,6 +45,7 @@ COLUMNS: dict[str, str] = {
     "hs_v": "float", "hs_t": "float",
     "dh_rel": "float", "p_v": "floats", "p_t": "floats", "p_m": "floats", "layer_logit_diff": "floats",
     "attn_image": "floats", "attn_description": "floats", "attn_question": "floats",
+    "layer_votes": "strs", "embedding_vote": "str", "embedding_logit_diff": "float", "last_sign_change": "int",
 }
 #: without these nothing is summarized (the following curve)
 REQUIRED = ("case_id", "control", "dh_rel", "follow")
@@ -59,9 +61,14 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "logit_diff_heatmap": ("layer_logit_diff",),
     "case_study": ("layer_logit_diff", "image_id", "dv", "dt", "answer_vision", "answer_text"),
     "commit_layer": ("commit_layer",),
+    "switch_rates": ("oscillations", "layer_votes"),
 }
+#: what a statistic of the layer dynamics needs besides NEEDS when the run counts the embedding output
+NEEDS_EMBEDDING: dict[str, tuple[str, ...]] = {"switch_rates": ("embedding_vote",),
+                                               "logit_diff_heatmap": ("embedding_logit_diff",),
+                                               "case_study": ("embedding_logit_diff",)}
 #: list columns read as one matrix (equal lengths over the scored cases)
-_MATRICES = ("layer_logit_diff", "attn_image", "attn_description", "attn_question")
+_MATRICES = ("layer_logit_diff", "attn_image", "attn_description", "attn_question", "layer_votes")
 N_BOOT = 1000
 
 
@@ -114,6 +121,8 @@ def _is_kind(values: pd.Series, kind: str) -> bool:
             and not pd.api.types.is_bool_dtype(dtype)
     if kind == "str":
         return values.map(lambda v: isinstance(v, str)).all()
+    if kind == "strs":  # a list of strings per row
+        return values.map(lambda v: isinstance(v, (list, tuple, np.ndarray)) and all(isinstance(x, str) for x in v)).all()
     return values.map(_is_numbers).all()  # "floats": a list of numbers per row
 
 
@@ -148,15 +157,19 @@ def _unimodal(df: pd.DataFrame, seed: int, what: str) -> dict[str, list]:
 
 
 def summarize(results: pd.DataFrame, model: str | None = None, radius: float = 0.5, seed: int = 0,
-              where: str = "results") -> tuple[dict[str, Any], pd.DataFrame]:
+              where: str = "results", include_embedding: bool = False) -> tuple[dict[str, Any], pd.DataFrame]:
     """The study's summary dict and the results with ``region`` filled. A
     statistic whose columns the table lacks is left out: ``summary["left_out"]``
     maps it to the missing columns (the key is absent when nothing is).
-    Errors name ``where`` (the table's file)."""
+    ``include_embedding``: the table's oscillations count the embedding
+    output (layer -1; `mechmod run --include-embedding`), so the switch
+    rates, heatmap and case study count it too. Errors name ``where`` (the
+    table's file)."""
     check_results(results, where)
     columns = set(results.columns)
+    needs = {name: cols + (NEEDS_EMBEDDING.get(name, ()) if include_embedding else ()) for name, cols in NEEDS.items()}
     left_out = {name: f"needs column(s) {', '.join(c for c in cols if c not in columns)}"
-                for name, cols in NEEDS.items() if not set(cols) <= columns}
+                for name, cols in needs.items() if not set(cols) <= columns}
     status = results["status"] if "status" in results else pd.Series("ok", index=results.index)
     failed = results[status != "ok"]
     ok = results[status == "ok"].copy()
@@ -217,7 +230,13 @@ def summarize(results: pd.DataFrame, model: str | None = None, radius: float = 0
         voted = _with_layer_votes(ok).to_numpy()
         summary["oscillations"] = oscillation_summary(ok["oscillations"].to_numpy(int)[voted], regions[voted],
                                                       ok["control"].to_numpy(object)[voted])
-    summary.update(_layer_dynamics(main[_with_layer_votes(main)], left_out))
+    if "switch_rates" not in left_out and est is not None:
+        voted = _with_layer_votes(ok).to_numpy()
+        votes = counted_votes(ok["layer_votes"][voted], ok["embedding_vote"][voted] if include_embedding else None)
+        summary["switch_rates"] = switch_rate_summary(votes, regions[voted], ok["control"].to_numpy(object)[voted],
+                                                      first_counted_layer(include_embedding), n_boot=N_BOOT, seed=seed)
+    summary["include_embedding"] = include_embedding
+    summary.update(_layer_dynamics(main[_with_layer_votes(main)], left_out, include_embedding))
     if left_out:
         summary["left_out"] = left_out
     return summary, out
@@ -237,24 +256,31 @@ def _entropy_split(decided: pd.DataFrame, dh: np.ndarray, follows_text: np.ndarr
     return out
 
 
-def _layer_dynamics(main: pd.DataFrame, left_out: dict[str, str]) -> dict[str, Any]:
+def _layer_dynamics(main: pd.DataFrame, left_out: dict[str, str], include_embedding: bool) -> dict[str, Any]:
     """Logit-difference heatmap by dHrel bin (Fig. 6a), the case study of one
-    image across dt 0-2 (Fig. 6b), attention by layer and commit layers."""
+    image across dt 0-2 (Fig. 6b), attention by layer and commit layers,
+    over the decoder layers (led by the embedding output, layer -1, with
+    ``include_embedding``)."""
     out: dict[str, Any] = {}
+    first = first_counted_layer(include_embedding)
     if "logit_diff_heatmap" not in left_out:
         diffs = np.stack(main["layer_logit_diff"].map(lambda v: np.asarray(v, float)).to_numpy())
-        out["logit_diff_heatmap"] = logit_diff_by_dh(main["dh_rel"].to_numpy(float), diffs)
+        if include_embedding:
+            diffs = np.column_stack([main["embedding_logit_diff"].to_numpy(float), diffs])
+        out["logit_diff_heatmap"] = logit_diff_by_dh(main["dh_rel"].to_numpy(float), diffs, first_layer=first)
         image = None if "case_study" in left_out else pick_case_study(
             main["image_id"].to_numpy(object), main["dt"].to_numpy(int), diffs[:, -1])
         if image is not None:
             rows = main[main["image_id"] == image].sort_values("dt", kind="stable")
+            at = {case_id: i for i, case_id in enumerate(main["case_id"])}
             out["case_study"] = {
                 "image_id": image,
+                "layers": out["logit_diff_heatmap"]["layers"],
                 "dv": int(rows["dv"].iloc[0]),
                 "answer_vision": rows["answer_vision"].iloc[0],
                 "answer_text": rows["answer_text"].iloc[0],
                 "cases": [{"case_id": r.case_id, "dt": int(r.dt), "dh_rel": float(r.dh_rel), "follow": r.follow,
-                           "layer_logit_diff": [float(x) for x in r.layer_logit_diff]} for r in rows.itertuples()],
+                           "layer_logit_diff": [float(x) for x in diffs[at[r.case_id]]]} for r in rows.itertuples()],
             }
     spans = ("image", "description", "question")
     if all(f"attn_{s}" in main for s in spans) and main["attn_image"].map(len).gt(0).all():
@@ -263,7 +289,7 @@ def _layer_dynamics(main: pd.DataFrame, left_out: dict[str, str]) -> dict[str, A
             for span in spans}
     if "commit_layer" not in left_out:
         c = main["commit_layer"].to_numpy(float)
-        c = c[c >= 0]
+        c = c[c != NO_LAYER]
         out["commit_layer"] = bootstrap_mean_ci(c, n_boot=N_BOOT, seed=0)
     return out
 
@@ -333,7 +359,8 @@ def summarize_run(run_dir: str | Path, results: pd.DataFrame | None = None,
     radius = run_cfg.get("radius", 0.5) if radius is None else radius
     if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not np.isfinite(radius) or radius < 0:
         raise MechmodError(f"{run.run_file}: radius {radius!r} is not a non-negative number; pass --radius R")
-    summary, out = summarize(results, model=run_cfg.get("model") or "unknown", radius=radius, where=str(run.results))
+    summary, out = summarize(results, model=run_cfg.get("model") or "unknown", radius=radius, where=str(run.results),
+                             include_embedding=run_cfg.get("include_embedding") is True)
     summary["lens"] = run_cfg.get("lens", summary.get("lens"))
     summary["uncertainty"] = run_cfg.get("uncertainty", "entropy")
     expected, have = run.expected_cases(), int(results["case_id"].nunique())

@@ -38,11 +38,14 @@ def main(argv=None) -> dict:
     if image is None or rows.empty:
         raise MechmodError(f"no conflict case of image {image!r} in the run" if image else
                            "no image has conflict cases for dt 0, 1 and 2; pass --image-id")
+    emb = summary.get("include_embedding") is True  # lead with the embedding output (layer -1) as the run counts it
+    n_layers = len(rows["layer_logit_diff"].iloc[0])
     case = {"image_id": image, "dv": int(rows["dv"].iloc[0]), "answer_vision": rows["answer_vision"].iloc[0],
-            "answer_text": rows["answer_text"].iloc[0],
+            "answer_text": rows["answer_text"].iloc[0], "layers": list(range(-1 if emb else 0, n_layers)),
             "cases": [{"case_id": r.case_id, "dt": int(r.dt), "dh_rel": float(r.dh_rel), "follow": r.follow,
                        "description": getattr(r, "description", None),
-                       "layer_logit_diff": [float(x) for x in r.layer_logit_diff]} for r in rows.itertuples()]}
+                       "layer_logit_diff": [float(x) for x in ([r.embedding_logit_diff] if emb else [])
+                                            + list(r.layer_logit_diff)]} for r in rows.itertuples()]}
     for c in case["cases"]:
         print(f"dt={c['dt']}  dHrel {c['dh_rel']:+.3f}  follows {c['follow']:<6}  final diff {c['layer_logit_diff'][-1]:+.3f}")
     return write(cfg, "case_study", f"Case study {image}: {summary.get('model')}", {"model": summary.get("model"), "case": case},

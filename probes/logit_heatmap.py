@@ -1,5 +1,7 @@
 """Probe: mean layer-wise logit difference, logit(text answer) -
-logit(vision answer) under the run's lens, in bins of dHrel (paper Fig. 6a).
+logit(vision answer) under the run's lens, in bins of dHrel (paper Fig. 6a),
+over the decoder layers 0..L-1 (and the embedding output, layer -1, when the
+run counts it: ``mechmod run --include-embedding``).
 
     python probes/logit_heatmap.py --out out/heat --edges -2 -1 -0.5 0 0.5 1 2
 """
@@ -23,15 +25,18 @@ class Config(RunSpec):
 def main(argv=None) -> dict:
     import numpy as np
 
-    from mechmod.dynamics import logit_diff_by_dh
+    from mechmod.dynamics import first_counted_layer, logit_diff_by_dh
     from mechmod.report import panels
 
     cfg = parse(Config, argv, __doc__)
     summary, results = load_run(ensure_run(cfg))
     main_ = main_cases(results)
+    emb = summary.get("include_embedding") is True
     diffs = np.stack([np.asarray(v, float) for v in main_["layer_logit_diff"]])
-    heat = logit_diff_by_dh(main_["dh_rel"].to_numpy(float), diffs, edges=cfg.edges)
-    print(f"{len(main_)} cases, {heat['n_layers']} residual indices, cases per bin {heat['n']}")
+    if emb:
+        diffs = np.column_stack([main_["embedding_logit_diff"].to_numpy(float), diffs])
+    heat = logit_diff_by_dh(main_["dh_rel"].to_numpy(float), diffs, edges=cfg.edges, first_layer=first_counted_layer(emb))
+    print(f"{len(main_)} cases, layers {heat['layers'][0]}..{heat['layers'][-1]}, cases per bin {heat['n']}")
     data = {"model": summary.get("model"), "lens": summary.get("lens"), "heatmap": heat}
     return write(cfg, "logit_heatmap", f"Logit difference by layer: {summary.get('model')}", data,
                  panels("run", {"logit_diff_heatmap": heat}, names=["logit_diff_heatmap"]),

@@ -39,7 +39,7 @@ def test_score_one_case(mllm, tmp_path):
 
 def test_trace_trajectory():
     out = _main("trace_trajectory")(["--model", str(tiny_model_dir())])
-    assert len(out["votes"]) == 3 and set(out["votes"]) <= {"vision", "text", "other"}  # embeddings + 2 layers
+    assert len(out["votes"]) == 2 and set(out["votes"]) <= {"vision", "text", "other"}  # the 2 decoder layers
     runs = [vote for vote, _ in groupby(v for v in out["votes"] if v != "other")]
     assert out["oscillations"] == max(len(runs) - 1, 0)
 

@@ -12,10 +12,11 @@ def test_train_a_lens_then_run_with_it(tmp_path):
     model, ds = str(tiny_model_dir()), color_dataset(groups=3)
     lens_dir = tmp_path / "lens"
     assert main(["lens", "train", "--model", model, "--dataset", str(ds), "--steps", "5", "--batch-size", "8",
-                 "--threads", "1", "--out", str(lens_dir)]) == 0
+                 "--threads", "1", "--quiet", "--out", str(lens_dir)]) == 0
     fidelity = json.loads((lens_dir / "fidelity.json").read_text())
     n_res = len(fidelity["heldout"]["kl_logit"])
-    assert n_res == len(fidelity["heldout"]["kl_tuned"]) == 3  # embeddings + 2 layers
+    assert n_res == len(fidelity["heldout"]["kl_tuned"]) == 3  # the embedding output + 2 decoder layers
+    assert fidelity["heldout"]["layers"] == [-1, 0, 1]
     assert (lens_dir / "lens.safetensors").is_file()
     run = tmp_path / "run"
     assert main(["run", "--model", model, "--dataset", str(ds), "--lens", "tuned", "--lens-path", str(lens_dir),

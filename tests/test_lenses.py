@@ -388,7 +388,7 @@ def test_residual_set_split_by_group_keeps_groups_apart():
 def test_fidelity_result():
     fid = LensFidelity(np.array([3.0, 2.0, 0.0]), np.array([1.0, 0.5, 0.0]), n_examples=10)
     d = fid.to_dict()
-    assert d["kl_logit"] == [3.0, 2.0, 0.0] and d["layers"] == [0, 1, 2]
+    assert d["kl_logit"] == [3.0, 2.0, 0.0] and d["layers"] == [-1, 0, 1]
     assert "tuned lens KL" in fid.table()
     with pytest.raises(ValueError):
         LensFidelity(np.zeros(3), np.zeros(4), n_examples=1)

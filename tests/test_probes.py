@@ -67,6 +67,10 @@ def test_oscillation(tiny_run, tmp_path):
     doc = probe.main(["--run", str(run), "--out", str(tmp_path), "--balance", "0", "--n-boot", "50"])
     _check_outputs(tmp_path, "oscillation")
     assert {"ambiguous", "clear", "control_text_irrelevant"} <= set(doc["oscillations"])
+    for k, rates in doc["switch_rates"].items():  # where the switches happen adds up to how many there are
+        assert rates["n"] == doc["oscillations"][k]["n"]
+        if rates["n"]:
+            assert sum(rates["rate"]) == pytest.approx(doc["oscillations"][k]["mean"], abs=1e-12)
 
 
 def test_logit_heatmap(tiny_run, tmp_path):
@@ -74,7 +78,7 @@ def test_logit_heatmap(tiny_run, tmp_path):
     doc = _probe("logit_heatmap").main(["--run", str(run), "--out", str(tmp_path), "--edges", "-2", "0", "2"])
     _check_outputs(tmp_path, "logit_heatmap")
     assert len(doc["heatmap"]["n"]) == 2 and sum(doc["heatmap"]["n"]) == 6  # 2 images x 3 descriptions
-    assert doc["heatmap"]["n_layers"] == 3  # embeddings + 2 layers
+    assert doc["heatmap"]["layers"] == [0, 1]  # the 2 decoder layers
 
 
 def test_case_study(tiny_run, tmp_path):

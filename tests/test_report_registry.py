@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 import pytest
 
 from mechmod import report
+from mechmod.dynamics import count_oscillations_batch, counted_votes
 from mechmod.errors import MechmodError
 from mechmod.report.registry import Figure, LeftOut
 
@@ -45,7 +46,11 @@ def simulated_results(n_images: int = 42, seed: int = 0) -> pd.DataFrame:
                     attn_image=list(rng.uniform(0, 0.5, 4)), attn_description=list(rng.uniform(0, 0.3, 4)),
                     attn_question=list(rng.uniform(0, 0.2, 4)),
                 ))
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    table["layer_votes"] = table["layer_logit_diff"].map(  # what a lens would read from these differences
+        lambda d: ["text" if x > 0.3 else "vision" if x < -0.3 else "other" for x in d])
+    table["oscillations"] = count_oscillations_batch(counted_votes(table["layer_votes"]))
+    return table
 
 
 @pytest.fixture(scope="module")

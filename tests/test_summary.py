@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from mechmod.cli import main
+from mechmod.dynamics import count_oscillations_batch, counted_votes
 from mechmod.errors import MechmodError
 from mechmod.summary import summarize, summarize_run
 
@@ -82,3 +83,42 @@ def test_jsonable_makes_strict_json():
                     "inf": float("inf"), "s": "ok"})
     assert got == {"1": [1.5, 2], "a": [None, 3.0], "p": "x/y", "inf": None, "s": "ok"}
     json.dumps(got, allow_nan=False)
+
+
+def _with_votes(results: pd.DataFrame, seed: int = 3) -> pd.DataFrame:
+    """``results`` with per-layer votes (4 decoder layers, an embedding
+    output voting 'text') and the oscillations they give, both ways."""
+    rng = np.random.default_rng(seed)
+    out = results.copy()
+    out["layer_votes"] = [list(v) for v in rng.choice(np.array(["vision", "text", "other"], dtype=object),
+                                                      size=(len(out), 4))]
+    out["embedding_vote"] = "text"
+    out["embedding_logit_diff"] = 1.0
+    out["layer_logit_diff"] = [list(rng.normal(0, 1, 4)) for _ in range(len(out))]
+    out["osc_decoder"] = count_oscillations_batch(counted_votes(out["layer_votes"]))
+    out["osc_all"] = count_oscillations_batch(counted_votes(out["layer_votes"], out["embedding_vote"]))
+    return out
+
+
+@pytest.mark.parametrize("include_embedding", [False, True])
+def test_switch_rates_sum_to_the_mean_oscillations(include_embedding):
+    table = _with_votes(synthetic_results(n=300))
+    table["oscillations"] = table["osc_all" if include_embedding else "osc_decoder"]
+    summary, _ = summarize(table.drop(columns=["osc_all", "osc_decoder"]), model="sim",
+                           include_embedding=include_embedding)
+    assert summary["include_embedding"] is include_embedding
+    rates, osc = summary["switch_rates"], summary["oscillations"]
+    assert set(rates) == set(osc) == {"ambiguous", "clear", "control_text_irrelevant"}
+    first = -1 if include_embedding else 0
+    for k in rates:
+        assert rates[k]["layers"] == list(range(first, 4)) and rates[k]["n"] == osc[k]["n"]
+        assert sum(rates[k]["rate"]) == pytest.approx(osc[k]["mean"], abs=1e-12)
+        assert rates[k]["band"]["name"] in ("early", "middle", "late") and 0 < rates[k]["band"]["share"] <= 1
+    assert summary["logit_diff_heatmap"]["layers"] == list(range(first, 4))
+    json.dumps(summary, allow_nan=False)
+
+
+def test_switch_rates_need_the_embedding_vote_when_the_embedding_counts():
+    table = _with_votes(synthetic_results(n=120)).drop(columns=["embedding_vote", "osc_all", "osc_decoder"])
+    summary, _ = summarize(table, model="sim", include_embedding=True)
+    assert "switch_rates" not in summary and summary["left_out"]["switch_rates"] == "needs column(s) embedding_vote"

@@ -40,6 +40,9 @@ DEFAULT_GROUPS = 12
 @click.option("--attention/--no-attention", default=True, show_default=True,
               help="Record the answer position's attention mass on image, description and question tokens per layer.")
 @click.option("--radius", default=0.5, show_default=True, help="Half-width of the ambiguous region around the balance point.")
+@click.option("--include-embedding", is_flag=True,
+              help="Count the embedding output (layer -1) in the votes' oscillations, commit layer and last sign change "
+                   "(default: the decoder layers 0..L-1 only, as the paper).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model repository's own code to run (off by default).")
 @click.option("--device-map", default=None,
               help="Spread the model over devices (accelerate big-model inference): auto, balanced, balanced_low_0, "
@@ -52,8 +55,8 @@ DEFAULT_GROUPS = 12
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory (created, or resumed).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def run_cmd(model, dataset_dir, groups, seed, lens, lens_path, backend, uncertainty, sampled_entropy, samples, device,
-            dtype, batch_size, share_prefix, attention, radius, trust_remote_code, device_map, num_processes,
-            chunk_size, out, quiet):
+            dtype, batch_size, share_prefix, attention, radius, include_embedding, trust_remote_code, device_map,
+            num_processes, chunk_size, out, quiet):
     """Run the behavioural study: three answers per conflict case, entropies,
     dHrel, following curve, balance point, per-layer votes. Writes
     RUN/results.parquet, RUN/summary.json and RUN/report.html; re-running
@@ -91,7 +94,8 @@ def run_cmd(model, dataset_dir, groups, seed, lens, lens_path, backend, uncertai
         if world.is_main:  # everything is checked before the first write into --out
             run.accept(dict(model=str(model), dataset=str(Path(dataset_dir).resolve()), dataset_args=dataset_args,
                             lens=lens, lens_path=str(lens_path) if lens_path else None, backend=backend,
-                            uncertainty=uncertainty, radius=radius, attention=attention))
+                            uncertainty=uncertainty, radius=radius, attention=attention,
+                            include_embedding=include_embedding))
             if not generated:
                 from mechmod.data import load_cases
 
@@ -121,6 +125,7 @@ def run_cmd(model, dataset_dir, groups, seed, lens, lens_path, backend, uncertai
             model=str(model), dataset=str(Path(dataset_dir).resolve()), dataset_sha256=dataset_fingerprint(dataset_dir),
             lens=lens, lens_path=str(lens_path) if lens_path else None, backend=backend, uncertainty=uncertainty,
             batch_size=batch_size, radius=radius, share_prefix=share_prefix, attention=attention,
+            include_embedding=include_embedding,
             dataset_args=dataset_args, samples=samples if sampled_entropy else 0,
             sample_seed=seed if sampled_entropy else 0,
         )

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 
 from mechmod.answers import RULE_TEXT
 from mechmod.phrase_answers import PHRASE_RULE_TEXT
-from mechmod.report._plot import OTHER_COLOR, TEXT_COLOR, VISION_COLOR, following_curves, layout
+from mechmod.report._plot import OTHER_COLOR, PALETTE, TEXT_COLOR, VISION_COLOR, following_curves, layout
 from mechmod.report.registry import Table, figure, study
 
 
@@ -40,6 +40,9 @@ def answer_rule(summary: Mapping[str, Any]) -> list[Table]:
 
 
 study("run", "mechmod study: {model}", headline=headline, footer=answer_rule)
+
+#: the layer axis of every per-layer figure: one index everywhere
+LAYER_AXIS = "layer (-1 = embedding output, 0..L-1 = decoder layers)"
 
 
 @figure("run", "entropy_by_tier", title="Unimodal uncertainty by tier (Fig. 2)",
@@ -134,6 +137,32 @@ def oscillations(summary: Mapping[str, Any]) -> go.Figure:
     return layout(fig, "Oscillations between the vision and the text answer", "cases", "mean oscillations per case")
 
 
+@figure("run", "switch_rates", title="Where the oscillations happen: switch rate by layer",
+        caption="Share of cases with a vision <-> text switch arriving at each layer ('other' layers dropped; a "
+                "switch arrives at the second vote of its pair), with bootstrap 95% intervals; summed over layers "
+                "it is the mean oscillation count above. The legend names the third of the decoder layers that "
+                "holds most switches and its share of them.",
+        needs={"switch_rates": "the results have no layer_votes column, or the run has no balance point"})
+def switch_rates(summary: Mapping[str, Any]) -> go.Figure:
+    """Per-layer switch rates, ambiguous vs clear region and each control."""
+    rates = summary["switch_rates"]
+    names = [k for k in ("ambiguous", "clear") if k in rates] + sorted(k for k in rates if k.startswith("control_"))
+    fig = go.Figure()
+    for i, k in enumerate(n for n in names if rates[n].get("rate") is not None):
+        r = rates[k]
+        band = r.get("band")
+        where = f"; {band['share']:.0%} in the {band['name']} layers" if band else "; no switch"
+        lo, hi = r.get("ci_lo"), r.get("ci_hi")
+        error = dict(type="data", symmetric=False, array=[h - m for h, m in zip(hi, r["rate"])],
+                     arrayminus=[m - l_ for l_, m in zip(lo, r["rate"])]) if lo and hi else None
+        color = TEXT_COLOR if k == "ambiguous" else VISION_COLOR if k == "clear" else PALETTE[(i + 2) % len(PALETTE)]
+        fig.add_trace(go.Scatter(x=r["layers"], y=r["rate"], error_y=error, mode="lines+markers",
+                                 name=f"{k.replace('control_', 'control: ')} (n={r['n']}{where})",
+                                 line=dict(color=color, dash="dot" if k.startswith("control") else "solid")))
+    return layout(fig, "Switches between the vision and the text answer, by layer", LAYER_AXIS,
+                  "share of cases with a switch arriving here")
+
+
 @figure("run", "logit_diff_heatmap", title="Logit difference by layer and dHrel (Fig. 6a)",
         needs={"logit_diff_heatmap": "the results have no layer_logit_diff column"})
 def logit_diff_heatmap(summary: Mapping[str, Any]) -> go.Figure:
@@ -144,10 +173,10 @@ def logit_diff_heatmap(summary: Mapping[str, Any]) -> go.Figure:
     ylab = [f"{a:+.2f}..{b:+.2f} (n={n})" for a, b, n in zip(heatmap["edges"][:-1], heatmap["edges"][1:], heatmap["n"])]
     finite = [abs(v) for row in z for v in row if v is not None]
     zmax = max(finite) if finite else 1.0
-    fig = go.Figure(go.Heatmap(z=z, x=list(range(heatmap["n_layers"])), y=ylab, colorscale="RdBu_r", zmid=0,
+    layers = heatmap.get("layers") or list(range(heatmap["n_layers"]))
+    fig = go.Figure(go.Heatmap(z=z, x=layers, y=ylab, colorscale="RdBu_r", zmid=0,
                                zmin=-zmax, zmax=zmax, colorbar=dict(title="logit diff")))
-    return layout(fig, "Layer-wise logit difference (text - vision) by relative uncertainty",
-                  "layer (0 = embeddings)", "dHrel bin")
+    return layout(fig, "Layer-wise logit difference (text - vision) by relative uncertainty", LAYER_AXIS, "dHrel bin")
 
 
 @figure("run", "case_study", title="Case study: one image, three descriptions (Fig. 6b)",
@@ -158,11 +187,12 @@ def case_study(summary: Mapping[str, Any]) -> go.Figure:
     case = summary["case_study"]
     fig = go.Figure()
     for c in case["cases"]:
-        fig.add_trace(go.Scatter(y=c["layer_logit_diff"], mode="lines+markers",
+        fig.add_trace(go.Scatter(x=case.get("layers") or list(range(len(c["layer_logit_diff"]))),
+                                 y=c["layer_logit_diff"], mode="lines+markers",
                                  name=f"dt={c['dt']} (dHrel {c['dh_rel']:+.2f}, follows {c['follow']})"))
     fig.add_hline(y=0, line_color=OTHER_COLOR, line_dash="dot")
     return layout(fig, f"Case study: {case['image_id']} (image says {case['answer_vision']}, "
-                       f"text says {case['answer_text']})", "layer (0 = embeddings)",
+                       f"text says {case['answer_text']})", LAYER_AXIS,
                   "logit(text answer) - logit(vision answer)")
 
 
@@ -182,7 +212,7 @@ def attention_by_layer(summary: Mapping[str, Any]) -> go.Figure:
         values = attention[span]
         fig.add_trace(go.Scatter(x=list(range(len(values))), y=list(values), mode="lines+markers",
                                  name=span, line=dict(color=_SPANS[span])))
-    return layout(fig, "Where the answer position attends", "decoder layer", "attention mass (mean over heads)")
+    return layout(fig, "Where the answer position attends", LAYER_AXIS, "attention mass (mean over heads)")
 
 
 _INDEX_NAMES = {"entropy": "entropy", "label_entropy": "label entropy", "margin": "1 - margin",
