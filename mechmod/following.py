@@ -233,6 +233,23 @@ def balance_point(dh_rel, follows_text, n_boot: int = 1000, seed: int = 0, ci: f
                         status=status, boot_valid_fraction=valid, **base)
 
 
+def weighted_balance_points(dh_rel, follows_text, weights) -> np.ndarray:
+    """The logistic-fit balance point -a/b under each row of case
+    ``weights`` [B, n] (e.g. bootstrap counts, one fit per row, batched);
+    NaN where a row's fit does not converge, does not decrease or crosses
+    0.5 outside the observed dHrel range."""
+    x = np.asarray(dh_rel, dtype=float)
+    y = np.asarray(follows_text, dtype=bool).astype(float)
+    w = np.atleast_2d(np.asarray(weights, dtype=float))
+    if x.size == 0:
+        return np.full(w.shape[0], np.nan)
+    a, b, _, conv = _logistic_fit(x, y, w)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bp = -a / b
+    ok = conv & (b < 0) & (bp >= x.min()) & (bp <= x.max())
+    return np.where(ok, bp, np.nan)
+
+
 def entropy_split(dh_rel, follows_text, h_total, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Split at the median of total entropy H(t) + H(v) (low: <= median) and
     estimate each half's balance point (the paper's robustness check)."""

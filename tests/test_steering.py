@@ -111,6 +111,27 @@ def test_steering_summary_recovers_a_known_balance_shift():
     json.dumps(s, allow_nan=False)
 
 
+@pytest.mark.parametrize("shift", [0.4, -0.3])
+def test_a_planted_steering_effect_is_recovered_in_balance_point_units(shift):
+    """P(text) = sigmoid(a + b (dHrel - c - s alpha)): the balance point
+    sits at c + s alpha - a/b, so it moves by s per unit alpha."""
+    rng = np.random.default_rng(1)
+    dh = rng.uniform(-2, 2, 800)
+    alphas = [-1.0, -0.5, 0.0, 0.5, 1.0]
+    a, b, c = 0.3, -3.0, 0.2
+    follow = [np.where(rng.random(dh.size) < 1 / (1 + np.exp(-(a + b * (dh - c - shift * al)))), "text", "vision")
+              for al in alphas]
+    s = steering_summary(alphas, dh, follow, n_boot=300, seed=0)
+    lo, hi = s["balance_per_alpha_ci"]
+    assert lo < shift < hi and not lo < 0 < hi
+    assert hi - lo < 0.3
+    assert s["balance_per_alpha"] == pytest.approx(shift, abs=0.1)
+    assert s["all_alphas_defined"] and s["n_alphas_defined"] == len(alphas)
+    still = [np.where(rng.random(dh.size) < 1 / (1 + np.exp(-(a + b * (dh - c)))), "text", "vision") for _ in alphas]
+    flat = steering_summary(alphas, dh, still, n_boot=300, seed=0)  # no effect: 0 inside the interval
+    assert flat["balance_per_alpha_ci"][0] < 0 < flat["balance_per_alpha_ci"][1]
+
+
 @pytest.fixture(scope="module")
 def dataset():
     return color_dataset(groups=2, dv=(0,))

@@ -49,7 +49,7 @@ def _dataset(dataset_dir, groups, seed, dv, out: Path) -> Path:
         if not (Path(dataset_dir) / "manifest.json").is_file():
             raise MechmodError(f"{dataset_dir}: not a mechmod dataset (no manifest.json)")
         return Path(dataset_dir)
-    return generated_color_dataset(out / "dataset", groups or DEFAULT_GROUPS, seed, dv)
+    return generated_color_dataset(out / "dataset", groups or DEFAULT_GROUPS, seed, dv or None)
 
 
 @cli.command("patch")

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from mechmod.answers import LabelSet
 from mechmod.errors import MechmodError
-from mechmod.following import balance_point, following_rates
+from mechmod.following import balance_point, following_rates, region
 from mechmod.interventions import heads as H
 from mechmod.interventions.cases import DIRECTIONS, Images, baseline, batches, encode, standard_pairs
 from mechmod.interventions.core import forward
@@ -40,6 +40,7 @@ class PatchStudyConfig:
     batch_size: int = 8
     max_rows: int = 64
     dh_bins: int = 4
+    radius: float = 0.5  # half-width of the ambiguous region around the baseline's balance point
     t_min: float = 2.0
     backend: str = "nnsight"
 
@@ -111,16 +112,19 @@ def run_patching(mllm, dataset_dir, cases: pd.DataFrame, config: PatchStudyConfi
                 bar.update(len(b))
     bar.close()
     layers = pd.concat(layer_rows, ignore_index=True) if layer_rows else pd.DataFrame(columns=_LAYER_COLUMNS)
+    bp = _balance(base)
     for (d, c, g), sub in layers.groupby(["direction", "component", "positions"], sort=False):
         wide_f = sub.pivot(index="case_id", columns="layer", values="flipped")
         wide_r = sub.pivot(index="case_id", columns="layer", values="restoration")
         dh = sub.drop_duplicates("case_id").set_index("case_id").loc[wide_f.index, "dh_rel"]
         curves.append(summarize_curve(d, c, g, list(wide_f.columns), wide_f.to_numpy(bool), wide_r.to_numpy(float),
                                       dh.to_numpy(float), cfg.dh_bins).to_dict())
+        curves[-1]["flip_rate_by_region"] = None if bp.estimate is None else flip_rates_by_region(
+            wide_f.to_numpy(bool), region(dh.to_numpy(float), bp.estimate, cfg.radius))
     if cfg.units and cfg.knockouts:
         unit_rows.extend(_knockouts(mllm, base, images, label_sets, cfg))
     units = pd.concat(unit_rows, ignore_index=True) if unit_rows else pd.DataFrame()
-    summary = _summary(base, pairs_n, curves, units, cfg)
+    summary = _summary(base, bp, pairs_n, curves, units, cfg)
     return PatchStudy(layers=layers, units=units, summary=summary)
 
 
@@ -186,10 +190,26 @@ def _knockouts(mllm, base: pd.DataFrame, images, label_sets: dict, cfg: PatchStu
     return out
 
 
-def _summary(base, pairs_n, curves, units, cfg) -> dict:
+def _balance(base: pd.DataFrame):
+    """The unpatched conflict cases' balance point (it places the ambiguous region)."""
     conf = base[base["control"] == "none"]
     tv = conf["follow"].isin(["text", "vision"]).to_numpy()
-    bp = balance_point(conf["dh_rel"].to_numpy(float)[tv], (conf["follow"] == "text").to_numpy()[tv], n_boot=200)
+    return balance_point(conf["dh_rel"].to_numpy(float)[tv], (conf["follow"] == "text").to_numpy()[tv], n_boot=200)
+
+
+def flip_rates_by_region(flipped: np.ndarray, regions) -> dict:
+    """Per layer, the flip rate of the cases in the ambiguous and in the
+    clear region (:func:`mechmod.following.region` of their dHrel around the
+    balance point). ``flipped`` [n_cases, n_layers] bool."""
+    r = np.asarray(regions, dtype=object)
+    f = np.asarray(flipped, dtype=bool)
+    return {name: {"n": int((r == name).sum()),
+                   "flip_rate": f[r == name].mean(axis=0).tolist() if (r == name).any() else None}
+            for name in ("ambiguous", "clear")}
+
+
+def _summary(base, bp, pairs_n, curves, units, cfg) -> dict:
+    conf = base[base["control"] == "none"]
     s = {"config": asdict(cfg), "n_conflict_cases": int(len(conf)), "following": following_rates(conf["follow"]),
          "balance_point": bp.to_dict(), "n_pairs": pairs_n, "directions": DIRECTIONS, "curves": curves,
          "units": {}}

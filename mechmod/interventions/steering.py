@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 
 from mechmod.answers import OTHER, LabelSet
 from mechmod.errors import MechmodError
-from mechmod.following import balance_point, follow_outcome, following_curve, following_rates
+from mechmod.following import (balance_point, follow_outcome, following_curve, following_rates,
+                                weighted_balance_points)
 from mechmod.interventions.cases import Images, baseline, batches, encode
 from mechmod.interventions.core import Site, chunk_for, sweep
 from mechmod.interventions.patching import logit_diff
@@ -148,8 +149,10 @@ def steering_summary(alphas: Sequence[float], dh_rel, follow_by_alpha, n_boot: i
                      bins: int = 6) -> dict:
     """Per alpha: TFR, following curve and balance point; the balance
     point's shift from alpha = 0 and its slope per unit alpha (least
-    squares over the alphas with an estimate). ``follow_by_alpha``
-    [n_alphas, n_cases] of 'text' / 'vision' / 'other'."""
+    squares over the alphas with an estimate) with a bootstrap interval
+    over those alphas (:func:`balance_shift_interval`; None without a
+    slope). ``follow_by_alpha`` [n_alphas, n_cases] of 'text' / 'vision' /
+    'other'."""
     x = np.asarray(dh_rel, dtype=float)
     per = []
     for a, follow in zip(alphas, np.asarray(follow_by_alpha, dtype=object)):
@@ -163,11 +166,38 @@ def steering_summary(alphas: Sequence[float], dh_rel, follow_by_alpha, n_boot: i
     for p in per:
         est = p["balance_point"]["estimate"]
         p["balance_shift"] = None if est is None or ref is None else est - ref
-    pts = [(p["alpha"], p["balance_point"]["estimate"]) for p in per if p["balance_point"]["estimate"] is not None]
+    defined = [i for i, p in enumerate(per) if p["balance_point"]["estimate"] is not None]
+    pts = [(per[i]["alpha"], per[i]["balance_point"]["estimate"]) for i in defined]
     slope = float(np.polyfit(*zip(*pts), 1)[0]) if len({a for a, _ in pts}) >= 2 else None
     tfr = [(p["alpha"], p["tfr"]) for p in per if p["tfr"] is not None]
     return jsonable({"per_alpha": per, "balance_per_alpha": slope,
-                           "tfr_per_alpha": float(np.polyfit(*zip(*tfr), 1)[0]) if len(tfr) >= 2 else None})
+                     "balance_per_alpha_ci": None if slope is None else balance_shift_interval(
+                         [alphas[i] for i in defined], x, [follow_by_alpha[i] for i in defined], n_boot, seed),
+                     "n_alphas_defined": len(pts), "all_alphas_defined": len(pts) == len(per),
+                     "tfr_per_alpha": float(np.polyfit(*zip(*tfr), 1)[0]) if len(tfr) >= 2 else None})
+
+
+def balance_shift_interval(alphas: Sequence[float], dh_rel, follow_by_alpha, n_boot: int = 200, seed: int = 0,
+                           ci: float = 0.95) -> list[float] | None:
+    """Percentile bootstrap interval of the balance point's least-squares
+    slope per unit alpha: the held-out cases are resampled together across
+    the alphas (one draw is one case set steered at every alpha), each
+    alpha's balance point refitted (:func:`weighted_balance_points`) and
+    the slope fitted over the alphas where it is defined (at least two).
+    None when fewer than two draws give a slope."""
+    x = np.asarray(dh_rel, dtype=float)
+    follow = np.asarray(follow_by_alpha, dtype=object)
+    if n_boot <= 0 or x.size == 0:
+        return None
+    w = np.random.default_rng(seed).multinomial(x.size, np.full(x.size, 1.0 / x.size), size=n_boot).astype(float)
+    bp = np.stack([weighted_balance_points(x[tv], f[tv] == "text", w[:, tv])
+                   for f in follow for tv in [np.isin(f, ["text", "vision"])]], axis=1)  # [n_boot, n_alphas]
+    a = np.asarray(alphas, dtype=float)
+    slopes = [np.polyfit(a[ok], row[ok], 1)[0] for row in bp for ok in [np.isfinite(row)] if len(set(a[ok])) >= 2]
+    if len(slopes) < 2:
+        return None
+    lo, hi = np.quantile(slopes, [(1 - ci) / 2, (1 + ci) / 2])
+    return [float(lo), float(hi)]
 
 
 @dataclass(frozen=True)

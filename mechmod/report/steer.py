@@ -20,8 +20,14 @@ def _signed(v) -> str:
 def headline(summary: Mapping[str, Any]) -> list[Table]:
     rows = [("model", summary.get("model")), ("train / held-out cases", f"{summary.get('n_train')} / {summary.get('n_heldout')}")]
     for layer, s in (summary.get("layers") or {}).items():
-        rows.append((f"layer {layer}: balance shift per unit alpha (dHrel units) / TFR per unit alpha",
-                     f"{_signed(s.get('balance_per_alpha'))} / {_signed(s.get('tfr_per_alpha'))}"))
+        ci = s.get("balance_per_alpha_ci")
+        rows.append((f"layer {layer}: balance shift per unit alpha (dHrel units) [95% bootstrap CI] / TFR per unit alpha",
+                     f"{_signed(s.get('balance_per_alpha'))} [{_signed(ci and ci[0])}, {_signed(ci and ci[1])}] / "
+                     f"{_signed(s.get('tfr_per_alpha'))}"))
+        if not s.get("all_alphas_defined", True):
+            rows.append((f"layer {layer}: alphas with a balance point",
+                         f"{s.get('n_alphas_defined')} of {len(s.get('per_alpha') or [])} (more held-out groups "
+                         "give one at every alpha: --groups)"))
     return [Table("Headline numbers", rows)]
 
 
@@ -31,7 +37,9 @@ def lines(summary: Mapping[str, Any]) -> list[str]:
     for layer, s in (summary.get("layers") or {}).items():
         est = [p["balance_point"]["estimate"] for p in s["per_alpha"]]
         bps = ", ".join(f"{p['alpha']:+g}: " + ("n/a" if e is None else f"{e:+.2f}") for p, e in zip(s["per_alpha"], est))
-        out.append(f"layer {layer}: balance point by alpha {{{bps}}}  shift per unit alpha {s['balance_per_alpha']}")
+        ci = s.get("balance_per_alpha_ci")
+        out.append(f"layer {layer}: balance point by alpha {{{bps}}}  shift per unit alpha "
+                   f"{_signed(s['balance_per_alpha'])} [{_signed(ci and ci[0])}, {_signed(ci and ci[1])}]")
     return out
 
 
