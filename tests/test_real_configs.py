@@ -8,6 +8,9 @@ exists)."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -16,12 +19,14 @@ import torch
 from PIL import Image
 
 from mechmod.answers import OTHER, LabelSet
-from mechmod.cli import main
+from mechmod.data import load_cases
 from mechmod.decoding import model_next_logits, over_cache, reforward
 from mechmod.models import MLLM, load_model
 from mechmod.prefix import cache_kwarg, trace_shared
+from mechmod.scoring import score
 from mechmod.tracing import trace
 from tests.real_models import ENV, FOLDERS, IMAGE_TOKENS_800x600, build_real, real_configs, source_dir
+from tests.run_helpers import assert_same_rows, child_env
 
 pytestmark = pytest.mark.skipif(real_configs() is None, reason=(
     f"{ENV} is not set to a folder of the real checkpoints' tokenizers and configs "
@@ -140,12 +145,21 @@ def test_shared_prefix_equals_full_prompts(real):
     torch.testing.assert_close(got.resid, ref.resid, atol=1e-4, rtol=0)
 
 
-def test_mechmod_run_completes(real, tmp_path):
+def test_mechmod_run_completes_quietly_and_shared_prefixes_equal_full_prompts(real, tmp_path):
+    # the command as a user runs it (a fresh process, Python's default warning filters): no warning on stderr
     out = tmp_path / "run"
-    assert main(["run", "--model", real.name, "--groups", "1", "--out", str(out), "--quiet"]) == 0
+    env = {k: v for k, v in child_env().items() if k != "PYTHONWARNINGS"}
+    proc = subprocess.run([sys.executable, "-m", "mechmod", "run", "--model", real.name, "--groups", "1",
+                           "--out", str(out), "--quiet"], capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warned = [line for line in proc.stderr.splitlines() if re.search(r"warn|deprecat", line, re.IGNORECASE)]
+    assert not warned, f"{real.family}: `mechmod run` printed warnings:\n" + "\n".join(warned)
     results = pd.read_parquet(out / "results.parquet")
     assert len(results) > 0 and (results["status"] == "ok").all()
     assert (out / "summary.json").is_file() and (out / "report.html").is_file()
+    # the run shares image prefixes (the default); every prompt run in full gives the same rows
+    unshared = score(real, load_cases(out / "dataset"), out / "dataset", batch_size=4, share_prefix=False)
+    assert_same_rows(results, unshared, atol=1e-4)
 
 
 def test_gemma3_uses_the_tokenizers_template_when_the_processor_has_none(real, tmp_path):
