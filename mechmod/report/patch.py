@@ -27,7 +27,16 @@ def headline(summary: Mapping[str, Any]) -> list[Table]:
     rows += [(f"pairs {d}", n) for d, n in (summary.get("n_pairs") or {}).items()]
     rows += [(f"{c['direction']} {c['positions']} ({c['component']}): first 50% layer / critical window",
               f"{c['first_50']} / {_window(c)}") for c in summary.get("curves") or []]
+    rows += [(f"{c['direction']} {c['positions']} ({c['component']}): peak flip rate, ambiguous / clear region",
+              " / ".join(_peak(c["flip_rate_by_region"][r]) for r in ("ambiguous", "clear")))
+             for c in summary.get("curves") or [] if c.get("flip_rate_by_region")]
     return [Table("Headline numbers", rows)]
+
+
+def _peak(part: Mapping[str, Any]) -> str:
+    """The highest per-layer flip rate of one region's cases, with their number."""
+    rates = part.get("flip_rate")
+    return "n/a (no case)" if not rates else f"{max(rates):.2f} (n={part['n']})"
 
 
 def lines(summary: Mapping[str, Any]) -> list[str]:
