@@ -138,8 +138,17 @@ class RunDir:
                                             "--out directory", expect=dict)
 
     def expected_cases(self) -> int | None:
-        """How many cases the run's dataset has (None when unknown)."""
-        n = self.config().get("n_cases")
+        """How many cases the run's dataset has: recorded in run.json, else
+        (a run.json of an older mechmod) in the dataset's manifest; None
+        when unknown."""
+        config = self.config()
+        n = config.get("n_cases")
+        manifest = Path(config["dataset"]) / "manifest.json" if isinstance(config.get("dataset"), str) else None
+        if n is None and manifest is not None and manifest.is_file():
+            try:
+                n = json.loads(manifest.read_text()).get("n_cases")
+            except (OSError, ValueError, AttributeError, RecursionError):  # a damaged manifest: unknown
+                n = None
         return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
 
     def accept(self, identity: Mapping[str, Any]) -> None:
@@ -190,7 +199,11 @@ class RunDir:
             self.create()
             _io.write_json(self.run_file, asdict(config))
             notices = []
-        self.parts_dir.mkdir(exist_ok=True)
+        try:
+            self.parts_dir.mkdir(exist_ok=True)
+        except OSError as err:
+            raise MechmodError(f"{self.parts_dir}: cannot create the parts directory ({err.strerror}); move what "
+                               "is there away") from None
         return notices
 
     # ------------------------------------------------------------ launch
@@ -238,7 +251,7 @@ class RunDir:
         """The pid and launch id recorded in run.lock ({} when none or unreadable)."""
         try:
             held = json.loads(self.lock_file.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return {}
         return held if isinstance(held, dict) else {}
 
