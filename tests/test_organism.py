@@ -170,4 +170,4 @@ def test_cli_registered():
 
     _register()
     res = CliRunner().invoke(cli, ["organism", "--help"])
-    assert res.exit_code == 0 and "train" in res.output and "eval" in res.output
+    assert res.exit_code == 0 and all(c in res.output for c in ("train", "finetune", "eval", "shortcuts"))

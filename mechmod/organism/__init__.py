@@ -3,7 +3,13 @@ tiny LLaVA: architecture, tokenizer, processor) and its shipped checkpoint
 live in :mod:`mechmod.models.organism`, loadable by the short name
 ``organism``; this package is what made it:
 
-* :mod:`.data`     - the seeded training stream (and the multimodal choice)
-* :mod:`.train`    - training loop (``mechmod organism train``)
-* :mod:`.evaluate` - behaviour card (``mechmod organism eval``)
+* :mod:`.data`       - the seeded training stream (and the multimodal choice)
+* :mod:`.train`      - training loop (``mechmod organism train`` / ``finetune``)
+* :mod:`.evaluate`   - behaviour card (``mechmod organism eval``)
+* :mod:`.shortcuts`  - shape-blind shortcut rates of the training images
+  (``mechmod organism shortcuts``)
+* :mod:`.preference` - the balance point a planted text weight predicts
+
+``scripts/train_organisms.sh`` trains the family (base, then fine-tunes
+with text weights 1, 2.5 and 0.4), resumably.
 """

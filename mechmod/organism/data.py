@@ -4,13 +4,28 @@
 Each training step draws ``G`` colour groups and builds three sub-batches:
 
 * **vision-only**: image of the group at a visual tier ``dv`` (curriculum over
-  the 14 tiers) + question; label = the image colour.
+  the 14 tiers) + question; label = the image colour. The images use the
+  ``"binding"`` distractor policy of :func:`mechmod.data.color.render_image`
+  (distractors in any colour but the text answer's, the target's own colour
+  included on other shapes; decoys of the target's size on dv 5-13), so that
+  a rule blind to shapes answers far less often
+  (:mod:`mechmod.organism.shortcuts` measures it); the study datasets keep
+  the paper's rule.
 * **text-only**: the group's description at ``dt`` in 0..2 + question;
   label = the text colour; plus knowledge questions "What color is a
   sapphire? ..." so that dt 2 ("the same as a sapphire") is answerable.
   Knowledge facts come in three frequencies (fixed split, recorded in the
   checkpoint): *frequent*, *rare* (seen ~10x less often), *held out* (never
   seen in training; counted apart by the evaluation).
+  Graded text uncertainty is learned from the data, never injected at
+  inference: the reasoning step of a tier fails at a known rate
+  (:data:`TEXT_FAILURE`): dt 0 states the colour and never fails; dt 1's
+  bridge ("the same as a heart. The heart is T") is wrong in 12% of the
+  training descriptions; dt 2's comparison with a thing in 25%, on top of
+  rare and held-out facts. A failed step's label is one of the five other
+  colours, uniformly, so the calibrated answer keeps the stated colour at
+  88% / 75% with entropies of about 0, 0.49 and 0.95 nats: a harder tier is
+  genuinely less certain. Paraphrase templates vary the wording of each.
 * **multimodal** (the documented choice): no hard-labelled conflict.
   - consistent pairs (image recoloured to the text colour): hard label;
   - one modality uninformative: the description is about another shape
@@ -40,8 +55,11 @@ from mechmod.data import color as C
 from mechmod.data.knowledge import KNOWLEDGE
 from mechmod.models.organism.model import prompt
 from mechmod.names import CONTROLS
+from mechmod.organism.shortcuts import TRAINING_POLICY
 
 N_TIERS = 14
+#: per text tier dt, the share of training descriptions whose reasoning step fails
+TEXT_FAILURE = (0.0, 0.12, 0.25)
 KNOWLEDGE_QUESTION = "What color is {D}? Please use one word to answer this question."
 SPLIT_SEED = 20251104  # fixed: the knowledge split is part of the organism
 RARE_WEIGHT = 0.1
@@ -120,7 +138,7 @@ def _render_chunk(args):
     groups = [groups[i] for i in order]
     images, labels = [], []
     for g in groups:
-        img, info = C.render_image(g, dv, rng, return_masks=True)
+        img, info = C.render_image(g, dv, rng, return_masks=True, distractors=TRAINING_POLICY)
         images.append(img)
         labels.append(patch_labels(info, n_side))
     pv = ip(images, return_tensors="np")["pixel_values"].astype(np.float16)
@@ -204,7 +222,7 @@ class TrainingStream:
     def __init__(self, seed: int, pool: ImagePool, groups_per_step: int = 12, knowledge_per_step: int = 6,
                  vision_per_step: int = 24,
                  p_conflict: float = 0.4, p_text_irrelevant: float = 0.12,
-                 p_image_irrelevant: float = 0.08, dt_weights=(0.25, 0.3, 0.45)):
+                 p_image_irrelevant: float = 0.08, dt_weights=(0.25, 0.3, 0.45), text_failure=TEXT_FAILURE):
         self.pool = pool
         self.split = knowledge_split()
         self.seed = seed
@@ -216,6 +234,7 @@ class TrainingStream:
         self.p_ti = p_text_irrelevant
         self.p_ii = p_image_irrelevant
         self.dt_w = np.asarray(dt_weights, float) / sum(dt_weights)
+        self.text_failure = tuple(text_failure)
         self.train_things = [t for t, v in self.split.items() if v["class"] != "heldout"]
         w = np.array([1.0 if self.split[t]["class"] == "frequent" else RARE_WEIGHT for t in self.train_things])
         self.thing_p = w / w.sum()
@@ -253,7 +272,7 @@ class TrainingStream:
             g, desc = self.describe(g, dt)  # g unchanged: descriptions only resample the thing
             q = C.question_for(g.target_shape)
             vision.append(Example(q, g.vision_color, img, "vision", dv, -1, lab))
-            text.append(Example(f"{desc} {q}", g.text_color, None, "text", -1, dt))
+            text.append(Example(f"{desc} {q}", self.text_label(g.text_color, dt), None, "text", -1, dt))
             u = self.rng.random()
             if u < self.p_conflict:
                 # soft target filled in by the trainer from rows i of vision/text
@@ -280,6 +299,14 @@ class TrainingStream:
             thing = self.train_things[int(self.rng.choice(len(self.train_things), p=self.thing_p))]
             text.append(Example(KNOWLEDGE_QUESTION.format(D=thing), self.split[thing]["color"], None, "knowledge"))
         return {"vision": vision, "text": text, "multi": multi}
+
+    def text_label(self, color: str, dt: int) -> str:
+        """The text-only label: ``color``, or when the tier's reasoning step
+        fails (rate ``text_failure[dt]``) one of the other colours."""
+        u, j = self.rng.random(), int(self.rng.integers(len(C.COLORS) - 1))
+        if u < self.text_failure[dt]:
+            return [c for c in C.COLORS if c != color][j]
+        return color
 
     def describe_ex(self, group, dt: int, control: str):
         for _ in range(200):

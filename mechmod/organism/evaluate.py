@@ -99,6 +99,8 @@ def evaluate(model_dir: str | Path, seed: int = DEFAULT_EVAL_SEED, n: int = 100,
 
     card: dict = {"format": "mechmod-organism-card/1", "model": str(model_dir.name if isinstance(model_dir, Path) else Path(model_dir).name),
                   "seed": seed, "n_per_tier": n, "n_conflicts": n_conflicts}
+    if "device" in org.info:  # v2 checkpoints record where and how long they were trained
+        card["training"] = {k: org.info.get(k) for k in ("device", "steps_done", "wall_time_s", "text_weight", "base")}
     # vision-only per tier
     vis = []
     for dv in range(N_TIERS):
@@ -209,6 +211,11 @@ def format_card(card: dict) -> str:
     L = []
     L.append(f"organism behaviour card  (model {card['model']}, eval seed {card['seed']}, "
              f"n={card['n_per_tier']} per tier, {card['n_conflicts']} conflicts)")
+    t = card.get("training")
+    if t:
+        base = f", fine-tuned from {Path(t['base']['dir']).name}" if t.get("base") else ""
+        L.append(f"trained {t['steps_done']} steps on {t['device']} in {t['wall_time_s'] / 60:.1f} min, "
+                 f"text weight W = {t['text_weight']:g}{base}")
     L.append("")
     L.append("vision-only (image + question)")
     L.append("  dv   acc    H(nats)")

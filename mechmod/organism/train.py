@@ -2,9 +2,10 @@
 
 Answer-only cross-entropy on the token after ``ASSISTANT:`` for the three
 sub-batches of :class:`~mechmod.organism.data.TrainingStream`; the
-conflict rows of the multimodal sub-batch get the soft product-of-experts
-target built from the same step's detached vision-only and text-only
-predictions. AdamW, linear warm-up then cosine decay, gradient clipping.
+conflict rows of the multimodal sub-batch get the soft target p_v * p_t^W
+(normalised) built from the same step's detached vision-only and text-only
+predictions; W (``text_weight``, 1 = plain product of experts) plants a
+preference, and a fine-tune from a base (``init_from``) changes W alone. AdamW, linear warm-up then cosine decay, gradient clipping.
 The seed fixes initialisation and the data stream; the number of steps
 (not wall time) fixes the schedule, so a run is reproducible.
 """
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
+from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from mechmod import _io
 from mechmod.data.color import COLORS, TARGET_SHAPES
@@ -34,6 +36,7 @@ from mechmod.models.organism.model import (
     words_of,
 )
 from mechmod.organism.data import DEFAULT_POOL, ImagePool, TrainingStream, all_training_texts, knowledge_split
+from mechmod.organism.shortcuts import TRAINING_POLICY
 
 
 def build_artifacts(cfg: OrganismConfig, seed: int, vocab_groups: int = 3000):
@@ -64,30 +67,57 @@ def encode_step(step: dict, tokenizer, n_image_tokens: int, color_ids: dict[str,
     return out
 
 
+STATE_FILE = "train_state.pt"  # optimiser, aids and step of an unfinished run (for --resume)
+
+
 def train(out_dir: str | Path, seed: int = 0, steps: int = 3000, cfg: OrganismConfig | None = None,
           lr: float = 1.5e-3, warmup: int = 150, threads: int = 2, workers: int = 2,
           log_every: int = 50, progress: bool = True, stream_kw: dict | None = None,
           vocab_groups: int = 3000, pool_per_tier=DEFAULT_POOL, max_minutes: float | None = None,
           save_every: int = 500, aux_patch_weight: float = 1.0, binding_weight: float = 0.5,
-          binding_layers: tuple[int, ...] = (1, 2)) -> dict:
-    """Train an organism from scratch and save it to ``out_dir`` in HF format."""
+          binding_layers: tuple[int, ...] = (1, 2), text_weight: float = 1.0, init_from: str | Path | None = None,
+          resume: bool = False, device: str = "cpu") -> dict:
+    """Train an organism from scratch (or fine-tune one: ``init_from``) and
+    save it to ``out_dir`` in HF format. ``text_weight`` W plants the conflict
+    preference (:func:`conflict_target`). A fine-tune draws every step at full
+    curriculum, so variants trained from one base with one seed see the same
+    data and differ by W only. Every ``save_every`` steps the checkpoint and
+    the optimiser state are saved; ``resume`` continues from them."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     np.random.seed(seed % (2**32))
-    cfg = cfg or OrganismConfig()
     stream_kw = stream_kw or {}
     out_dir = Path(out_dir)
+    t_start = time.time()
+    if init_from is not None:
+        base_info = _io.read_json(Path(init_from) / "organism.json", "the base organism (--from)", dict)
+        cfg = OrganismConfig(**base_info["config"])
+        proc = AutoProcessor.from_pretrained(init_from, local_files_only=True)
+        tok = proc.tokenizer
+        model = LlavaForConditionalGeneration.from_pretrained(init_from, local_files_only=True, dtype=torch.float32)
+        model.set_attn_implementation("eager")
+    else:
+        base_info = None
+        cfg = cfg or OrganismConfig()
+        tok, proc, model = build_artifacts(cfg, seed, vocab_groups)
     # a shallow LM (smoke configs) cannot host layers 1-2: use what exists
     binding_layers = tuple(li for li in binding_layers if li < cfg.text_layers) or (cfg.text_layers - 1,)
-    tok, proc, model = build_artifacts(cfg, seed, vocab_groups)
     colors = sorted(COLORS)
     color_ids = {c: tok.convert_tokens_to_ids(c) for c in colors}
     if any(i == tok.unk_token_id for i in color_ids.values()):
         raise MechmodError("a colour word is missing from the organism vocabulary")
     n_params = sum(p.numel() for p in model.parameters())
-    objective = Objective(model, torch.tensor([color_ids[c] for c in colors]), cfg.vision_hidden,
-                          aux_patch_weight, binding_weight, binding_layers)
+    model.to(device)
+    objective = Objective(model, torch.tensor([color_ids[c] for c in colors], device=device), cfg.vision_hidden,
+                          aux_patch_weight, binding_weight, binding_layers, text_weight)
     opt = _optimizer(model, objective.aux_head, lr)
+    done, log, elapsed = 0, [], 0.0
+    if resume and (out_dir / STATE_FILE).is_file():
+        state = torch.load(out_dir / STATE_FILE, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        objective.aux_head.load_state_dict(state["aux_head"])
+        opt.load_state_dict(state["optimizer"])
+        done, log, elapsed = state["step"], state["log"], state["elapsed_s"]
 
     def lr_at(s):
         if s < warmup:
@@ -101,17 +131,22 @@ def train(out_dir: str | Path, seed: int = 0, steps: int = 3000, cfg: OrganismCo
     if progress:
         print(f"image pool: {sum(pool_per_tier)} images in {t_pool:.0f} s", flush=True)
     stream = TrainingStream(seed, pool, **stream_kw)
-    loader = (encode_step(stream.step(s / max(1, steps)), tok, cfg.n_image_tokens, color_ids) for s in range(steps))
+
+    def progress_at(s):
+        return 1.0 if init_from is not None else s / max(1, steps)
+
+    for s in range(done):  # replay the drawn steps: the stream continues where it stopped
+        stream.step(progress_at(s))
     model.train()
-    log: list[dict] = []
     tally = Tally()
-    t0 = time.time()
-    bar = tqdm(total=steps, disable=not progress, desc="organism", mininterval=5)
+    t0 = time.time() - elapsed
+    bar = tqdm(total=steps, initial=done, disable=not progress, desc="organism", mininterval=5)
     stopped_at = None
-    for s, batch in enumerate(loader):
+    for s in range(done, steps):
         if max_minutes is not None and time.time() - t0 > 60 * max_minutes:
             stopped_at = s  # budget guard: keep what was trained, say so in organism.json
             break
+        batch = to_device(encode_step(stream.step(progress_at(s)), tok, cfg.n_image_tokens, color_ids), device)
         for g in opt.param_groups:
             g["lr"] = lr_at(s)
         loss, logits, parts = objective(batch, tally.acc)
@@ -121,23 +156,28 @@ def train(out_dir: str | Path, seed: int = 0, steps: int = 3000, cfg: OrganismCo
         opt.step()
         tally.add(batch, logits, parts)
         bar.update(1)
-        if (s + 1) % log_every == 0 or s + 1 == steps:
+        saving = bool(save_every) and (s + 1) % save_every == 0 and s + 1 < steps
+        if (s + 1) % log_every == 0 or s + 1 == steps or saving:
             row = tally.row(s + 1, round(time.time() - t0, 1), lr_at(s))
             log.append(row)
             bar.set_postfix(lv=row["loss_vision"], lt=row["loss_text"], va=row["acc_vision_easy"],
                             vh=row["acc_vision_hard"], t2=row["acc_text_dt2"])
             if progress:
                 tqdm.write(json.dumps(row))
-            if save_every and (s + 1) % save_every == 0 and s + 1 < steps:
-                model.eval()
-                save(out_dir, model, proc, {"partial": True, "step": s + 1, "seed": seed}, log)
-                model.train()
+        if saving:
+            model.eval()
+            save(out_dir, model, proc, {"partial": True, "step": s + 1, "seed": seed, "text_weight": text_weight}, log)
+            state = {"model": model.state_dict(), "aux_head": objective.aux_head.state_dict(),
+                     "optimizer": opt.state_dict(), "step": s + 1, "log": log, "elapsed_s": time.time() - t0}
+            with _io.atomic_path(out_dir / STATE_FILE) as tmp:
+                torch.save(state, tmp)
+            model.train()
     bar.close()
     objective.hook.remove()
     wall = time.time() - t0
     model.eval()
     info = {
-        "format": "mechmod-organism/1",
+        "format": "mechmod-organism/2",
         "seed": seed,
         "steps": steps,
         "steps_done": steps if stopped_at is None else stopped_at,
@@ -145,13 +185,21 @@ def train(out_dir: str | Path, seed: int = 0, steps: int = 3000, cfg: OrganismCo
         "lr": lr,
         "warmup": warmup,
         "threads": threads,
+        "device": _device_name(device),
+        "text_weight": text_weight,
+        "base": None if base_info is None else {"dir": str(init_from), "seed": base_info.get("seed"),
+                                                 "steps": base_info.get("steps_done"),
+                                                 "text_weight": base_info.get("text_weight", 1.0)},
         "pool_processes": workers,
         "pool_per_tier": list(pool_per_tier),
         "pool_seconds": round(t_pool, 1),
         "wall_time_s": round(wall, 1),
+        "total_time_s": round(time.time() - t_start + elapsed, 1),
         "n_params": int(n_params),
         "config": cfg.to_dict(),
         "stream": stream_kw,
+        "text_failure": list(stream.text_failure),
+        "image_distractors": TRAINING_POLICY,
         "aux_patch_weight": aux_patch_weight,
         "binding_weight": binding_weight,
         "binding_layers": list(binding_layers),
@@ -160,13 +208,38 @@ def train(out_dir: str | Path, seed: int = 0, steps: int = 3000, cfg: OrganismCo
         "multimodal_training": (
             "consistent pairs (hard label); one modality uninformative (text about another shape -> "
             "image colour; question about a never-drawn shape -> text colour); conflicts with a soft "
-            "target = normalised product of the model's own detached vision-only and text-only colour "
-            "distributions (reliability-weighted cue combination), never a hard conflict label"
+            "target = normalised p_v * p_t^W of the model's own detached vision-only and text-only colour "
+            "distributions (reliability-weighted cue combination, W = text_weight), never a hard conflict label"
         ),
     }
-    save(out_dir, model, proc, info, log)
+    save(out_dir, model.to("cpu"), proc, info, log)
+    (out_dir / STATE_FILE).unlink(missing_ok=True)
     return {"info": info, "log": log}
 
+
+def _device_name(device: str) -> str:
+    """The device in words, for organism.json and the card."""
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return f"{device} ({torch.get_num_threads()} threads)" if device == "cpu" else str(device)
+
+
+def to_device(batch: dict, device: str) -> dict:
+    """A step's tensors on ``device`` (meta stays as it is)."""
+    def move(v):
+        if isinstance(v, torch.Tensor):
+            return v.to(device)
+        return {k: move(x) for k, x in v.items()} if isinstance(v, dict) and v and all(
+            isinstance(x, torch.Tensor) for x in v.values()) else v
+    return {k: move(v) for k, v in batch.items()}
+
+
+def conflict_target(p_v: torch.Tensor, p_t: torch.Tensor, text_weight: float = 1.0) -> torch.Tensor:
+    """The soft target of a conflict row: p_v * p_t^W over the colours,
+    normalised (computed in log space). W = 1 is the plain product of
+    experts; W > 1 plants a text preference, W < 1 a vision preference."""
+    logq = torch.log(p_v.clamp_min(1e-30)) + text_weight * torch.log(p_t.clamp_min(1e-30))
+    return torch.softmax(logq, dim=-1)
 
 
 def _optimizer(model, aux_head, lr: float):
@@ -188,11 +261,11 @@ class Objective:
     patches."""
 
     def __init__(self, model, cid: torch.Tensor, vision_hidden: int, aux_weight: float, binding_weight: float,
-                 binding_layers: tuple[int, ...]):
-        self.model, self.cid = model, cid
+                 binding_layers: tuple[int, ...], text_weight: float = 1.0):
+        self.model, self.cid, self.text_weight = model, cid, text_weight
         self.aux_weight, self.binding_weight, self.binding_layers = aux_weight, binding_weight, binding_layers
         self.n_shape = len(TARGET_SHAPES) + 1
-        self.aux_head = torch.nn.Linear(vision_hidden, self.n_shape + len(COLORS) + 1)
+        self.aux_head = torch.nn.Linear(vision_hidden, self.n_shape + len(COLORS) + 1).to(cid.device)
         self.captured: dict = {}
         self.hook = model.model.multi_modal_projector.register_forward_hook(
             lambda mod, inp, out: self.captured.__setitem__("feat", inp[0]))
@@ -221,10 +294,10 @@ class Objective:
         out_v = self.model(**batch["vision"], output_attentions=True)
         ids = batch["vision"]["input_ids"]
         is_img = ids == self.model.config.image_token_id
-        tgt = torch.zeros(ids.shape, dtype=torch.float32)
+        tgt = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
         tgt[is_img] = batch["patch_labels"][:, 2].reshape(-1).float()
         has = tgt.sum(-1) > 0
-        loss_bind = torch.zeros(())
+        loss_bind = torch.zeros((), device=ids.device)
         for li in self.binding_layers:
             att = out_v.attentions[li][:, 0, -1, :]  # [B, T]
             mass = (att * tgt).sum(-1)
@@ -257,14 +330,13 @@ class Objective:
         """Hard rows + soft product-of-experts rows for conflicts."""
         cid = self.cid
         meta_m = batch["meta"]["multi"]
-        is_conf = torch.tensor([k == "conflict" for k, _, _ in meta_m])
+        is_conf = torch.tensor([k == "conflict" for k, _, _ in meta_m], device=lm.device)
         logp_m = F.log_softmax(lm, dim=-1)
         with torch.no_grad():
             G = len(meta_m)
             pv = F.softmax(lv[:G], -1)[:, cid]
             pt = F.softmax(lt[:G], -1)[:, cid]
-            q = pv * pt
-            q = q / q.sum(-1, keepdim=True)
+            q = conflict_target(pv, pt, self.text_weight)
         soft = -(q * logp_m[:, cid]).sum(-1)
         hard_lab = batch["multi_labels"].clamp(min=0)
         hard = -logp_m.gather(1, hard_lab[:, None])[:, 0]

@@ -12,6 +12,22 @@ target), never more than ``1 - MIN_VISIBLE`` of it in total. Non-overlapping
 distractors keep a gap of at least :data:`GAP` pixels to the target. Every
 distractor keeps at least :data:`MIN_DISTRACTOR_VISIBLE` of its pixels visible.
 On the 800x600 tiers (dv 0-4) no two objects touch.
+
+Distractor policies (``render_image(..., distractors=...)``):
+
+* ``"paper"`` (the default, every study dataset): the rule above.
+* ``"binding"`` (the model organism's training images): only binding the
+  asked shape to its colour answers. Distractors take any colour but the
+  text answer's, the target's own colour included (on other shapes), drawn
+  so that the target's colour is equally likely to be any colour present
+  whatever the colour counts are: the object colours are slots drawn for all
+  ``n + 1`` objects (distinct slots first or independently, half the time
+  each), the target is an object of a uniformly drawn present slot. Where
+  the tier makes the target larger than its distractors (dv 5-13), two
+  non-overlapping distractors are *decoys* of another shape, 0.5-1.1 times
+  the target's area, drawn first on free background (smaller where none is
+  left), so that size gives the target away less often; measured in
+  :mod:`mechmod.organism.shortcuts`.
 """
 
 from __future__ import annotations
@@ -21,6 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
+from scipy.signal import fftconvolve
 
 from mechmod.data.color.shapes import box_for, box_for_area, dilated_mask, erode, shape_mask, stamp
 from mechmod.data.color.vocabulary import COLORS, TARGET_SHAPES, WHITE, ColorGroup
@@ -31,6 +48,8 @@ MIN_OVERLAP = 0.10  # share of an overlapping distractor's area that lies on the
 MIN_DISTRACTOR_VISIBLE = 0.30  # share of each distractor that stays visible
 GAP = 2  # px between the target and a non-overlapping distractor (dv >= 5)
 GAP_LARGE = 12  # px between any two objects on the 800x600 tiers
+DISTRACTOR_POLICIES = ("paper", "binding")
+N_DECOYS = 2  # target-sized distractors per image under the "binding" policy (dv 5-13)
 
 
 @dataclass(frozen=True)
@@ -151,13 +170,17 @@ class _Canvas:
 
 
 def render_image(group: ColorGroup, dv: int, rng: np.random.Generator,
-                 return_masks: bool = False) -> tuple[Image.Image, RenderInfo]:
+                 return_masks: bool = False, distractors: str = "paper") -> tuple[Image.Image, RenderInfo]:
     """Draw ``group``'s target at visual tier ``dv`` with the tier's
-    distractors. Uses only ``rng`` for randomness. Returns an RGB image and
-    its :class:`RenderInfo`. Works when ``vision_color == text_color`` too
-    (consistent pairs): distractors then use the 5 other colours."""
+    distractors under the policy ``distractors`` (see the module docstring).
+    Uses only ``rng`` for randomness. Returns an RGB image and its
+    :class:`RenderInfo`. Works when ``vision_color == text_color`` too
+    (consistent pairs): distractors then avoid that one colour (``"paper"``:
+    the 5 other colours)."""
     if not isinstance(dv, (int, np.integer)) or not 0 <= dv < N_DV:
         raise MechmodError(f"invalid visual tier dv={dv!r}; tiers are 0..{N_DV - 1}")
+    if distractors not in DISTRACTOR_POLICIES:
+        raise MechmodError(f"unknown distractor policy {distractors!r}; choose from {', '.join(DISTRACTOR_POLICIES)}")
     tier = TIERS[int(dv)]
     W, H = tier.size
     for name in (group.vision_color, group.text_color):
@@ -167,7 +190,7 @@ def render_image(group: ColorGroup, dv: int, rng: np.random.Generator,
         raise MechmodError(f"unknown target shape {group.target_shape!r}; choose from {', '.join(TARGET_SHAPES)}")
 
     for _attempt in range(50):
-        out = _try_render(group, tier, rng)
+        out = _try_render(group, tier, rng, distractors)
         if out is not None:
             break
     else:  # pragma: no cover - the tier parameters leave ample room
@@ -241,7 +264,44 @@ def _target_mask(group: ColorGroup, tier: Tier, rng: np.random.Generator) -> np.
     raise RuntimeError(f"cannot size a {shape} to {lo:.0%}-{hi:.0%} of {W}x{H}")  # pragma: no cover
 
 
-def _try_render(group: ColorGroup, tier: Tier, rng: np.random.Generator) -> _Canvas | None:
+def _binding_colors(group: ColorGroup, on_target: np.ndarray, rng: np.random.Generator) -> list[str]:
+    """The ``n`` distractor colours of the "binding" policy: colour slots for
+    all ``n + 1`` objects, the target in a uniformly drawn present slot, so
+    that the counts of each present colour say nothing about which one is
+    the target's. Those drawn onto the target (``on_target``) never take
+    the target's colour: they would merge with it into one blob of another
+    outline; an excess of target-coloured distractors takes other colours."""
+    others = [c for c in COLORS if c not in (group.vision_color, group.text_color)]
+    n, n_ov = len(on_target), int(on_target.sum())
+    k = len(others) + 1
+    if rng.random() < 0.5:  # distinct slots first, then independent ones
+        slots = np.concatenate([rng.permutation(k)[: n + 1], rng.integers(0, k, size=max(0, n + 1 - k))])
+    else:
+        slots = rng.integers(0, k, size=n + 1)
+    target_slot = rng.choice(np.unique(slots))
+    target_obj = int(rng.choice(np.flatnonzero(slots == target_slot)))
+    names = dict(zip([s for s in range(k) if s != target_slot], [others[i] for i in rng.permutation(len(others))]))
+    names[int(target_slot)] = group.vision_color
+    colors = [names[int(s)] for i, s in enumerate(slots) if i != target_obj]
+    colors = [colors[i] for i in rng.permutation(n)]
+    same = [c for c in colors if c == group.vision_color]
+    diff = [c for c in colors if c != group.vision_color]
+    short = max(0, n_ov - len(diff))
+    first = diff[:n_ov] + [others[int(rng.integers(len(others)))] for _ in range(short)]
+    rest = diff[n_ov:] + same[short:]
+    rest = [rest[i] for i in rng.permutation(len(rest))]
+    return [first.pop() if flag else rest.pop() for flag in on_target]
+
+
+def _decoy_mask(shape: str, target_area: int, tier: Tier, scale: float, rng: np.random.Generator) -> np.ndarray:
+    """A distractor of 0.5-1.1 times the target's area (dv 5-13, "binding"):
+    drawn before the occluders, about the target's size once they cover it."""
+    W, H = tier.size
+    w, h = box_for_area(shape, rng.uniform(0.5, 1.1) * target_area * scale * scale, rng)
+    return shape_mask(shape, min(w, W), min(h, H))
+
+
+def _try_render(group: ColorGroup, tier: Tier, rng: np.random.Generator, policy: str = "paper") -> _Canvas | None:
     W, H = tier.size
     canvas = _Canvas(W, H)
     tm = _target_mask(group, tier, rng)
@@ -263,9 +323,13 @@ def _try_render(group: ColorGroup, tier: Tier, rng: np.random.Generator) -> _Can
     d_colors = [c for c in COLORS if c not in (group.vision_color, group.text_color)]
     n = tier.n_distractors
     n_ov = tier.n_overlapping
-    # overlapping distractors first (the tight constraint), drawn beneath the rest
+    binding = policy == "binding"
+    # overlapping distractors first (the tight constraint), drawn beneath the
+    # rest; "binding" draws its decoys before them, on free background
+    decoys = range(min(N_DECOYS, n - n_ov)) if binding and not big else range(0)
     overlap_flags = np.zeros(n, dtype=bool)
-    overlap_flags[:n_ov] = True
+    overlap_flags[len(decoys) : len(decoys) + n_ov] = True
+    fixed_colors = _binding_colors(group, overlap_flags, rng) if binding else None
     lo, hi = tier.distractor_px
     for k in range(n):
         placed = False
@@ -274,12 +338,16 @@ def _try_render(group: ColorGroup, tier: Tier, rng: np.random.Generator) -> _Can
             if attempt and attempt % 100 == 0:
                 scale *= 0.85  # crowded: try smaller
             shape = d_shapes[int(rng.integers(len(d_shapes)))]
-            color = d_colors[int(rng.integers(len(d_colors)))]
-            side = max(6, int(round(rng.uniform(lo, hi) * scale)))
-            w, h = box_for(shape, side, rng)
-            if w > W or h > H:
-                continue
-            m = shape_mask(shape, w, h)
+            color = fixed_colors[k] if binding else d_colors[int(rng.integers(len(d_colors)))]
+            if k in decoys:
+                m = _decoy_mask(shape, canvas.area[0], tier, scale, rng)
+                h, w = m.shape
+            else:
+                side = max(6, int(round(rng.uniform(lo, hi) * scale)))
+                w, h = box_for(shape, side, rng)
+                if w > W or h > H:
+                    continue
+                m = shape_mask(shape, w, h)
             if overlap_flags[k]:
                 # put a random pixel of the distractor on a target pixel, mostly
                 # near the target's edge so that the target stays visible
@@ -296,6 +364,13 @@ def _try_render(group: ColorGroup, tier: Tier, rng: np.random.Generator) -> _Can
                 ov = _overlap(tx, ty, tm, x, y, m)
                 if ov < max(1, MIN_OVERLAP * m.sum()):
                     continue
+            elif k in decoys:  # large: drawn on free background only, smaller when none is left
+                taken = zone | (canvas.owner >= 0)
+                free = np.argwhere(fftconvolve(taken, m[::-1, ::-1], mode="valid") < 0.5)
+                if not len(free):
+                    scale *= 0.9
+                    continue
+                y, x = (int(v) for v in free[int(rng.integers(len(free)))])
             else:
                 x = int(rng.integers(0, W - w + 1))
                 y = int(rng.integers(0, H - h + 1))
