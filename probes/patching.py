@@ -35,6 +35,7 @@ class Config(RunSpec):
     max_rows: int = _STUDY.max_rows
     dh_bins: int = _STUDY.dh_bins
     t_min: float = _STUDY.t_min
+    radius: float = _STUDY.radius  # half-width of the ambiguous region (flip rates by region)
     backend: str = _STUDY.backend
 
 

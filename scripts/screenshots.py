@@ -35,9 +35,10 @@ VIEWPORT = {"width": 1000, "height": 900}
 FIGURES_JS = """() => Array.from(document.querySelectorAll('.plotly-graph-div')).map(d => {
   const fig = d.closest('.figure');
   const h2 = fig && fig.previousElementSibling;
-  const plot = d.querySelector('.cartesianlayer .overplot');
-  const marks = plot ? Array.from(plot.querySelectorAll('path, image, rect')).filter(e => {
-      const b = e.getBBox(); return b.width > 0 || b.height > 0; }).length : 0;
+  // every subplot's plot area (make_subplots draws one overplot per subplot)
+  const marks = Array.from(d.querySelectorAll('.cartesianlayer .overplot')).reduce((n, plot) =>
+      n + Array.from(plot.querySelectorAll('path, image, rect')).filter(e => {
+          const b = e.getBBox(); return b.width > 0 || b.height > 0; }).length, 0);
   const pts = (d.calcdata || []).reduce((n, cd) => n + cd.filter(p => p && p.x !== undefined &&
       p.x !== null && !Number.isNaN(p.x)).length, 0);
   const r = d.getBoundingClientRect();
