@@ -47,7 +47,9 @@ def findings(run: Path, fidelity: Path | None) -> str:
     osc = s.get("oscillations") or {}
     amb, clr = osc.get("ambiguous"), osc.get("clear")
     ctl = {k: v for k, v in osc.items() if k.startswith("control_")}
-    lines = [f"Run: `{s['model']}`, {s['n_cases']} cases ({s.get('n_failed', 0)} failed), lens `{s.get('lens')}`; "
+    layers = "the embedding output and the decoder layers" if s.get("include_embedding") else "the decoder layers"
+    lines = [f"Run: `{s['model']}`, {s['n_cases']} cases ({s.get('n_failed', 0)} failed), lens `{s.get('lens')}` "
+             f"over {layers}; "
              f"written by `python scripts/readme_blocks.py findings {run}`.", ""]
     bp, ci = s.get("balance_point"), s.get("balance_ci")
     bp_txt = "none (" + str((s.get("balance") or {}).get("status")) + ")" if bp is None else (
@@ -71,6 +73,13 @@ def findings(run: Path, fidelity: Path | None) -> str:
                      + "; ".join(parts) + ".")
     else:
         lines.append("- ambiguous > clear > control: cannot be assessed (no balance point, so no regions).")
+    sw = s.get("switch_rates") or {}
+    if sw:
+        lines.append("- Where the switches arrive (share of each group's switches in the early / middle / late third "
+                     "of the decoder layers): " + "; ".join(
+                         f"{k.replace('control_', 'control ')} " + "/".join(
+                             f"{v['band_shares'].get(b, 0):.2f}" for b in ("early", "middle", "late"))
+                         + f" (most: {v['band']['name']})" for k, v in sorted(sw.items()) if v.get("band")) + ".")
     att = s.get("attention_by_layer")
     if att:
         lines.append("- Attention of the answer position, mean per layer (image / description / question): "
@@ -78,7 +87,8 @@ def findings(run: Path, fidelity: Path | None) -> str:
                                  enumerate(zip(att["image"], att["description"], att["question"]))) + ".")
     if fidelity and fidelity.is_file():
         f = json.loads(fidelity.read_text())["heldout"]
-        lines.append(f"- Lens fidelity, held-out KL(final || lens) in nats per residual index "
+        lines.append(f"- Lens fidelity, held-out KL(final || lens) in nats per layer (-1 = embedding output, then "
+                     f"the decoder layers) "
                      f"(n={f['n_examples']}): logit lens " + ", ".join(f"{x:.3f}" for x in f["kl_logit"])
                      + "; tuned lens " + ", ".join(f"{x:.3f}" for x in f["kl_tuned"]) + ".")
     return "\n".join(lines)
