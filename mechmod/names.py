@@ -53,3 +53,6 @@ ATTRIBUTE_TASKS = ("shape", "material")
 ATTRIBUTE_SUBSETS = ATTRIBUTE_TASKS + ("both",)
 #: the ``control`` column of a dataset (mechmod.data.schema)
 CONTROLS = ("none", "text_irrelevant", "image_irrelevant")
+
+#: colour-image distractor policies: the paper's rule (study datasets) and the organism's binding images
+DISTRACTOR_POLICIES = ("paper", "binding")

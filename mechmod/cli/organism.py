@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from mechmod import names
 from mechmod.cli import cli
 
 
@@ -111,7 +112,7 @@ def finetune_cmd(out, text_weight, threads, workers, pool_per_tier, max_minutes,
 @organism.command("shortcuts")
 @click.option("--n", default=200, show_default=True, type=int, help="Images per tier to fit and, again, to score.")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--policy", default="binding", show_default=True, type=click.Choice(["binding", "paper"]),
+@click.option("--policy", default="binding", show_default=True, type=click.Choice(names.DISTRACTOR_POLICIES),
               help="Distractor policy (binding: the organism's training images; paper: the study datasets).")
 def shortcuts_cmd(n, seed, policy) -> None:
     """Shape-blind rules and a fitted shape-blind classifier on rendered images, per visual tier."""

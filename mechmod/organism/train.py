@@ -113,7 +113,7 @@ def train(out_dir: str | Path, seed: int = 0, steps: int = 3000, cfg: OrganismCo
     opt = _optimizer(model, objective.aux_head, lr)
     done, log, elapsed = 0, [], 0.0
     if resume and (out_dir / STATE_FILE).is_file():
-        state = torch.load(out_dir / STATE_FILE, map_location=device, weights_only=False)
+        state = torch.load(out_dir / STATE_FILE, map_location=device, weights_only=True)  # no unpickling
         model.load_state_dict(state["model"])
         objective.aux_head.load_state_dict(state["aux_head"])
         opt.load_state_dict(state["optimizer"])

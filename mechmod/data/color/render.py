@@ -42,13 +42,13 @@ from scipy.signal import fftconvolve
 from mechmod.data.color.shapes import box_for, box_for_area, dilated_mask, erode, shape_mask, stamp
 from mechmod.data.color.vocabulary import COLORS, TARGET_SHAPES, WHITE, ColorGroup
 from mechmod.errors import MechmodError
+from mechmod.names import DISTRACTOR_POLICIES
 
 MIN_VISIBLE = 0.45  # share of the target's pixels that stays visible
 MIN_OVERLAP = 0.10  # share of an overlapping distractor's area that lies on the target
 MIN_DISTRACTOR_VISIBLE = 0.30  # share of each distractor that stays visible
 GAP = 2  # px between the target and a non-overlapping distractor (dv >= 5)
 GAP_LARGE = 12  # px between any two objects on the 800x600 tiers
-DISTRACTOR_POLICIES = ("paper", "binding")
 N_DECOYS = 2  # target-sized distractors per image under the "binding" policy (dv 5-13)
 
 
