@@ -29,7 +29,6 @@ import torch
 from mechmod.answers import LabelSet
 from mechmod.backends import Site, unembed
 from mechmod.errors import MechmodError
-from mechmod.interventions.cases import Images, batches, encode
 from mechmod.interventions.clean import CleanCases
 from mechmod.interventions.core import forward
 from mechmod.stats import bootstrap_mean_ci
@@ -157,14 +156,10 @@ def attribute(mllm, encoded, labels: LabelSet, answer_text, answer_vision, backe
 def attribute_cases(mllm, clean: CleanCases, batch_size: int = 8, backend: str = "nnsight") -> pd.DataFrame:
     """The attribution table (COLUMNS) of every conflict case of ``clean``
     whose two answers are labels of its candidates."""
-    images = Images(clean.dataset_dir)
     frames = []
-    for cand, sub in clean.table.groupby(clean.table["candidates"].map(tuple), sort=False):
-        labels = LabelSet(mllm.tokenizer, list(cand))
-        for b in batches(sub, batch_size):
-            enc = encode(mllm, images, b["image_path"], b["description"], b["question"])
-            att = attribute(mllm, enc, labels, list(b["answer_text"]), list(b["answer_vision"]), backend)
-            frames.append(att.rows(b["case_id"]))
+    for labels, b, enc in clean.batches(mllm, batch_size):
+        att = attribute(mllm, enc, labels, list(b["answer_text"]), list(b["answer_vision"]), backend)
+        frames.append(att.rows(b["case_id"]))
     if not frames:
         raise MechmodError("attribution: no conflict case to attribute")
     return pd.concat(frames, ignore_index=True)

@@ -16,7 +16,8 @@ import pandas as pd
 from mechmod.data import load_cases
 from mechmod.errors import MechmodError
 from mechmod.following import balance_point, region
-from mechmod.interventions.cases import baseline
+from mechmod.answers import LabelSet
+from mechmod.interventions.cases import Images, baseline, batches, encode
 from mechmod.rundir import RunDir
 
 #: the region of a case when the run has no balance point
@@ -35,6 +36,15 @@ class CleanCases:
     radius: float
     model: str | None = None
     dtype: str | None = None
+
+    def batches(self, mllm, batch_size: int):
+        """Per batch of cases sharing a label set: (labels, rows, the rows'
+        encoded multimodal prompts)."""
+        images = Images(self.dataset_dir)
+        for cand, sub in self.table.groupby(self.table["candidates"].map(tuple), sort=False):
+            labels = LabelSet(mllm.tokenizer, list(cand))
+            for b in batches(sub, batch_size):
+                yield labels, b, encode(mllm, images, b["image_path"], b["description"], b["question"])
 
 
 def from_run(run_dir: str | Path) -> CleanCases:

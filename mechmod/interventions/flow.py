@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -28,7 +27,6 @@ from mechmod.backends.sites import attention_implementation
 from mechmod.decoding import reforward
 from mechmod.errors import MechmodError
 from mechmod.following import follow_outcome
-from mechmod.interventions.cases import Images, batches, encode
 from mechmod.interventions.clean import CleanCases
 from mechmod.interventions.core import Site, chunk_for, forward, sweep
 from mechmod.interventions.patching import logit_diff
@@ -123,22 +121,18 @@ def run_flow(mllm, clean: CleanCases, flows: Sequence[str] = FLOWS, k: int | Non
     """One row per (flow, window, conflict case): ROW_COLUMNS."""
     check_kernel(mllm)
     kos = [Knockout(f, s, e) for f in flows for s, e in windows(mllm.n_layers, k)]
-    images = Images(clean.dataset_dir)
     frames = []
-    for cand, sub in clean.table.groupby(clean.table["candidates"].map(tuple), sort=False):
-        labels = LabelSet(mllm.tokenizer, list(cand))
-        for b in batches(sub, batch_size):
-            enc = encode(mllm, images, b["image_path"], b["description"], b["question"])
-            at, av = list(b["answer_text"]), list(b["answer_vision"])
-            ld, preds, clean_ld, clean_y = knockout_batch(mllm, enc, labels, kos, at, av, max_rows, backend)
-            y_v, y_t = b["y_v"].to_numpy(object), b["y_t"].to_numpy(object)
-            base = follow_outcome(clean_y, y_v, y_t)
-            for ko, d, y in zip(kos, ld, preds):
-                knocked = follow_outcome(y, y_v, y_t)
-                frames.append(pd.DataFrame({
-                    "flow": ko.flow, "window_start": ko.start, "window_end": ko.end, "case_id": b["case_id"].to_numpy(),
-                    "region": b["region"].to_numpy(object), "follow": base, "follow_knocked": knocked,
-                    "flipped": knocked != base, "delta_logit_diff": (d - clean_ld).numpy()}))
+    for labels, b, enc in clean.batches(mllm, batch_size):
+        at, av = list(b["answer_text"]), list(b["answer_vision"])
+        ld, preds, clean_ld, clean_y = knockout_batch(mllm, enc, labels, kos, at, av, max_rows, backend)
+        y_v, y_t = b["y_v"].to_numpy(object), b["y_t"].to_numpy(object)
+        base = follow_outcome(clean_y, y_v, y_t)
+        for ko, d, y in zip(kos, ld, preds):
+            knocked = follow_outcome(y, y_v, y_t)
+            frames.append(pd.DataFrame({
+                "flow": ko.flow, "window_start": ko.start, "window_end": ko.end, "case_id": b["case_id"].to_numpy(),
+                "region": b["region"].to_numpy(object), "follow": base, "follow_knocked": knocked,
+                "flipped": knocked != base, "delta_logit_diff": (d - clean_ld).numpy()}))
     return pd.concat(frames, ignore_index=True)[ROW_COLUMNS]
 
 

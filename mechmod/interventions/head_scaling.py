@@ -17,11 +17,9 @@ from typing import Sequence
 import pandas as pd
 import torch
 
-from mechmod.answers import LabelSet
 from mechmod.decoding import reforward
 from mechmod.errors import MechmodError
 from mechmod.following import follow_outcome
-from mechmod.interventions.cases import Images, batches, encode
 from mechmod.interventions.clean import CleanCases
 from mechmod.interventions.core import Site, chunk_for, forward, sweep
 from mechmod.interventions.patching import logit_diff
@@ -91,26 +89,22 @@ def run_head_scaling(mllm, clean: CleanCases, head_sets: dict[str, Sequence[tupl
     conflict cases; (rows: ROW_COLUMNS, summary: per head set, TFR and
     balance point per alpha as in steering)."""
     alphas = tuple(sorted(set(float(a) for a in alphas) | {1.0}))
-    images = Images(clean.dataset_dir)
     pad = mllm.tokenizer.pad_token_id
     frames = []
     for name, heads in head_sets.items():
         spec = HeadScale(tuple((int(la), int(h)) for la, h in heads), alphas, positions)
         setter = scale_setter(spec)
-        for cand, sub in clean.table.groupby(clean.table["candidates"].map(tuple), sort=False):
-            labels = LabelSet(mllm.tokenizer, list(cand))
-            for b in batches(sub, batch_size):
-                enc = encode(mllm, images, b["image_path"], b["description"], b["question"])
-                logits = scale_heads(mllm, enc, spec, max_rows=max_rows, backend=backend)
-                for alpha, lg in zip(alphas, logits):
-                    more = reforward(enc.inputs, lambda x, a=alpha: forward(mllm, x, setter(a, slice(None)),
-                                                                             backend=backend)[0], pad)
-                    y = labels.predict(lg, more)
-                    frames.append(pd.DataFrame({
-                        "head_set": name, "alpha": alpha, "case_id": b["case_id"].to_numpy(),
-                        "region": b["region"].to_numpy(object), "dh_rel": b["dh_rel"].to_numpy(float), "y_m": y,
-                        "follow": follow_outcome(y, b["y_v"].to_numpy(object), b["y_t"].to_numpy(object)),
-                        "logit_diff": logit_diff(lg, labels, list(b["answer_text"]), list(b["answer_vision"])).numpy()}))
+        for labels, b, enc in clean.batches(mllm, batch_size):
+            logits = scale_heads(mllm, enc, spec, max_rows=max_rows, backend=backend)
+            for alpha, lg in zip(alphas, logits):
+                more = reforward(enc.inputs, lambda x, a=alpha: forward(mllm, x, setter(a, slice(None)),
+                                                                         backend=backend)[0], pad)
+                y = labels.predict(lg, more)
+                frames.append(pd.DataFrame({
+                    "head_set": name, "alpha": alpha, "case_id": b["case_id"].to_numpy(),
+                    "region": b["region"].to_numpy(object), "dh_rel": b["dh_rel"].to_numpy(float), "y_m": y,
+                    "follow": follow_outcome(y, b["y_v"].to_numpy(object), b["y_t"].to_numpy(object)),
+                    "logit_diff": logit_diff(lg, labels, list(b["answer_text"]), list(b["answer_vision"])).numpy()}))
     if not frames:
         raise MechmodError("head scaling: no conflict case")
     rows = pd.concat(frames, ignore_index=True)[ROW_COLUMNS]
