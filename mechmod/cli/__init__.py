@@ -60,6 +60,22 @@ def generated_color_dataset(target: Path, groups: int, seed: int, dv=None, progr
     return target
 
 
+#: groups of the colour dataset an intervention command generates without --groups
+STUDY_GROUPS = 3
+
+
+def study_dataset(dataset_dir, groups, seed, dv, out: Path) -> Path:
+    """The dataset of an intervention command: --dataset DIR as given, or a
+    colour dataset generated into OUT/dataset (--groups, --seed, --dv)."""
+    if dataset_dir is not None:
+        if groups is not None or dv:
+            raise MechmodError("give --dataset DIR or --groups N [--dv ...], not both")
+        if not (Path(dataset_dir) / "manifest.json").is_file():
+            raise MechmodError(f"{dataset_dir}: not a mechmod dataset (no manifest.json)")
+        return Path(dataset_dir)
+    return generated_color_dataset(out / "dataset", groups or STUDY_GROUPS, seed, dv or None)
+
+
 def check_device(device: str) -> str:
     """--device, checked before anything is loaded: cpu, cuda, cuda:N (of the
     GPUs visible) or mps (where available)."""

@@ -13,8 +13,7 @@ from pathlib import Path
 import click
 
 from mechmod import _io
-from mechmod.cli import cli, load_for_command
-from mechmod.cli.patch import _dataset
+from mechmod.cli import STUDY_GROUPS, cli, load_for_command, study_dataset
 from mechmod.errors import MechmodError
 from mechmod.names import BACKENDS, FLOWS, HEAD_SCALE_POSITIONS
 
@@ -28,7 +27,7 @@ def _shared(f):
         click.option("--dataset", "dataset_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
                      help="A dataset directory (not with --run). Default: generate a colour dataset into OUT/dataset."),
         click.option("--groups", default=None, type=click.IntRange(min=1),
-                     help="Groups of the generated colour dataset (default 3; not with --run or --dataset)."),
+                     help=f"Groups of the generated colour dataset (default {STUDY_GROUPS}; not with --run or --dataset)."),
         click.option("--seed", default=0, show_default=True, help="Seed of the generated dataset and of the bootstrap."),
         click.option("--dv", multiple=True, type=click.IntRange(0, 13), help="Visual tiers to generate (repeatable)."),
         click.option("--radius", default=0.5, show_default=True, type=click.FloatRange(min=0),
@@ -62,7 +61,7 @@ def _setup(o: dict):
         mllm = load_for_command(o["model"] or clean.model or "organism", o["device"], o["dtype"] or clean.dtype,
                                 o["trust_remote_code"], o["threads"])
         return mllm, clean
-    ds = _dataset(o["dataset_dir"], o["groups"], o["seed"], o["dv"] or None, o["out"])
+    ds = study_dataset(o["dataset_dir"], o["groups"], o["seed"], o["dv"] or None, o["out"])
     mllm = load_for_command(o["model"] or "organism", o["device"], o["dtype"], o["trust_remote_code"], o["threads"])
     return mllm, from_baseline(mllm, ds, batch_size=o["batch_size"], backend=o["backend"], radius=o["radius"],
                                n_boot=o["n_boot"], seed=o["seed"])

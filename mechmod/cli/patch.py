@@ -9,11 +9,8 @@ from pathlib import Path
 
 import click
 
-from mechmod.cli import cli, generated_color_dataset, load_for_command
-from mechmod.errors import MechmodError
+from mechmod.cli import STUDY_GROUPS, cli, load_for_command, study_dataset
 from mechmod.names import BACKENDS, KNOCKOUT_MODES, PATCH_COMPONENTS, PATCH_DIRECTIONS, POSITION_GROUPS, STEER_POSITIONS
-
-DEFAULT_GROUPS = 3
 
 
 def _shared(f):
@@ -22,7 +19,7 @@ def _shared(f):
         click.option("--dataset", "dataset_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
                      help="A dataset directory (mechmod dataset ...). Default: generate a colour dataset into OUT/dataset."),
         click.option("--groups", default=None, type=click.IntRange(min=1),
-                     help=f"Groups of the generated colour dataset (default {DEFAULT_GROUPS}; not with --dataset)."),
+                     help=f"Groups of the generated colour dataset (default {STUDY_GROUPS}; not with --dataset)."),
         click.option("--seed", default=0, show_default=True, help="Seed of the generated dataset and of the split."),
         click.option("--dv", multiple=True, type=click.IntRange(0, 13), help="Visual tiers to generate (repeatable; default all)."),
         click.option("--backend", type=click.Choice(BACKENDS), default="nnsight", show_default=True),
@@ -40,16 +37,6 @@ def _shared(f):
     for opt in reversed(opts):
         f = opt(f)
     return f
-
-
-def _dataset(dataset_dir, groups, seed, dv, out: Path) -> Path:
-    if dataset_dir is not None:
-        if groups is not None or dv:
-            raise MechmodError("give --dataset DIR or --groups N [--dv ...], not both")
-        if not (Path(dataset_dir) / "manifest.json").is_file():
-            raise MechmodError(f"{dataset_dir}: not a mechmod dataset (no manifest.json)")
-        return Path(dataset_dir)
-    return generated_color_dataset(out / "dataset", groups or DEFAULT_GROUPS, seed, dv or None)
 
 
 @cli.command("patch")
@@ -76,7 +63,7 @@ def patch_cmd(model, dataset_dir, groups, seed, dv, backend, device, dtype, batc
     from mechmod.interventions.patch_study import PatchStudyConfig, run_patching
     from mechmod.report import lines, write_study
 
-    ds = _dataset(dataset_dir, groups, seed, dv, out)
+    ds = study_dataset(dataset_dir, groups, seed, dv, out)
     defaults = PatchStudyConfig()
     cfg = PatchStudyConfig(directions=tuple(directions) or defaults.directions, positions=tuple(positions) or defaults.positions,
                            components=tuple(components) or defaults.components, units=not no_units,
@@ -118,7 +105,7 @@ def steer_cmd(model, dataset_dir, groups, seed, dv, backend, device, dtype, batc
     from mechmod.interventions.steering import DEFAULT_ALPHAS, SteerStudyConfig, run_steering
     from mechmod.report import lines, write_study
 
-    ds = _dataset(dataset_dir, groups, seed, dv, out)
+    ds = study_dataset(dataset_dir, groups, seed, dv, out)
     cfg = SteerStudyConfig(layers=tuple(layers) or None, alphas=tuple(alphas) or DEFAULT_ALPHAS, positions=positions,
                            train_fraction=train_fraction, within_group=not pooled, seed=seed, batch_size=batch_size, max_rows=max_rows,
                            n_boot=n_boot, backend=backend)
