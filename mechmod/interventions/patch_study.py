@@ -23,7 +23,7 @@ from mechmod.interventions import heads as H
 from mechmod.interventions.cases import DIRECTIONS, Images, baseline, batches, encode, standard_pairs
 from mechmod.interventions.core import forward
 from mechmod.phrase_answers import answer_set
-from mechmod.interventions.patching import (COMPONENTS, STUDY_GROUPS, PatchSpec, logit_diff, patch_layers,
+from mechmod.interventions.patching import (COMPONENTS, STUDY_GROUPS, PatchSpec, logit_diff, patch_groups,
                                             restoration, summarize_curve)
 from mechmod._io import jsonable
 
@@ -96,14 +96,13 @@ def run_patching(mllm, dataset_dir, cases: pd.DataFrame, config: PatchStudyConfi
                 a_src, a_tgt = list(b["a_src"]), list(b["a_tgt"])
                 metric = _pair_metric(labels, a_src, a_tgt)
                 tgt_ld = logit_diff(forward(mllm, tgt.inputs, backend=cfg.backend)[0], labels, a_src, a_tgt)
-                for comp in cfg.components:
-                    for group in cfg.positions:
-                        spec = PatchSpec(component=comp, positions=group)
-                        res, src_logits, align = patch_layers(mllm, src, tgt, spec, metric, max_rows=cfg.max_rows,
-                                                              backend=cfg.backend)
-                        layer_rows.append(_layer_frame(direction, comp, group, b, res,
-                                                       logit_diff(src_logits, labels, a_src, a_tgt), tgt_ld,
-                                                       align.n_pairs))
+                for comp in cfg.components:  # every position group in one sweep over one source forward
+                    specs = [PatchSpec(component=comp, positions=group) for group in cfg.positions]
+                    res, src_logits, aligns = patch_groups(mllm, src, tgt, specs, metric, max_rows=cfg.max_rows,
+                                                           backend=cfg.backend)
+                    src_ld = logit_diff(src_logits, labels, a_src, a_tgt)
+                    layer_rows.extend(_layer_frame(direction, comp, group, b, r, src_ld, tgt_ld, align.n_pairs)
+                                      for group, r, align in zip(cfg.positions, res, aligns))
                 if cfg.units:
                     us = H.units(mllm)
                     res, src_logits = H.patch_units(mllm, src, tgt, us, metric, max_rows=cfg.max_rows, backend=cfg.backend)

@@ -2,10 +2,12 @@
 group, copied from a source run into a target run.
 
 Config: :class:`PatchSpec` (component, layers, position groups). Module:
-:func:`patch_layers`, a thin variant of the generic :func:`core.sweep`
+:func:`patch_groups`, a thin variant of the generic :func:`core.sweep`
 (setter = "write the source's activations at the aligned positions of
-layer l"): every layer of a layer-chunk is patched in one forward, the
-target batch stacked once per layer along the batch dimension.
+layer l"): one source forward reads every layer at every group's aligned
+positions, then each (group, layer) of a chunk is patched in one forward,
+the target batch stacked once per setting along the batch dimension
+(:func:`patch_layers`: one group).
 
 Position alignment (:func:`align_positions`), for source and target prompts
 of different lengths (e.g. vision-only source, conflict target): positions
@@ -136,46 +138,63 @@ def align_positions(source, target, positions: str | Sequence[str]) -> Alignment
     return Alignment(src=src, tgt=tgt, valid=valid)
 
 
-def source_activations(mllm, source, spec: PatchSpec, align: Alignment, backend: str = "nnsight"):
-    """One forward of the source batch: (its answer logits [B, V], {layer:
-    the component's activations at the aligned source positions [B, P, D]})."""
-    layers = spec.layer_list(mllm.n_layers)
+def source_activations(mllm, source, component: str, layers: Sequence[int], aligns: Sequence[Alignment],
+                       backend: str = "nnsight"):
+    """One forward of the source batch for every alignment: (its answer
+    logits [B, V], per alignment {layer: the component's activations at its
+    aligned source positions [B, P, D]})."""
     rows = torch.arange(source.batch_size, device=mllm.device)[:, None]
-    src = align.src.to(mllm.device)
-    reads = [(Site(l, spec.component), lambda x: x[rows, src]) for l in layers]
-    logits, acts = forward(mllm, source.inputs, reads=reads, backend=backend)
-    return logits, dict(zip(layers, acts))
+    src = torch.cat([a.src for a in aligns], dim=1).to(mllm.device)
+    reads = [(Site(l, component), lambda x: x[rows, src]) for l in layers]
+    logits, got = forward(mllm, source.inputs, reads=reads, backend=backend)
+    sizes = [a.src.shape[1] for a in aligns]
+    per_layer = [x.split(sizes, dim=1) for x in got]
+    return logits, [{l: parts[k] for l, parts in zip(layers, per_layer)} for k in range(len(aligns))]
 
 
-def patch_setter(spec: PatchSpec, acts: dict[int, torch.Tensor], align: Alignment):
-    """The sweep setter: setting = a layer; writes ``acts[layer]`` into the
-    target copy's aligned positions."""
-    b_idx = torch.arange(align.valid.shape[0])[:, None].expand_as(align.valid)[align.valid]
-    t_idx = align.tgt[align.valid]
+def patch_setter(component: str, acts: Sequence[dict[int, torch.Tensor]], aligns: Sequence[Alignment]):
+    """The sweep setter: setting = (alignment index k, layer); writes
+    ``acts[k][layer]`` into the target copy's positions aligned by ``aligns[k]``."""
+    b_idx = [torch.arange(a.valid.shape[0])[:, None].expand_as(a.valid)[a.valid] for a in aligns]
+    t_idx = [a.tgt[a.valid] for a in aligns]
 
-    def setter(layer: int, rows: slice):
-        vals = acts[layer][align.valid.to(acts[layer].device)]
+    def setter(setting: tuple[int, int], rows: slice):
+        k, layer = setting
+        vals = acts[k][layer][aligns[k].valid.to(acts[k][layer].device)]
 
         def write(x):
-            x[b_idx.to(x.device) + rows.start, t_idx.to(x.device)] = vals.to(x.dtype)
+            x[b_idx[k].to(x.device) + rows.start, t_idx[k].to(x.device)] = vals.to(x.dtype)
             return x
-        return [(Site(layer, spec.component), write)]
+        return [(Site(layer, component), write)]
     return setter
+
+
+def patch_groups(mllm, source, target, specs: Sequence[PatchSpec], metric=None, chunk: int | None = None,
+                 max_rows: int = 64, backend: str = "nnsight"):
+    """Patch from ``source`` into ``target`` (Encoded batches, row i into row
+    i) for each spec (same component and layers, e.g. one per position
+    group) at each of its layers: one source forward for all, then one sweep
+    over every (spec, layer), ``chunk`` settings per forward (default: as
+    many as fit ``max_rows`` rows). Returns (per spec the metric of the
+    patched answer logits [n_layers, B, ...], source logits [B, V], per
+    spec its alignment)."""
+    if len({(s.component, s.layers) for s in specs}) != 1:
+        raise MechmodError("patch_groups: the specs must share component and layers")
+    component, layers = specs[0].component, specs[0].layer_list(mllm.n_layers)
+    aligns = [align_positions(source, target, s.positions) for s in specs]
+    src_logits, acts = source_activations(mllm, source, component, layers, aligns, backend)
+    settings = [(k, l) for k in range(len(specs)) for l in layers]
+    chunk = chunk or chunk_for(target.batch_size, max_rows)
+    out = sweep(mllm, target.inputs, settings, patch_setter(component, acts, aligns), metric, chunk, backend)
+    return list(out.split(len(layers))), src_logits, aligns
 
 
 def patch_layers(mllm, source, target, spec: PatchSpec, metric=None, chunk: int | None = None,
                  max_rows: int = 64, backend: str = "nnsight"):
-    """Patch ``spec.component`` at ``spec.positions`` from ``source`` into
-    ``target`` (Encoded batches, row i into row i) at every layer of
-    ``spec``, ``chunk`` layers per forward (default: as many as fit
-    ``max_rows`` rows). Returns (metric of the patched answer logits
-    [n_layers, B, ...], source logits [B, V], alignment)."""
-    align = align_positions(source, target, spec.positions)
-    src_logits, acts = source_activations(mllm, source, spec, align, backend)
-    layers = spec.layer_list(mllm.n_layers)
-    chunk = chunk or chunk_for(target.batch_size, max_rows)
-    out = sweep(mllm, target.inputs, layers, patch_setter(spec, acts, align), metric, chunk, backend)
-    return out, src_logits, align
+    """:func:`patch_groups` for one spec. Returns (metric of the patched
+    answer logits [n_layers, B, ...], source logits [B, V], alignment)."""
+    out, src_logits, aligns = patch_groups(mllm, source, target, [spec], metric, chunk, max_rows, backend)
+    return out[0], src_logits, aligns[0]
 
 
 # ------------------------------------------------------------------ metrics
