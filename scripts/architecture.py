@@ -35,7 +35,7 @@ STAGES: tuple[tuple[str, ...], ...] = (
     ("mechmod.organism",),
     ("mechmod.report",),
     # orchestration drives every stage: dataset -> scoring -> summary -> report
-    ("mechmod.distributed", "mechmod.runner", "mechmod.cli", "mechmod.__main__"),
+    ("mechmod.distributed", "mechmod.runner", "mechmod.pipeline", "mechmod.cli", "mechmod.__main__"),
 )
 
 

@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "mechmod.cli.compare",
     "mechmod.cli.patch",
     "mechmod.cli.choice",
+    "mechmod.cli.study",
 ]
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import click
@@ -54,16 +53,6 @@ def _resolve_dataset(dataset: str | None, groups: int | None, seed: int, generat
     return generate_into
 
 
-def _by_kind(tuned, data) -> dict:
-    from mechmod.lenses import evaluate_lenses
-
-    out = {}
-    for kind in sorted(set(data.kind)):
-        sub = data.subset(data.kind == kind)
-        out[kind] = evaluate_lenses(tuned, sub.resid, sub.logits, split=f"{kind}").to_dict()
-    return out
-
-
 @lens.command("train")
 @click.option("--model", "model", default="organism", show_default=True, help="Model name or path (load_model).")
 @_dataset_options
@@ -82,54 +71,20 @@ def train_cmd(model, dataset, groups, seed, steps, batch_size, optimizer, lr, he
     """Train a tuned lens on the model's vision-only, text-only and
     multimodal prompts; print and save (OUT/fidelity.json) the held-out
     per-layer KL of the logit lens and the tuned lens."""
-    from mechmod import _io
     from mechmod.data import load_cases
-    from mechmod.lenses import TunedLens, Unembed, collect_residuals, evaluate_lenses, train_tuned_lens
-    from mechmod.runner import dataset_fingerprint
+    from mechmod.pipeline.steps import train_lens_dir
 
     out = Path(out)
-    t0 = time.time()
     ds = _resolve_dataset(dataset, groups, seed, out / "dataset")
-    cases = load_cases(ds)
     mllm = load_for_command(model, device, dtype, threads=threads)
-    click.echo(f"model {mllm.name}: {mllm.n_layers} layers, d_model {mllm.d_model}; dataset {ds}: {len(cases)} cases")
-    data = collect_residuals(mllm, cases, ds, batch_size=trace_batch_size, progress=not quiet)
-    train, held = data.split_by_group(heldout_fraction, seed=split_seed)
-    click.echo(f"{len(data)} prompts: {len(train)} train / {len(held)} held out "
-               f"({len(set(held.group_id))} of {len(set(data.group_id))} groups held out)")
-
-    unembed = Unembed.from_model(mllm)
-    tuned = TunedLens(unembed, mllm.n_layers, mllm.d_model, model_name=str(mllm.name))
-    data_info = {
-        "dataset": str(ds.resolve()),
-        "dataset_manifest_sha256": dataset_fingerprint(ds),
-        "generated": groups is not None,
-        "groups": groups,
-        "dataset_seed": seed if groups is not None else None,
-        "kinds": sorted(set(data.kind)),
-        "n_prompts": len(data),
-        "n_train": len(train),
-        "n_heldout": len(held),
-        "heldout_fraction": heldout_fraction,
-        "split_seed": split_seed,
-        "heldout_groups": sorted(set(held.group_id)),
-    }
-    result = train_tuned_lens(tuned, train.resid, train.logits, steps=steps, batch_size=batch_size,
-                              optimizer=optimizer, lr=lr, seed=split_seed, data_info=data_info,
-                              progress=not quiet)
-    fid = evaluate_lenses(tuned, held.resid, held.logits, split="heldout")
-    fid_train = evaluate_lenses(tuned, train.resid, train.logits, split="train")
-    tuned.save(out)
-    report = {
-        "model": str(mllm.name),
-        "lens_path": str(out.resolve()),
-        "heldout": fid.to_dict(),
-        "train": fid_train.to_dict(),
-        "heldout_by_kind": _by_kind(tuned, held),
-        "training": {k: v for k, v in result.settings.items()},
-        "seconds": round(time.time() - t0, 1),
-    }
-    _io.write_json(out / "fidelity.json", _io.jsonable(report))
+    click.echo(f"model {mllm.name}: {mllm.n_layers} layers, d_model {mllm.d_model}; dataset {ds}: "
+               f"{len(load_cases(ds))} cases")
+    report, fid, info = train_lens_dir(
+        mllm, ds, out, steps=steps, batch_size=batch_size, optimizer=optimizer, lr=lr, heldout_fraction=heldout_fraction,
+        split_seed=split_seed, trace_batch_size=trace_batch_size, progress=not quiet,
+        data_info={"generated": groups is not None, "groups": groups, "dataset_seed": seed if groups is not None else None})
+    click.echo(f"{info['n_prompts']} prompts: {info['n_train']} train / {info['n_heldout']} held out "
+               f"({len(info['heldout_groups'])} groups held out)")
     click.echo(f"held-out KL(final || lens), nats, over {fid.n_examples} prompts:")
     click.echo(fid.table())
     click.echo(f"lens -> {out}/lens.safetensors, {out}/config.json; fidelity -> {out}/fidelity.json "
@@ -154,6 +109,7 @@ def eval_cmd(lens_path, model, dataset, groups, seed, split, device, dtype, trac
     from mechmod.data import load_cases
     from mechmod.lenses import TunedLens, Unembed, collect_residuals, evaluate_lenses
     from mechmod.lenses.tuned_lens import CONFIG_FILE
+    from mechmod.pipeline.steps import fidelity_by_kind
     from mechmod.runner import dataset_fingerprint
 
     lens_path = Path(lens_path)
@@ -191,7 +147,7 @@ def eval_cmd(lens_path, model, dataset, groups, seed, split, device, dtype, trac
         data = collect_residuals(mllm, cases, ds, batch_size=trace_batch_size, progress=not quiet)
         fid = evaluate_lenses(tuned, data.resid, data.logits, split=split)
         report = {"model": str(mllm.name), "lens_path": str(lens_path.resolve()), "dataset": str(Path(ds).resolve()),
-                  split: fid.to_dict(), f"{split}_by_kind": _by_kind(tuned, data)}
+                  split: fid.to_dict(), f"{split}_by_kind": fidelity_by_kind(tuned, data)}
     if json_out:
         _io.write_json(json_out, _io.jsonable(report))
     click.echo(f"{split} KL(final || lens), nats, over {fid.n_examples} prompts ({model}):")

@@ -25,6 +25,14 @@ th{background:#f5f5f5} .caption{color:#555;font-size:.92em} .figure{min-height:3
 """
 
 
+@dataclass(frozen=True)
+class Link:
+    """A table cell linking to another file (e.g. a study's report from an index page)."""
+
+    text: str
+    href: str
+
+
 @dataclass
 class Page:
     """An ordered list of HTML sections rendered into one page."""
@@ -74,6 +82,8 @@ def fmt(v: Any) -> str:
 
 
 def _esc(v: Any) -> str:
+    if isinstance(v, Link):
+        return f'<a href="{html.escape(v.href)}">{html.escape(v.text)}</a>'
     return html.escape(fmt(v))
 
 
