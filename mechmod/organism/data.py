@@ -6,11 +6,11 @@ Each training step draws ``G`` colour groups and builds three sub-batches:
 * **vision-only**: image of the group at a visual tier ``dv`` (curriculum over
   the 14 tiers) + question; label = the image colour. The images use the
   ``"binding"`` distractor policy of :func:`mechmod.data.color.render_image`
-  (distractors in any colour but the text answer's, the target's own colour
-  included on other shapes; decoys of the target's size on dv 5-13), so that
-  a rule blind to shapes answers far less often
-  (:mod:`mechmod.organism.shortcuts` measures it); the study datasets keep
-  the paper's rule.
+  (at least 5 objects, the target one of them picked at random, all drawn
+  from one distribution in any colour but the text answer's), so that a
+  rule blind to shapes answers no better than guessing among the colours
+  present (:mod:`mechmod.organism.shortcuts` measures it); the study
+  datasets keep the paper's rule.
 * **text-only**: the group's description at ``dt`` in 0..2 + question;
   label = the text colour; plus knowledge questions "What color is a
   sapphire? ..." so that dt 2 ("the same as a sapphire") is answerable.
@@ -102,8 +102,9 @@ def patch_labels(info, n_side: int) -> np.ndarray:
     colors = [info.target_color] + [d.color for d in info.distractors]
     H, W = masks[0].shape
     owner = np.zeros((H, W), dtype=np.int32)  # 0 = background, i + 1 = object i
-    for i, m in enumerate(masks):
-        owner[m] = i + 1
+    t = info.target_layer  # painted in drawing order: the target after the first t distractors
+    for i in [*range(1, t + 1), 0, *range(t + 1, len(masks))]:
+        owner[masks[i]] = i + 1
     ys = np.minimum((np.arange(H) * n_side) // H, n_side - 1)
     xs = np.minimum((np.arange(W) * n_side) // W, n_side - 1)
     cell = ys[:, None] * n_side + xs[None, :]

@@ -5,8 +5,8 @@ The organism's training images use the ``"binding"`` distractor policy of
 tier and on the rendered pixels, the fixed rules of
 :mod:`mechmod.data.shortcuts` and a :class:`ShapeBlindClassifier` fitted on
 one seeded set of images and scored on another (``mechmod organism
-shortcuts``). A shape-blind rule can never beat 1 / (number of colours
-present): dv 0 has one object (1.0) and dv 1 two (>= 0.5 by guessing).
+shortcuts``). Guessing among the colours present scores the
+``chance_floor`` (about 0.2-0.25: every scene has at least 5 objects).
 """
 
 from __future__ import annotations

@@ -15,19 +15,20 @@ On the 800x600 tiers (dv 0-4) no two objects touch.
 
 Distractor policies (``render_image(..., distractors=...)``):
 
-* ``"paper"`` (the default, every study dataset): the rule above.
-* ``"binding"`` (the model organism's training images): only binding the
-  asked shape to its colour answers. Distractors take any colour but the
-  text answer's, the target's own colour included (on other shapes), drawn
-  so that the target's colour is equally likely to be any colour present
-  whatever the colour counts are: the object colours are slots drawn for all
-  ``n + 1`` objects (distinct slots first or independently, half the time
-  each), the target is an object of a uniformly drawn present slot. Where
-  the tier makes the target larger than its distractors (dv 5-13), two
-  non-overlapping distractors are *decoys* of another shape, 0.5-1.1 times
-  the target's area, drawn first on free background (smaller where none is
-  left), so that size gives the target away less often; measured in
-  :mod:`mechmod.organism.shortcuts`.
+* ``"paper"`` (the default, every study dataset): the rule above. On the
+  crowded tiers (dv 9-13) :data:`N_LARGE_DISTRACTORS` of the non-overlapping
+  distractors take an area from 0.4 times the bottom of the target's range
+  to its top (a design choice, not in
+  the paper), drawn before the small ones: without them the target is at
+  least 2.7 times the area of every distractor and "the colour of the
+  largest object" answers the hardest tiers. The paper's colour rule keeps
+  distractors off both answer colours, so the target's colour is one drawn
+  once: "the colour with the fewest components" still answers most crowded
+  images. That shortcut is inherent to the rule; both are measured on pixels
+  by :func:`mechmod.data.shortcuts.shortcut_rates`.
+* ``"binding"`` (the model organism's training images): every object,
+  the target included, drawn from one distribution, so that only binding
+  the asked shape to its colour answers; see :mod:`.binding`.
 """
 
 from __future__ import annotations
@@ -37,19 +38,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
-from scipy.signal import fftconvolve
-
+from mechmod.data.color.binding import place_binding
+from mechmod.data.color.canvas import GAP, GAP_LARGE, MIN_VISIBLE, Canvas, overlap
 from mechmod.data.color.shapes import box_for, box_for_area, dilated_mask, erode, shape_mask, stamp
 from mechmod.data.color.vocabulary import COLORS, TARGET_SHAPES, WHITE, ColorGroup
 from mechmod.errors import MechmodError
 from mechmod.names import DISTRACTOR_POLICIES
 
-MIN_VISIBLE = 0.45  # share of the target's pixels that stays visible
 MIN_OVERLAP = 0.10  # share of an overlapping distractor's area that lies on the target
 MIN_DISTRACTOR_VISIBLE = 0.30  # share of each distractor that stays visible
-GAP = 2  # px between the target and a non-overlapping distractor (dv >= 5)
-GAP_LARGE = 12  # px between any two objects on the 800x600 tiers
-N_DECOYS = 2  # target-sized distractors per image under the "binding" policy (dv 5-13)
+N_LARGE_DISTRACTORS = 2  # distractors of the target's size range on the crowded tiers (dv 9-13, "paper")
+LARGE_MIN = 0.4  # their area: uniform from LARGE_MIN times the bottom of the target range to its top
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,9 @@ class Tier:
     (dv 0-4), else None. ``target_frac``: (lo, hi) of the target's mask area
     as a share of the image (dv 5-13), else None. ``occlusion``: share of the
     distractors that overlap the target. ``distractor_px``: (lo, hi) of a
-    distractor's larger side in px (a design choice, not in the paper)."""
+    distractor's larger side in px (a design choice, not in the paper);
+    ``n_large``: distractors whose area is drawn from ``target_frac``
+    instead (also a design choice)."""
 
     dv: int
     size: tuple[int, int]  # (width, height)
@@ -69,6 +70,7 @@ class Tier:
     n_distractors: int
     occlusion: float
     distractor_px: tuple[int, int]
+    n_large: int = 0
 
     @property
     def n_overlapping(self) -> int:
@@ -87,11 +89,11 @@ TIERS: tuple[Tier, ...] = (
     Tier(6, _SMALL, None, (0.20, 0.40), 10, 0.8, (28, 50)),
     Tier(7, _SMALL, None, (0.05, 0.10), 7, 0.5, (24, 44)),
     Tier(8, _SMALL, None, (0.05, 0.10), 11, 0.8, (20, 40)),
-    Tier(9, _SMALL, None, (0.04, 0.06), 20, 0.3, (14, 28)),
-    Tier(10, _SMALL, None, (0.04, 0.06), 30, 0.6, (12, 24)),
-    Tier(11, _SMALL, None, (0.04, 0.06), 40, 0.5, (12, 22)),
-    Tier(12, _SMALL, None, (0.04, 0.06), 55, 0.6, (10, 20)),
-    Tier(13, _SMALL, None, (0.04, 0.06), 70, 0.7, (10, 18)),
+    Tier(9, _SMALL, None, (0.04, 0.06), 20, 0.3, (14, 28), N_LARGE_DISTRACTORS),
+    Tier(10, _SMALL, None, (0.04, 0.06), 30, 0.6, (12, 24), N_LARGE_DISTRACTORS),
+    Tier(11, _SMALL, None, (0.04, 0.06), 40, 0.5, (12, 22), N_LARGE_DISTRACTORS),
+    Tier(12, _SMALL, None, (0.04, 0.06), 55, 0.6, (10, 20), N_LARGE_DISTRACTORS),
+    Tier(13, _SMALL, None, (0.04, 0.06), 70, 0.7, (10, 18), N_LARGE_DISTRACTORS),
 )
 N_DV = len(TIERS)
 
@@ -109,10 +111,12 @@ class DistractorInfo:
 @dataclass(frozen=True)
 class RenderInfo:
     """What was drawn. ``target_area_px``: the target's full mask area;
-    ``visible_px``: its pixels left uncovered (exactly the pixels of
-    ``vision_color`` in the image); ``colors_used``: colour names present in
-    the image. With ``return_masks=True``, ``target_mask`` and
-    ``distractor_masks`` hold full-size boolean masks in drawing order."""
+    ``visible_px``: its pixels left uncovered (under the paper's policy,
+    exactly the pixels of ``vision_color`` in the image); ``colors_used``:
+    colour names present in the image; ``target_layer``: the target's place
+    in the drawing order (0 under the paper's policy: drawn first). With
+    ``return_masks=True``, ``target_mask`` and ``distractor_masks`` hold
+    full-size boolean masks, the distractors' in drawing order."""
 
     dv: int
     size: tuple[int, int]
@@ -125,6 +129,7 @@ class RenderInfo:
     n_overlapping: int
     distractors: tuple[DistractorInfo, ...]
     colors_used: tuple[str, ...]
+    target_layer: int = 0
     target_mask: np.ndarray | None = field(default=None, repr=False, compare=False)
     distractor_masks: tuple[np.ndarray, ...] | None = field(default=None, repr=False, compare=False)
 
@@ -135,38 +140,6 @@ class RenderInfo:
     @property
     def target_area_frac(self) -> float:
         return self.target_area_px / (self.size[0] * self.size[1])
-
-
-class _Canvas:
-    """Index canvas: ``owner`` holds which object is visible at each pixel
-    (-1 = background, 0 = target, i = distractor i)."""
-
-    def __init__(self, w: int, h: int):
-        self.w, self.h = w, h
-        self.owner = np.full((h, w), -1, dtype=np.int16)
-        self.objects: list[tuple[str, str, int, int, np.ndarray]] = []  # shape, color, x, y, mask
-        self.area: list[int] = []
-        self.visible: list[int] = []
-
-    def add(self, shape: str, color: str, x: int, y: int, m: np.ndarray) -> None:
-        idx = len(self.objects)
-        h, w = m.shape
-        region = self.owner[y : y + h, x : x + w]
-        covered = region[m]
-        if covered.size:
-            counts = np.bincount(covered[covered >= 0], minlength=idx)
-            for j in np.nonzero(counts)[0]:
-                self.visible[j] -= int(counts[j])
-        region[m] = idx
-        self.objects.append((shape, color, x, y, m))
-        self.area.append(int(m.sum()))
-        self.visible.append(int(m.sum()))
-
-    def coverage(self, x: int, y: int, m: np.ndarray) -> np.ndarray:
-        """How many visible pixels of each existing object ``m`` at (x, y) would cover."""
-        h, w = m.shape
-        covered = self.owner[y : y + h, x : x + w][m]
-        return np.bincount(covered[covered >= 0], minlength=len(self.objects))
 
 
 def render_image(group: ColorGroup, dv: int, rng: np.random.Generator,
@@ -189,8 +162,9 @@ def render_image(group: ColorGroup, dv: int, rng: np.random.Generator,
     if group.target_shape not in TARGET_SHAPES:
         raise MechmodError(f"unknown target shape {group.target_shape!r}; choose from {', '.join(TARGET_SHAPES)}")
 
+    place = place_binding if distractors == "binding" else _try_render
     for _attempt in range(50):
-        out = _try_render(group, tier, rng, distractors)
+        out = place(group, tier, rng)
         if out is not None:
             break
     else:  # pragma: no cover - the tier parameters leave ample room
@@ -201,17 +175,18 @@ def render_image(group: ColorGroup, dv: int, rng: np.random.Generator,
     pix = palette[canvas.owner]  # owner -1 picks the last entry (white)
     img = Image.fromarray(pix, "RGB")
 
-    t_shape, t_color, tx, ty, tm = canvas.objects[0]
+    t = canvas.target
+    t_shape, t_color, tx, ty, tm = canvas.objects[t]
     th, tw = tm.shape
     dinfo = []
-    target_full = None
-    for i, (s, c, x, y, m) in enumerate(canvas.objects[1:], start=1):
-        h, w = m.shape
-        ov = _overlap(tx, ty, tm, x, y, m)
-        dinfo.append(DistractorInfo(s, c, (x, y, x + w, y + h), canvas.area[i], ov > 0, canvas.visible[i]))
+    for i, (s, c, x, y, m) in enumerate(canvas.objects):
+        if i != t:
+            h, w = m.shape
+            ov = overlap(tx, ty, tm, x, y, m)
+            dinfo.append(DistractorInfo(s, c, (x, y, x + w, y + h), canvas.area[i], ov > 0, canvas.visible[i]))
     used = sorted({canvas.objects[i][1] for i in range(len(canvas.objects)) if canvas.visible[i] > 0},
                   key=list(COLORS).index)
-    masks = None
+    target_full = masks = None
     if return_masks:
         def full(x, y, m):
             a = np.zeros((H, W), dtype=bool)
@@ -219,24 +194,13 @@ def render_image(group: ColorGroup, dv: int, rng: np.random.Generator,
             return a
 
         target_full = full(tx, ty, tm)
-        masks = tuple(full(x, y, m) for (_, _, x, y, m) in canvas.objects[1:])
+        masks = tuple(full(x, y, m) for i, (_, _, x, y, m) in enumerate(canvas.objects) if i != t)
     info = RenderInfo(dv=int(dv), size=(W, H), target_shape=t_shape, target_color=t_color,
-                      target_bbox=(tx, ty, tx + tw, ty + th), target_area_px=canvas.area[0],
-                      visible_px=canvas.visible[0], n_distractors=len(dinfo),
+                      target_bbox=(tx, ty, tx + tw, ty + th), target_area_px=canvas.area[t],
+                      visible_px=canvas.visible[t], target_layer=t, n_distractors=len(dinfo),
                       n_overlapping=sum(d.overlaps_target for d in dinfo), distractors=tuple(dinfo),
                       colors_used=tuple(used), target_mask=target_full, distractor_masks=masks)
     return img, info
-
-
-def _overlap(tx: int, ty: int, tm: np.ndarray, x: int, y: int, m: np.ndarray) -> int:
-    """Pixels shared by two placed masks."""
-    x0, y0 = max(tx, x), max(ty, y)
-    x1, y1 = min(tx + tm.shape[1], x + m.shape[1]), min(ty + tm.shape[0], y + m.shape[0])
-    if x1 <= x0 or y1 <= y0:
-        return 0
-    a = tm[y0 - ty : y1 - ty, x0 - tx : x1 - tx]
-    b = m[y0 - y : y1 - y, x0 - x : x1 - x]
-    return int((a & b).sum())
 
 
 def _target_mask(group: ColorGroup, tier: Tier, rng: np.random.Generator) -> np.ndarray:
@@ -264,46 +228,12 @@ def _target_mask(group: ColorGroup, tier: Tier, rng: np.random.Generator) -> np.
     raise RuntimeError(f"cannot size a {shape} to {lo:.0%}-{hi:.0%} of {W}x{H}")  # pragma: no cover
 
 
-def _binding_colors(group: ColorGroup, on_target: np.ndarray, rng: np.random.Generator) -> list[str]:
-    """The ``n`` distractor colours of the "binding" policy: colour slots for
-    all ``n + 1`` objects, the target in a uniformly drawn present slot, so
-    that the counts of each present colour say nothing about which one is
-    the target's. Those drawn onto the target (``on_target``) never take
-    the target's colour: they would merge with it into one blob of another
-    outline; an excess of target-coloured distractors takes other colours."""
-    others = [c for c in COLORS if c not in (group.vision_color, group.text_color)]
-    n, n_ov = len(on_target), int(on_target.sum())
-    k = len(others) + 1
-    if rng.random() < 0.5:  # distinct slots first, then independent ones
-        slots = np.concatenate([rng.permutation(k)[: n + 1], rng.integers(0, k, size=max(0, n + 1 - k))])
-    else:
-        slots = rng.integers(0, k, size=n + 1)
-    target_slot = rng.choice(np.unique(slots))
-    target_obj = int(rng.choice(np.flatnonzero(slots == target_slot)))
-    names = dict(zip([s for s in range(k) if s != target_slot], [others[i] for i in rng.permutation(len(others))]))
-    names[int(target_slot)] = group.vision_color
-    colors = [names[int(s)] for i, s in enumerate(slots) if i != target_obj]
-    colors = [colors[i] for i in rng.permutation(n)]
-    same = [c for c in colors if c == group.vision_color]
-    diff = [c for c in colors if c != group.vision_color]
-    short = max(0, n_ov - len(diff))
-    first = diff[:n_ov] + [others[int(rng.integers(len(others)))] for _ in range(short)]
-    rest = diff[n_ov:] + same[short:]
-    rest = [rest[i] for i in rng.permutation(len(rest))]
-    return [first.pop() if flag else rest.pop() for flag in on_target]
-
-
-def _decoy_mask(shape: str, target_area: int, tier: Tier, scale: float, rng: np.random.Generator) -> np.ndarray:
-    """A distractor of 0.5-1.1 times the target's area (dv 5-13, "binding"):
-    drawn before the occluders, about the target's size once they cover it."""
+def _try_render(group: ColorGroup, tier: Tier, rng: np.random.Generator) -> Canvas | None:
+    """One scene under the paper's policy, or None when crowded (the caller
+    draws again): the target first, then the overlapping distractors, the
+    large ones, and the rest."""
     W, H = tier.size
-    w, h = box_for_area(shape, rng.uniform(0.5, 1.1) * target_area * scale * scale, rng)
-    return shape_mask(shape, min(w, W), min(h, H))
-
-
-def _try_render(group: ColorGroup, tier: Tier, rng: np.random.Generator, policy: str = "paper") -> _Canvas | None:
-    W, H = tier.size
-    canvas = _Canvas(W, H)
+    canvas = Canvas(W, H)
     tm = _target_mask(group, tier, rng)
     th, tw = tm.shape
     tx = int(rng.integers(0, W - tw + 1))
@@ -323,13 +253,7 @@ def _try_render(group: ColorGroup, tier: Tier, rng: np.random.Generator, policy:
     d_colors = [c for c in COLORS if c not in (group.vision_color, group.text_color)]
     n = tier.n_distractors
     n_ov = tier.n_overlapping
-    binding = policy == "binding"
-    # overlapping distractors first (the tight constraint), drawn beneath the
-    # rest; "binding" draws its decoys before them, on free background
-    decoys = range(min(N_DECOYS, n - n_ov)) if binding and not big else range(0)
-    overlap_flags = np.zeros(n, dtype=bool)
-    overlap_flags[len(decoys) : len(decoys) + n_ov] = True
-    fixed_colors = _binding_colors(group, overlap_flags, rng) if binding else None
+    large = range(n_ov, min(n, n_ov + tier.n_large))
     lo, hi = tier.distractor_px
     for k in range(n):
         placed = False
@@ -338,17 +262,17 @@ def _try_render(group: ColorGroup, tier: Tier, rng: np.random.Generator, policy:
             if attempt and attempt % 100 == 0:
                 scale *= 0.85  # crowded: try smaller
             shape = d_shapes[int(rng.integers(len(d_shapes)))]
-            color = fixed_colors[k] if binding else d_colors[int(rng.integers(len(d_colors)))]
-            if k in decoys:
-                m = _decoy_mask(shape, canvas.area[0], tier, scale, rng)
-                h, w = m.shape
+            color = d_colors[int(rng.integers(len(d_colors)))]
+            if k in large:
+                flo, fhi = tier.target_frac
+                w, h = box_for_area(shape, rng.uniform(LARGE_MIN * flo, fhi) * W * H * scale * scale, rng)
             else:
                 side = max(6, int(round(rng.uniform(lo, hi) * scale)))
                 w, h = box_for(shape, side, rng)
-                if w > W or h > H:
-                    continue
-                m = shape_mask(shape, w, h)
-            if overlap_flags[k]:
+            if w > W or h > H:
+                continue
+            m = shape_mask(shape, w, h)
+            if k < n_ov:
                 # put a random pixel of the distractor on a target pixel, mostly
                 # near the target's edge so that the target stays visible
                 if rng.random() < 0.75:
@@ -361,16 +285,9 @@ def _try_render(group: ColorGroup, tier: Tier, rng: np.random.Generator, policy:
                 q = int(rng.integers(len(mys)))
                 x = min(max(0, tx + px - int(mxs[q])), W - w)
                 y = min(max(0, ty + py - int(mys[q])), H - h)
-                ov = _overlap(tx, ty, tm, x, y, m)
+                ov = overlap(tx, ty, tm, x, y, m)
                 if ov < max(1, MIN_OVERLAP * m.sum()):
                     continue
-            elif k in decoys:  # large: drawn on free background only, smaller when none is left
-                taken = zone | (canvas.owner >= 0)
-                free = np.argwhere(fftconvolve(taken, m[::-1, ::-1], mode="valid") < 0.5)
-                if not len(free):
-                    scale *= 0.9
-                    continue
-                y, x = (int(v) for v in free[int(rng.integers(len(free)))])
             else:
                 x = int(rng.integers(0, W - w + 1))
                 y = int(rng.integers(0, H - h + 1))
