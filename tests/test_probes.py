@@ -158,3 +158,35 @@ def test_steering(tmp_path, monkeypatch):
     _check_outputs(tmp_path, "steering")
     assert doc["alphas"] == [0.0, 2.0] and set(doc["layers"]) == {"1"} and doc["n_heldout"] == 3
     assert [p["alpha"] for p in doc["layers"]["1"]["per_alpha"]] == [0.0, 2.0]
+
+
+def test_choice_probes(tmp_path):
+    from mechmod.data import generate_color
+
+    ds = generate_color(tmp_path / "ds", groups=2, dv=[0], controls=False, consistent=True, progress=False)
+    out = tmp_path / "out"
+    doc = _probe("choice_probes").main(["--model", str(tiny_model_dir()), "--dataset", str(ds), "--out", str(out),
+                                        "--n-boot", "20", "--batch-size", "12"])
+    saved = _check_outputs(out, "choice_probes")
+    assert saved["config"]["l2"] == 1.0 and doc["n_consistent"] == 6 and doc["n_cases"] == 6
+    assert doc["targets"]["conflict"]["layer"] == [-1, 0, 1] and doc["text_dominance"]["per_token"] is True
+
+
+def test_planted_preference(tmp_path):
+    """Two models on one dataset: measured and oracle balance points side by
+    side, the order verdict, and a refusal when weights do not match models."""
+    import shutil
+
+    from mechmod.errors import MechmodError
+
+    a = tiny_model_dir()
+    b = shutil.copytree(a, tmp_path / "tiny-copy")
+    probe = _probe("planted_preference")
+    args = ["--models", str(a), str(b), "--dataset", str(color_dataset(1, (0, 5))), "--batch-size", "4"]
+    doc = probe.main([*args, "--weights", "0.5", "2", "--out", str(tmp_path / "out")])
+    saved = _check_outputs(tmp_path / "out", "planted_preference")
+    assert [r["text_weight"] for r in saved["rows"]] == [0.5, 2.0]
+    assert {"balance_point", "balance_ci", "oracle_balance_point", "oracle_ci"} <= set(doc["rows"][0])
+    assert isinstance(doc["ordered"], bool) and len(doc["comparison"]["runs"]) == 2
+    with pytest.raises(MechmodError, match="one planted weight per model"):
+        probe.main([*args, "--weights", "1", "--out", str(tmp_path / "bad")])
