@@ -53,6 +53,9 @@ ATTRIBUTE_TASKS = ("shape", "material")
 ATTRIBUTE_SUBSETS = ATTRIBUTE_TASKS + ("both",)
 #: the ``control`` column of a dataset (mechmod.data.schema)
 CONTROLS = ("none", "text_irrelevant", "image_irrelevant")
+#: controls written only when asked (never by default): ``consistent``, the description states the image's
+#: colour in the conflict case's words (mechmod.data.color, `mechmod dataset color --consistent`)
+OPT_IN_CONTROLS = ("consistent",)
 
 #: colour-image distractor policies: the paper's rule (study datasets) and the organism's binding images
 DISTRACTOR_POLICIES = ("paper", "binding")

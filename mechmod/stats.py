@@ -1,5 +1,5 @@
 """Small statistics shared by the estimators: Wilson intervals and
-bootstrap intervals of a mean."""
+bootstrap intervals of a mean (of cases, or of whole clusters of cases)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,26 @@ def bootstrap_mean_ci(x, n_boot: int = 1000, seed: int = 0, ci: float = 0.95) ->
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, x.size, size=(n_boot, x.size))
     means = x[idx].mean(axis=1)
+    a = (1 - ci) / 2
+    lo, hi = np.quantile(means, [a, 1 - a])
+    return {"mean": float(x.mean()), "ci": [float(lo), float(hi)], "n": int(x.size)}
+
+
+def cluster_bootstrap_mean_ci(x, clusters, n_boot: int = 1000, seed: int = 0, ci: float = 0.95) -> dict[str, Any]:
+    """Mean of ``x`` with a percentile bootstrap interval that resamples whole
+    clusters (``clusters[i]`` names the cluster of ``x[i]``: cases of one
+    group move together); ``ci`` is None for fewer than two clusters."""
+    x = np.asarray(x, dtype=float)
+    keep = np.isfinite(x)
+    x, clusters = x[keep], np.asarray(clusters, dtype=object)[keep]
+    if x.size == 0:
+        return {"mean": None, "ci": None, "n": 0}
+    _, which = np.unique(clusters.astype(str), return_inverse=True)
+    sums, counts = np.bincount(which, weights=x), np.bincount(which).astype(float)
+    if sums.size < 2:
+        return {"mean": float(x.mean()), "ci": None, "n": int(x.size)}
+    idx = np.random.default_rng(seed).integers(0, sums.size, size=(n_boot, sums.size))
+    means = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
     a = (1 - ci) / 2
     lo, hi = np.quantile(means, [a, 1 - a])
     return {"mean": float(x.mean()), "ci": [float(lo), float(hi)], "n": int(x.size)}

@@ -11,6 +11,7 @@ the summary.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from mechmod.following import (
     monotonicity_test,
     region,
 )
-from mechmod.names import SAMPLED_MEASURE
+from mechmod.names import ATTENTION_SPANS, SAMPLED_MEASURE
 from mechmod.rundir import RunDir
 from mechmod.stats import bootstrap_mean_ci
 from mechmod.uncertainty import UNCERTAINTY_MEASURES, relative_uncertainty
@@ -287,11 +288,46 @@ def _layer_dynamics(main: pd.DataFrame, left_out: dict[str, str], include_embedd
         out["attention_by_layer"] = {
             span: np.stack(main[f"attn_{span}"].map(lambda v: np.asarray(v, float)).to_numpy()).mean(0).tolist()
             for span in spans}
+        out["text_dominance"] = text_dominance(main)
     if "commit_layer" not in left_out:
         c = main["commit_layer"].to_numpy(float)
         c = c[c != NO_LAYER]
         out["commit_layer"] = bootstrap_mean_ci(c, n_boot=N_BOOT, seed=0)
     return out
+
+
+#: token-count columns that make :func:`text_dominance` per token (one per span of ATTENTION_SPANS)
+SPAN_TOKENS = tuple(f"tokens_{span}" for span in ATTENTION_SPANS)
+
+
+def text_dominance(frame: pd.DataFrame, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, Any]:
+    """How much more the answer position attends to text than to the image.
+
+    ``frame``: one row per case with the list columns attn_image,
+    attn_description, attn_question (attention mass per decoder layer) and,
+    when known, the spans' token counts (:data:`SPAN_TOKENS`). Per case and
+    layer, the text density d_t = (mass on description + question) / their
+    tokens and the image density d_i = mass on image / its tokens (the
+    masses themselves when the frame has no token counts: a run's results
+    do not record them); the index d_t / (d_t + d_i) is 0.5 where a text
+    token and an image token draw equal attention, above it where text
+    dominates. ``index`` averages each case's mean over the layers (95%
+    bootstrap interval over cases); ``per_layer`` gives the means per layer."""
+    mass = {s: np.stack(frame[f"attn_{s}"].map(lambda v: np.asarray(v, float)).to_numpy()) for s in ATTENTION_SPANS}
+    per_token = all(c in frame for c in SPAN_TOKENS)
+    n_text, n_image = ((frame["tokens_description"] + frame["tokens_question"]).to_numpy(float)[:, None],
+                       frame["tokens_image"].to_numpy(float)[:, None]) if per_token else (1.0, 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        text = (mass["description"] + mass["question"]) / n_text
+        image = mass["image"] / n_image
+        index = text / (text + image)
+    index[~np.isfinite(index)] = np.nan
+    with warnings.catch_warnings():  # a layer or case without any finite index stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        per_case, per_layer = np.nanmean(index, axis=1), np.nanmean(index, axis=0)
+    return {"per_token": per_token, "index": bootstrap_mean_ci(per_case, n_boot=n_boot, seed=seed),
+            "per_layer": {"text": text.mean(0).tolist(), "image": image.mean(0).tolist(),
+                          "index": [None if not np.isfinite(v) else float(v) for v in per_layer]}}
 
 
 def _by_index(u_v: np.ndarray, u_t: np.ndarray, follows_text: np.ndarray, seed: int) -> dict[str, Any]:

@@ -71,8 +71,9 @@ def parse(cls, argv: Sequence[str] | None, doc: str | None = None):
     return cls(**values)
 
 
-def dataset_dir(cfg: RunSpec, controls: bool = True) -> Path:
-    """``cfg.dataset``, else a colour dataset generated once into OUT/dataset."""
+def dataset_dir(cfg: RunSpec, controls: bool = True, consistent: bool = False) -> Path:
+    """``cfg.dataset``, else a colour dataset generated once into OUT/dataset
+    (with the opt-in ``consistent`` control when asked)."""
     if cfg.dataset is not None:
         return Path(cfg.dataset)
     path = Path(cfg.out) / "dataset"
@@ -80,7 +81,8 @@ def dataset_dir(cfg: RunSpec, controls: bool = True) -> Path:
         from mechmod.data import generate_color
 
         print(f"generating a colour dataset ({cfg.groups} groups, seed {cfg.seed}) into {path}")
-        generate_color(path, groups=cfg.groups, seed=cfg.seed, controls=controls, progress=False)
+        generate_color(path, groups=cfg.groups, seed=cfg.seed, controls=controls, progress=False,
+                       consistent=consistent)
     return path
 
 

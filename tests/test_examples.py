@@ -64,3 +64,9 @@ def test_patch_one_layer():
     # patching the last token after the last layer reproduces the source's logits
     assert out["ld"]["patched"] == pytest.approx(out["ld"]["vision-only"], abs=1e-4)
     assert out["answers"]["patched"] == out["answers"]["vision-only"]
+
+
+def test_probe_choice():
+    out = _main("probe_choice")(["--model", str(tiny_model_dir()), "--groups", "2"])
+    assert out["layers"] == [-1, 0, 1] and out["n_cases"] == 24  # 2 groups x 2 image x 3 text tiers x (conflict, consistent)
+    assert all(0 <= a <= 1 for a in out["accuracy"])

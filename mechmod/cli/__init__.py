@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "mechmod.cli.patch",
     "mechmod.cli.choice",
     "mechmod.cli.study",
+    "mechmod.cli.finetune",
 ]
 
 
@@ -33,21 +34,24 @@ def cli() -> None:
     """mechmod: which modality does a multimodal LLM follow, and where is the choice made."""
 
 
-def generated_color_dataset(target: Path, groups: int, seed: int, dv=None, progress: bool = False) -> Path:
-    """The colour dataset (controls included) a command generates when given
-    no --dataset; a re-run of the command finds it there and reuses it, when
+def generated_color_dataset(target: Path, groups: int, seed: int, dv=None, progress: bool = False,
+                            consistent: bool = False) -> Path:
+    """The colour dataset (controls included; the opt-in ``consistent``
+    control with ``consistent``) a command generates when given no
+    --dataset; a re-run of the command finds it there and reuses it, when
     it was generated with the same arguments (else it is refused)."""
     from mechmod import _io
     from mechmod.data.color import N_DV
     from mechmod.data.writer import parse_tiers
 
     target = Path(target)
-    want = {"groups": groups, "seed": seed, "dv": list(parse_tiers(dv, N_DV, "visual (dv)"))}
+    want = {"groups": groups, "seed": seed, "dv": list(parse_tiers(dv, N_DV, "visual (dv)")), "consistent": consistent}
     manifest = target / "manifest.json"
     if manifest.is_file():
         man = _io.read_json(manifest, f"remove {target} to generate it again", expect=dict)
         options = man.get("options") if isinstance(man.get("options"), dict) else {}
-        have = {"groups": options.get("groups"), "seed": man.get("seed"), "dv": options.get("dv")}
+        have = {"groups": options.get("groups"), "seed": man.get("seed"), "dv": options.get("dv"),
+                "consistent": "consistent" in (options.get("controls") or ())}
         if have != want:
             diff = ", ".join(f"{k} {have[k]!r} there vs {want[k]!r} asked" for k in want if have[k] != want[k])
             raise MechmodError(f"{target} holds a colour dataset generated with other arguments ({diff}); "
@@ -56,7 +60,7 @@ def generated_color_dataset(target: Path, groups: int, seed: int, dv=None, progr
     from mechmod.data import generate_color
 
     click.echo(f"generating a colour dataset ({groups} groups, seed {seed}) into {target}", err=True)
-    generate_color(target, groups=groups, seed=seed, controls=True, progress=progress,
+    generate_color(target, groups=groups, seed=seed, controls=True, progress=progress, consistent=consistent,
                    **({"dv": list(dv)} if dv else {}))
     return target
 
@@ -65,16 +69,17 @@ def generated_color_dataset(target: Path, groups: int, seed: int, dv=None, progr
 STUDY_GROUPS = 3
 
 
-def study_dataset(dataset_dir, groups, seed, dv, out: Path) -> Path:
+def study_dataset(dataset_dir, groups, seed, dv, out: Path, consistent: bool = False) -> Path:
     """The dataset of an intervention command: --dataset DIR as given, or a
-    colour dataset generated into OUT/dataset (--groups, --seed, --dv)."""
+    colour dataset generated into OUT/dataset (--groups, --seed, --dv; the
+    ``consistent`` control with ``consistent``)."""
     if dataset_dir is not None:
         if groups is not None or dv:
             raise MechmodError("give --dataset DIR or --groups N [--dv ...], not both")
         if not (Path(dataset_dir) / "manifest.json").is_file():
             raise MechmodError(f"{dataset_dir}: not a mechmod dataset (no manifest.json)")
         return Path(dataset_dir)
-    return generated_color_dataset(out / "dataset", groups or STUDY_GROUPS, seed, dv or None)
+    return generated_color_dataset(out / "dataset", groups or STUDY_GROUPS, seed, dv or None, consistent=consistent)
 
 
 def check_device(device: str) -> str:

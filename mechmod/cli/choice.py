@@ -1,6 +1,7 @@
 """Where the choice is made: `mechmod attribute` (direct logit
-attribution), `mechmod flow` (attention knockout between spans) and
-`mechmod scale-heads` (head scaling). Each runs on the conflict cases of a
+attribution), `mechmod flow` (attention knockout between spans), `mechmod scale-heads`
+(head scaling) and `mechmod probe` (linear probes against the lens, and
+the text-dominance index). Each runs on the conflict cases of a
 finished run (--run RUN: its answers, dHrel and regions) or of a dataset
 (--dataset DIR, or a generated one: --groups N --seed S), and writes its
 tables, summary JSON and HTML report into --out."""
@@ -49,8 +50,9 @@ def _shared(f):
     return f
 
 
-def _setup(o: dict):
-    """(model, clean cases) from the shared options."""
+def _setup(o: dict, consistent: bool = False):
+    """(model, clean cases) from the shared options (a generated dataset with
+    the opt-in ``consistent`` control when asked)."""
     from mechmod.interventions.clean import from_baseline, from_run
 
     Path(o["out"]).mkdir(parents=True, exist_ok=True)
@@ -61,7 +63,7 @@ def _setup(o: dict):
         mllm = load_for_command(o["model"] or clean.model or "organism", o["device"], o["dtype"] or clean.dtype,
                                 o["trust_remote_code"], o["threads"])
         return mllm, clean
-    ds = study_dataset(o["dataset_dir"], o["groups"], o["seed"], o["dv"] or None, o["out"])
+    ds = study_dataset(o["dataset_dir"], o["groups"], o["seed"], o["dv"] or None, o["out"], consistent)
     mllm = load_for_command(o["model"] or "organism", o["device"], o["dtype"], o["trust_remote_code"], o["threads"])
     return mllm, from_baseline(mllm, ds, batch_size=o["batch_size"], backend=o["backend"], radius=o["radius"],
                                n_boot=o["n_boot"], seed=o["seed"])
@@ -154,3 +156,25 @@ def scale_heads_cmd(heads, attribution_dir, top, alphas, positions, **o):
                                      o["max_rows"], o["n_boot"], o["backend"])
     _io.write_parquet(o["out"] / "scale_heads.parquet", rows)
     _finish("scale_heads", o["out"], summary, time.perf_counter() - start, mllm)
+
+
+@cli.command("probe")
+@_shared
+@click.option("--l2", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="L2 penalty of the logistic probes (sum of log losses + l2/2 |w|^2, standardised features).")
+@click.option("--folds", default=5, show_default=True, type=click.IntRange(min=2),
+              help="Cross-validation folds, split by group (at most one per group).")
+def probe_cmd(l2, folds, **o):
+    """Linear probes per layer on the answer-position residual: the follow
+    outcome (text vs vision) against the logit lens's vote at that layer,
+    and conflict vs the `consistent` control (generated with --groups; a
+    --dataset or --run dataset needs it for this target), accuracy held out
+    by group with intervals; the attention text-dominance index per token.
+    Writes OUT/probes.parquet, OUT/probes_summary.json, OUT/probes_report.html."""
+    from mechmod.interventions.probes import run_probes
+
+    start = time.perf_counter()
+    mllm, clean = _setup(o, consistent=True)
+    table, summary = run_probes(mllm, clean, o["batch_size"], o["backend"], l2, folds, o["n_boot"], o["seed"])
+    _io.write_parquet(o["out"] / "probes.parquet", table)
+    _finish("probes", o["out"], summary, time.perf_counter() - start, mllm)

@@ -48,14 +48,16 @@ _progress = click.option("--progress/--no-progress", default=True, show_default=
 @click.option("--colors", default=None, help="Answer colours, comma separated (default all 6).")
 @click.option("--shapes", default=None, help="Target shapes, comma separated (default all).")
 @click.option("--workers", default=1, show_default=True, type=int, help="Rendering processes (same bytes).")
+@click.option("--consistent", is_flag=True, help="Also write the opt-in `consistent` control for every (dv, dt): "
+              "the description states the image's colour, otherwise the conflict case's words.")
 @_progress
-def color_cmd(groups, seed, out, controls, dv, dt, colors, shapes, workers, progress) -> None:
+def color_cmd(groups, seed, out, controls, dv, dt, colors, shapes, workers, consistent, progress) -> None:
     """Colour recognition: 14 visual x 3 text tiers per group (paper notes §5)."""
     from mechmod.data import generate_color
 
     t0 = time.time()
     path = generate_color(out, groups=groups, seed=seed, controls=controls, progress=progress, dv=dv, dt=dt,
-                          colors=_split(colors), shapes=_split(shapes), workers=workers)
+                          colors=_split(colors), shapes=_split(shapes), workers=workers, consistent=consistent)
     _report(path, t0)
 
 

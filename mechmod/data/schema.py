@@ -28,7 +28,7 @@ from typing import Any, Iterable
 
 from mechmod import _io
 from mechmod.errors import MechmodError
-from mechmod.names import CONTROLS
+from mechmod.names import CONTROLS, OPT_IN_CONTROLS
 
 FORMAT = "mechmod-cases/1"
 CASES = "cases.parquet"
@@ -297,9 +297,9 @@ def validate_table(table, where: str, root: Path | None = None, check_files: boo
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise MechmodError(f"{where}: case_id {dup!r} is not unique")
-    bad = set(table.column("control").to_pylist()) - set(CONTROLS)
+    bad = set(table.column("control").to_pylist()) - set(CONTROLS + OPT_IN_CONTROLS)
     if bad:
-        raise MechmodError(f"{where}: unknown control value(s) {sorted(bad)}; expected {CONTROLS}")
+        raise MechmodError(f"{where}: unknown control value(s) {sorted(bad)}; expected {CONTROLS + OPT_IN_CONTROLS}")
     for col in ("description", "question"):
         for case, text in zip(ids, table.column(col).to_pylist()):
             if len(text) > MAX_TEXT:

@@ -1,6 +1,6 @@
 """Plotting helpers shared by the studies' figures: colours, the common
-layout, and the following-curve plot that the run, steering and comparison
-reports all draw."""
+layout, the following-curve plot that the run, steering and comparison
+reports all draw, and the text-dominance plot of the run and probes reports."""
 
 from __future__ import annotations
 
@@ -61,3 +61,19 @@ def following_curves(curves: Mapping[str, Mapping[str, Any]], balances: Mapping[
     fig.add_hline(y=0.5, line=dict(color="black", width=1, dash="dot"))
     fig.update_yaxes(range=[-0.02, 1.02])
     return layout(fig, "Text-following probability vs relative uncertainty", "dHrel (negative: text is easier)", "P(follow text)")
+
+
+def dominance_figure(dominance: Mapping[str, Any]) -> go.Figure:
+    """The text-dominance index and the text and image attention densities per decoder layer."""
+    per = dominance["per_layer"]
+    unit = "per token" if dominance.get("per_token") else "span mass"
+    fig = go.Figure()
+    x = list(range(len(per["index"])))
+    fig.add_trace(go.Scatter(x=x, y=per["index"], mode="lines+markers", name="index d_t / (d_t + d_i)",
+                             line=dict(color="black")))
+    for name, color in (("text", TEXT_COLOR), ("image", VISION_COLOR)):
+        fig.add_trace(go.Scatter(x=x, y=per[name], mode="lines", name=f"{name} attention ({unit})",
+                                 line=dict(color=color, dash="dot"), yaxis="y2"))
+    fig.add_hline(y=0.5, line_dash="dash", line_color="gray")
+    fig.update_layout(yaxis=dict(range=[0, 1]), yaxis2=dict(overlaying="y", side="right", title=f"attention ({unit})"))
+    return layout(fig, f"Text dominance of the answer position ({unit})", "decoder layer", "text-dominance index")

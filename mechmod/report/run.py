@@ -10,7 +10,8 @@ import plotly.graph_objects as go
 
 from mechmod.answers import RULE_TEXT
 from mechmod.phrase_answers import PHRASE_RULE_TEXT
-from mechmod.report._plot import OTHER_COLOR, PALETTE, TEXT_COLOR, VISION_COLOR, following_curves, layout
+from mechmod.report._plot import (OTHER_COLOR, PALETTE, TEXT_COLOR, VISION_COLOR, dominance_figure,
+                                  following_curves, layout)
 from mechmod.report.registry import Table, figure, study
 
 
@@ -213,6 +214,16 @@ def attention_by_layer(summary: Mapping[str, Any]) -> go.Figure:
         fig.add_trace(go.Scatter(x=list(range(len(values))), y=list(values), mode="lines+markers",
                                  name=span, line=dict(color=_SPANS[span])))
     return layout(fig, "Where the answer position attends", LAYER_AXIS, "attention mass (mean over heads)")
+
+
+@figure("run", "text_dominance", title="Text dominance of the answer position by layer",
+        caption="The answer position's attention mass on description + question (d_t) and on the image (d_i) per "
+                "decoder layer, means over conflict cases; the index d_t / (d_t + d_i) (0.5 = even) is per span, not "
+                "per token: a run does not record span lengths (`mechmod probe` gives the index per token).",
+        needs={"text_dominance": "the run did not record attention (RunConfig.attention)"})
+def text_dominance(summary: Mapping[str, Any]) -> go.Figure:
+    """summary.json's text_dominance per decoder layer."""
+    return dominance_figure(summary["text_dominance"])
 
 
 _INDEX_NAMES = {"entropy": "entropy", "label_entropy": "label entropy", "margin": "1 - margin",

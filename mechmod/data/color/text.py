@@ -12,7 +12,7 @@ from mechmod.data.color.vocabulary import (COLORS, COMMAND, CONTROL_SHAPES, INDI
                                            ColorGroup)
 from mechmod.data.knowledge import KNOWLEDGE
 from mechmod.errors import MechmodError
-from mechmod.names import CONTROLS
+from mechmod.names import CONTROLS, OPT_IN_CONTROLS
 
 N_DT = 3
 
@@ -67,8 +67,8 @@ def describe_ex(group: ColorGroup, dt: int, rng: np.random.Generator, control: s
     """Like :func:`describe`, returning the choices as well. Draw order from
     ``rng`` (fixed, part of the determinism contract): template, bridge
     shape / thing, control shape."""
-    if control not in CONTROLS:
-        raise MechmodError(f"unknown control {control!r}; choose from {', '.join(CONTROLS)}")
+    if control not in CONTROLS + OPT_IN_CONTROLS:
+        raise MechmodError(f"unknown control {control!r}; choose from {', '.join(CONTROLS + OPT_IN_CONTROLS)}")
     if dt is None or dt == -1:
         A = group.target_shape
         if control == "image_irrelevant":
@@ -76,15 +76,16 @@ def describe_ex(group: ColorGroup, dt: int, rng: np.random.Generator, control: s
         return Description("", -1, control, -1, "", A, "", "")
     if not isinstance(dt, (int, np.integer)) or dt not in TEMPLATES:
         raise MechmodError(f"invalid text tier dt={dt!r}; tiers are 0, 1, 2 (or -1 for no description)")
-    if group.text_color not in KNOWLEDGE:
-        raise MechmodError(f"unknown color {group.text_color!r}; choose from {', '.join(COLORS)}")
+    color = group.vision_color if control == "consistent" else group.text_color
+    if color not in KNOWLEDGE:
+        raise MechmodError(f"unknown color {color!r}; choose from {', '.join(COLORS)}")
     templates = TEMPLATES[int(dt)]
     t = int(rng.integers(len(templates)))
     B = D = ""
     if dt == 1:
         B = INDIRECT_SHAPES[int(rng.integers(len(INDIRECT_SHAPES)))]
     elif dt == 2:
-        things = KNOWLEDGE[group.text_color]
+        things = KNOWLEDGE[color]
         D = things[int(rng.integers(len(things)))]
     A = asked = group.target_shape
     if control == "text_irrelevant":
@@ -92,7 +93,7 @@ def describe_ex(group: ColorGroup, dt: int, rng: np.random.Generator, control: s
         A = others[int(rng.integers(len(others)))]
     elif control == "image_irrelevant":
         A = asked = CONTROL_SHAPES[int(rng.integers(len(CONTROL_SHAPES)))]
-    text = templates[t].format(A=A, T=group.text_color, B=B, aB=_article(B) if B else "", D=D)
+    text = templates[t].format(A=A, T=color, B=B, aB=_article(B) if B else "", D=D)
     return Description(text, int(dt), control, t, A, asked, B, D)
 
 
@@ -111,7 +112,10 @@ def describe(group: ColorGroup, dt: int, rng: np.random.Generator, control: str 
     drawn shape (the question still asks about A); ``"image_irrelevant"``
     replaces A by a never-drawn shape (:data:`CONTROL_SHAPES`); ask
     :func:`question_for` that shape (see :func:`describe_ex`,
-    ``asked_shape``)."""
+    ``asked_shape``). ``"consistent"`` states the image's colour in the
+    same template (same bridge shape; a thing of the image's colour at the
+    same draw), so only the colour word (or thing) tells it from the
+    conflict case."""
     return describe_ex(group, dt, rng, control).text
 
 

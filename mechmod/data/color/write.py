@@ -17,9 +17,12 @@ Per group (one target shape, a visual colour, a different textual colour):
 ``answer_vision`` / ``answer_text`` are the group's colours in every row,
 controls included; a model that ignores the irrelevant modality answers
 ``answer_vision`` on ``text_irrelevant`` rows and ``answer_text`` on
-``image_irrelevant`` rows. The original text tier (no description) is the
-vision-only input of every case (image + question), so it has no rows of its
-own.
+``image_irrelevant`` rows. With ``consistent=True`` (opt-in, off by default so
+default datasets keep their bytes) also control ``consistent`` for every (dv,
+dt): the ``none`` description with the image's colour (answer_vision) in place
+of the text colour, the same question: image and description agree. The
+original text tier (no description) is the vision-only input of every case
+(image + question), so it has no rows of its own.
 
 Randomness: groups from :func:`mechmod.data.color.sample_groups`; the image
 of (group i, dv) draws from ``default_rng([seed, i, dv])`` and the
@@ -43,7 +46,7 @@ from mechmod.data.color.vocabulary import COLORS, TARGET_SHAPES, sample_groups
 from mechmod.data.schema import DatasetDir, dataset_counts, mechmod_version, png_bytes
 from mechmod.data.writer import _progress, check_groups, check_seed, parse_tiers
 from mechmod.errors import MechmodError
-from mechmod.names import CONTROLS
+from mechmod.names import CONTROLS, OPT_IN_CONTROLS
 
 
 def _group_cases(args):
@@ -99,17 +102,18 @@ def _group_cases(args):
 def generate_color(out: str | os.PathLike, groups: int = 400, seed: int = 0, controls: bool = True,
                    progress: bool = True, dv: Iterable[int] | str | None = None,
                    dt: Iterable[int] | str | None = None, colors: Iterable[str] | None = None,
-                   shapes: Iterable[str] | None = None, workers: int = 1) -> Path:
+                   shapes: Iterable[str] | None = None, workers: int = 1, consistent: bool = False) -> Path:
     """Generate the colour conflict set into ``out`` (must not exist or be
     empty) and return its path. ``dv`` / ``dt`` restrict the tiers (e.g.
     ``"0-4"``), ``colors`` / ``shapes`` the answer colours and target shapes.
-    ``workers > 1`` renders groups in parallel processes (same bytes)."""
+    ``workers > 1`` renders groups in parallel processes (same bytes).
+    ``consistent`` adds the opt-in ``consistent`` control (see above)."""
     groups = check_groups(groups)
     seed = check_seed(seed)
     dvs = parse_tiers(dv, N_DV, "visual (dv)")
     dts = parse_tiers(dt, N_DT, "text (dt)")
     gs = sample_groups(groups, seed, colors=colors, shapes=shapes)
-    ctrls = CONTROLS if controls else ("none",)
+    ctrls = (CONTROLS if controls else ("none",)) + (OPT_IN_CONTROLS if consistent else ())
     if int(workers) < 1:
         raise MechmodError(f"workers must be >= 1, got {workers!r}")
     tasks = [(g, seed, dvs, dts, ctrls) for g in gs]
