@@ -67,6 +67,12 @@ def bridge(mllm):
     return cached
 
 
+def bridged(mllm) -> bool:
+    """Whether the bridge has booted on ``mllm``: its rewired attention then
+    gives wrong results over a KV cache, with either backend."""
+    return getattr(mllm, "_tl_bridge", None) is not None
+
+
 def hook_name(mllm, site: Site) -> str:
     """The bridge's hook point of ``site``; a MechmodError naming the site
     where the bridge has none."""

@@ -28,15 +28,17 @@ from typing import Callable, Mapping, Sequence, TypeVar
 import torch
 
 from mechmod.backends import Edit, Site, run
+from mechmod.backends.tl_backend import bridged
 from mechmod.decoding import Continuation, reforward
 from mechmod.errors import MechmodError
 from mechmod.names import BACKENDS, SITE_COMPONENTS
+from mechmod.prefix import cache_kwarg, cache_rows
 
 S = TypeVar("S")
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
 __all__ = ["BACKENDS", "SITE_COMPONENTS", "Site", "Edit", "forward", "on_prompt", "continuation", "repeat_inputs", "sweep",
-           "chunk_for"]
+           "sweep_tail", "tails_exact", "chunk_for"]
 
 #: components whose tensors index positions along dims 2 and 3 ([N, H, Tq, K]); the others along dim 1
 _PAIR_SITES = ("mask", "scores", "pattern")
@@ -110,6 +112,57 @@ def sweep(mllm, inputs: Mapping[str, torch.Tensor], settings: Sequence[S],
         out.extend(metric(logits[j * B : (j + 1) * B], continuation(mllm, inputs, setter(s, slice(0, B)), backend))
                    for j, s in enumerate(part))
     return torch.stack(out)
+
+
+def tails_exact(mllm, backend: str) -> bool:
+    """Whether :func:`sweep_tail` equals :func:`sweep` for ``mllm``: not with
+    the TransformerLens backend nor on a model its bridge has booted on (the
+    rewired attention is wrong over a KV cache), nor in M-RoPE families
+    (their left-padded tails differ by ~3e-3 in Qwen2-VL)."""
+    return backend == "nnsight" and not bridged(mllm) and mllm.adapter.rope_deltas_path is None
+
+
+def sweep_tail(mllm, inputs: Mapping[str, torch.Tensor], cut: int, settings: Sequence[S],
+               tail_setter: Callable[[S, slice], Sequence[Edit]], setter: Callable[[S, slice], Sequence[Edit]],
+               metric: Callable[[torch.Tensor, Continuation], torch.Tensor] | None = None,
+               chunk: int | None = None, backend: str = "nnsight") -> torch.Tensor:
+    """:func:`sweep` for edits at positions ``cut`` and later only: the
+    batch's first ``cut`` positions (every image token among them) run once,
+    clean, and their KV cache serves each forward, which computes the
+    positions from ``cut`` on. ``tail_setter`` gives a setting's edits on
+    those positions (prompt position p is p - cut), ``setter`` the same
+    edits on the whole prompt (for the metric's continuation, which runs the
+    whole batch again, as in :func:`sweep`). Equal to :func:`sweep` within
+    float rounding, where :func:`tails_exact`."""
+    ids = inputs["input_ids"]
+    B, T = ids.shape
+    if not tails_exact(mllm, backend):
+        raise MechmodError(f"sweep_tail: tails over a cache are not exact for {mllm.name} with {backend}; use sweep")
+    if not 0 < cut < T or (ids[:, cut:] == mllm.image_token_id).any():
+        raise MechmodError(f"sweep_tail: cut {cut} must leave every image token before it and the answer after it")
+    settings = list(settings)
+    if not settings:
+        raise MechmodError("sweep_tail: no settings")
+    per_token = {k for k, v in inputs.items() if isinstance(v, torch.Tensor) and v.shape[:2] == (B, T)}
+    with torch.no_grad():
+        out = mllm.model(**{k: v[:, :cut] if k in per_token else v for k, v in inputs.items()}, use_cache=True,
+                         logits_to_keep=1)
+    key = cache_kwarg(mllm.model)
+    cache = getattr(out, key)
+    chunk = len(settings) if chunk is None else max(1, int(chunk))
+    metric = metric or (lambda x, more: x)
+    results = []
+    for start in range(0, len(settings), chunk):
+        part = settings[start : start + chunk]
+        rows = torch.arange(B).repeat(len(part))
+        tail = {k: torch.cat([inputs[k] if k == "attention_mask" else inputs[k][:, cut:]] * len(part))
+                for k in per_token}
+        tail.update({key: cache_rows(cache, rows.to(mllm.device)), "use_cache": True})
+        edits = [e for j, s in enumerate(part) for e in tail_setter(s, slice(j * B, (j + 1) * B))]
+        logits, _ = forward(mllm, tail, edits, backend=backend)
+        results.extend(metric(logits[j * B : (j + 1) * B], continuation(mllm, inputs, setter(s, slice(0, B)), backend))
+                       for j, s in enumerate(part))
+    return torch.stack(results)
 
 
 def chunk_for(batch: int, max_rows: int) -> int:

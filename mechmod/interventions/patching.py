@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from mechmod.errors import MechmodError
-from mechmod.interventions.core import Site, chunk_for, forward, sweep
+from mechmod.interventions.core import Site, chunk_for, forward, sweep, sweep_tail, tails_exact
 from mechmod.names import PATCH_COMPONENTS as COMPONENTS, POSITION_GROUPS, SPANS
 
 STUDY_GROUPS = ("image", "description", "question", "last")
@@ -152,11 +152,13 @@ def source_activations(mllm, source, component: str, layers: Sequence[int], alig
     return logits, [{l: parts[k] for l, parts in zip(layers, per_layer)} for k in range(len(aligns))]
 
 
-def patch_setter(component: str, acts: Sequence[dict[int, torch.Tensor]], aligns: Sequence[Alignment]):
+def patch_setter(component: str, acts: Sequence[dict[int, torch.Tensor]], aligns: Sequence[Alignment],
+                 offset: int = 0):
     """The sweep setter: setting = (alignment index k, layer); writes
-    ``acts[k][layer]`` into the target copy's positions aligned by ``aligns[k]``."""
+    ``acts[k][layer]`` into the target copy's positions aligned by
+    ``aligns[k]``, each ``offset`` earlier (a tail past a cached prefix)."""
     b_idx = [torch.arange(a.valid.shape[0])[:, None].expand_as(a.valid)[a.valid] for a in aligns]
-    t_idx = [a.tgt[a.valid] for a in aligns]
+    t_idx = [a.tgt[a.valid] - offset for a in aligns]
 
     def setter(setting: tuple[int, int], rows: slice):
         k, layer = setting
@@ -169,24 +171,46 @@ def patch_setter(component: str, acts: Sequence[dict[int, torch.Tensor]], aligns
     return setter
 
 
+def tail_start(target, align: Alignment, image_token_id: int) -> int:
+    """The first target position ``align`` writes, where every image token
+    comes before it (0 otherwise: the patch needs the whole prompt)."""
+    first = int(align.tgt[align.valid].min()) if align.valid.any() else 0
+    images = torch.nonzero((target.inputs["input_ids"] == image_token_id).any(0)).flatten()
+    return first if images.numel() == 0 or first > int(images.max()) else 0
+
+
 def patch_groups(mllm, source, target, specs: Sequence[PatchSpec], metric=None, chunk: int | None = None,
                  max_rows: int = 64, backend: str = "nnsight"):
     """Patch from ``source`` into ``target`` (Encoded batches, row i into row
     i) for each spec (same component and layers, e.g. one per position
-    group) at each of its layers: one source forward for all, then one sweep
+    group) at each of its layers: one source forward for all, then sweeps
     over every (spec, layer), ``chunk`` settings per forward (default: as
-    many as fit ``max_rows`` rows). Returns (per spec the metric of the
-    patched answer logits [n_layers, B, ...], source logits [B, V], per
-    spec its alignment)."""
+    many as fit ``max_rows`` rows). Specs that write after the image (the
+    text, the answer position) share one clean prefix cache and compute the
+    positions from their first written one only (:func:`core.sweep_tail`,
+    where :func:`core.tails_exact`).
+    Returns (per spec the metric of the patched answer logits
+    [n_layers, B, ...], source logits [B, V], per spec its alignment)."""
     if len({(s.component, s.layers) for s in specs}) != 1:
         raise MechmodError("patch_groups: the specs must share component and layers")
     component, layers = specs[0].component, specs[0].layer_list(mllm.n_layers)
     aligns = [align_positions(source, target, s.positions) for s in specs]
     src_logits, acts = source_activations(mllm, source, component, layers, aligns, backend)
-    settings = [(k, l) for k in range(len(specs)) for l in layers]
     chunk = chunk or chunk_for(target.batch_size, max_rows)
-    out = sweep(mllm, target.inputs, settings, patch_setter(component, acts, aligns), metric, chunk, backend)
-    return list(out.split(len(layers))), src_logits, aligns
+    cached = tails_exact(mllm, backend)
+    starts = [tail_start(target, a, mllm.image_token_id) if cached else 0 for a in aligns]
+    whole = [k for k, c in enumerate(starts) if c == 0]
+    tail = [k for k, c in enumerate(starts) if c > 0]
+    setter = patch_setter(component, acts, aligns)
+    out: dict[tuple[int, int], torch.Tensor] = {}
+    if whole:
+        settings = [(k, l) for k in whole for l in layers]
+        out.update(zip(settings, sweep(mllm, target.inputs, settings, setter, metric, chunk, backend)))
+    if tail:
+        cut, settings = min(starts[k] for k in tail), [(k, l) for k in tail for l in layers]
+        out.update(zip(settings, sweep_tail(mllm, target.inputs, cut, settings, patch_setter(component, acts, aligns, cut),
+                                            setter, metric, chunk, backend)))
+    return [torch.stack([out[k, l] for l in layers]) for k in range(len(specs))], src_logits, aligns
 
 
 def patch_layers(mllm, source, target, spec: PatchSpec, metric=None, chunk: int | None = None,
