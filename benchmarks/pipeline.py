@@ -1,6 +1,6 @@
 """Benchmark: mechmod's runner against the naive loop and the compute bound.
 
-    python -m benchmarks.pipeline [--quick] [--device cpu|cuda] [--shape small|llava7b]
+    python -m benchmarks.pipeline [--quick] [--device cpu|cuda] [--shape small|quick|overhead|llava7b]
 
 On one random-weight LLaVA-shaped model and one set of conflict cases, in
 one run:
@@ -10,6 +10,11 @@ one run:
     position of every layer;
 (b) mechmod's runner (``run_study``: shared image prefixes, batched tails,
     answer position only, one lens matmul per batch, rows streamed to disk).
+
+On CPU it also runs the runner on the ``overhead`` shape (a model so small
+that compute is negligible) and reports its per-case overhead: seconds per
+case of the runner, the one-off summary and report left out, minus the
+time spent inside the model's forward (``overhead_seconds_per_case``).
 
 Each runs in its own subprocess so that its peak RSS is its own. The FLOP
 lower bound counts the work the study cannot avoid with prefix sharing
@@ -38,6 +43,9 @@ SHAPES = {
                   text_hidden=256, text_layers=4, text_heads=4, text_mlp=1024, max_positions=1024),
     "quick": dict(image_size=224, patch_size=14, vision_hidden=64, vision_layers=2, vision_heads=2, vision_mlp=256,
                   text_hidden=128, text_layers=2, text_heads=2, text_mlp=512, max_positions=512),
+    # compute is negligible: what is left of a run is the runner's per-case Python work
+    "overhead": dict(image_size=56, patch_size=14, vision_hidden=32, vision_layers=1, vision_heads=2, vision_mlp=64,
+                     text_hidden=32, text_layers=2, text_heads=2, text_mlp=64, max_positions=256),
     # LLaVA-1.5-7B proportions (CLIP ViT-L/14-336 + Llama-2-7B), for a lent GPU
     "llava7b": dict(image_size=336, patch_size=14, vision_hidden=1024, vision_layers=24, vision_heads=16,
                     vision_mlp=4096, text_hidden=4096, text_layers=32, text_heads=32, text_mlp=11008,
@@ -128,6 +136,7 @@ def run_runner(setup: Setup, mllm=None) -> dict:
         return result
 
     runner.finalize = timed_finalize
+    forward_s = _time_forwards(mllm.model)
     try:
         with tempfile.TemporaryDirectory() as out:
             t0 = time.perf_counter()
@@ -138,9 +147,42 @@ def run_runner(setup: Setup, mllm=None) -> dict:
             dt = time.perf_counter() - t0
     finally:
         runner.finalize = finalize
+        forward_s.pop("hooks")()
     return {"seconds": dt, "cases": n, "cases_per_s": n / dt, "finalize_seconds": spent.get("finalize"),
+            "forward_seconds": forward_s["total"],
             "scoring_cases_per_s": n / (dt - spent.get("finalize", 0.0)),
             "peak_rss_mb": _peak_rss_mb(), "peak_gpu_mb": _peak_gpu_mb(setup.device)}
+
+
+def _time_forwards(model) -> dict:
+    """Accumulates the wall time spent inside ``model``'s forward calls
+    (tracing hooks inside the model included) into ``["total"]``;
+    ``["hooks"]()`` removes the timing hooks."""
+    spent = {"total": 0.0, "depth": 0, "t0": 0.0}
+
+    def enter(module, args, kwargs=None):
+        if spent["depth"] == 0:
+            spent["t0"] = time.perf_counter()
+        spent["depth"] += 1
+
+    def leave(module, args, out):
+        spent["depth"] -= 1
+        if spent["depth"] == 0:
+            spent["total"] += time.perf_counter() - spent["t0"]
+
+    handles = [model.register_forward_pre_hook(enter), model.register_forward_hook(leave)]
+    spent["hooks"] = lambda: [h.remove() for h in handles]
+    return spent
+
+
+def overhead_per_case(run: dict) -> dict:
+    """From a runner result on the ``overhead`` shape, where compute is
+    negligible: seconds per case outside the model's forward (finalize
+    excluded)."""
+    scoring = run["seconds"] - run["finalize_seconds"]
+    return {"overhead_shape": "overhead", "overhead_cases": run["cases"],
+            "overhead_seconds_per_case": round((scoring - run["forward_seconds"]) / run["cases"], 5),
+            "overhead_forward_seconds_per_case": round(run["forward_seconds"] / run["cases"], 5)}
 
 
 def matmul_flops_per_s(device: str, dtype: str, size: int = 1024, seconds: float = 2.0) -> float:
@@ -357,6 +399,10 @@ def main(argv=None) -> int:
         runner = _child("runner", setup, a.threads)
         bound = lower_bound_flops(setup)
         flops_per_s = matmul_flops_per_s(a.device, setup.dtype)
+    overhead = runner
+    if shape != "overhead":  # the runner again on a model whose compute is negligible
+        with tempfile.TemporaryDirectory(prefix="mechmod-bench-") as tmp:
+            overhead = _child("runner", build("overhead", Path(tmp), groups, dv, a.device), a.threads)
     bound_s = bound["flops"] / flops_per_s
     result = {
         "shape": shape, "device": a.device, "dtype": setup.dtype, "threads": a.threads, "cases": runner["cases"],
@@ -374,6 +420,7 @@ def main(argv=None) -> int:
         "runner_finalize_seconds": round(runner["finalize_seconds"], 3),
         "fraction_of_bound": round(bound_s / runner["seconds"], 3),
         "fraction_of_bound_scoring": round(bound_s / (runner["seconds"] - runner["finalize_seconds"]), 3),
+        **overhead_per_case(overhead),
     }
     print(json.dumps(result))
     return 0

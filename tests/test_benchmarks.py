@@ -1,0 +1,42 @@
+"""Smoke tests of the benchmarks (`python -m benchmarks.pipeline`,
+`python -m benchmarks.patching`): one quick run each, its JSON line's
+fields."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _json_line(*args: str) -> dict:
+    out = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow  # three interpreters, two models built and saved: ~30 s on an idle 2-core machine
+def test_pipeline_reports_speedup_bound_and_per_case_overhead():
+    r = _json_line("benchmarks.pipeline", "--quick", "--shape", "overhead", "--threads", "1")
+    assert r["shape"] == "overhead" and r["cases"] > 0
+    for field in ("naive_cases_per_s", "runner_cases_per_s", "speedup", "fraction_of_bound"):
+        assert r[field] > 0, field
+    assert r["overhead_shape"] == "overhead" and r["overhead_cases"] == r["cases"]
+    assert 0 < r["overhead_forward_seconds_per_case"] and 0 < r["overhead_seconds_per_case"] < 10
+
+
+def test_patching_reports_both_throughputs_and_their_agreement():
+    r = _json_line("benchmarks.patching", "--quick", "--threads", "1")
+    assert r["patches"] > 0 and r["naive_patches_per_s"] > 0 and r["library_patches_per_s"] > 0
+    assert r["speedup"] == round(r["naive_seconds"] / r["library_seconds"], 2)
+    assert 0 <= r["max_abs_diff"] <= 1e-3
+    s = r["settings"]
+    assert s["model"] == "organism" and s["directions"] == ["V->C", "T->C", "I->C"]
+    assert s["position_groups"] == ["image", "description", "question", "last"] and s["layers"] > 0
+    assert r["patches"] == s["pairs"] * s["layers"] * len(s["position_groups"])
+    assert {"groups", "cases", "threads", "machine"} <= set(s)
