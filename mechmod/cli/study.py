@@ -25,6 +25,8 @@ _STEPS = "run,lens,patch,steer,attribute,flow"
 @click.option("--steps", default=_STEPS, show_default=True, help="The steps to run, comma-separated (in this order).")
 @click.option("--lens-steps", default=100, show_default=True, type=click.IntRange(min=1),
               help="Optimiser steps of the tuned lens.")
+@click.option("--patch-units", is_flag=True,
+              help="Also patch and knock out single heads and MLPs in the patching step (about doubles its time).")
 @click.option("--n-boot", default=200, show_default=True, type=click.IntRange(min=0), help="Bootstrap draws per interval.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", default=None, help="float32, bfloat16 or float16 (default: the model's).")
@@ -32,7 +34,7 @@ _STEPS = "run,lens,patch,steer,attribute,flow"
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="torch CPU threads.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model repository's own code to run.")
 @click.option("--quiet", is_flag=True, help="No progress bars (there are none when stderr is not a terminal).")
-def study_cmd(model, out, groups, seed, steps, lens_steps, n_boot, device, dtype, batch_size, threads,
+def study_cmd(model, out, groups, seed, steps, lens_steps, patch_units, n_boot, device, dtype, batch_size, threads,
               trust_remote_code, quiet):
     """The whole study in one command: the behavioural run (DIR/run, which
     generates the dataset), a tuned lens trained on it (DIR/lens), patching
@@ -51,7 +53,7 @@ def study_cmd(model, out, groups, seed, steps, lens_steps, n_boot, device, dtype
 
         torch.set_num_threads(threads)
     options = StudyOptions(model=str(model), groups=groups, seed=seed, device=device, dtype=dtype,
-                           batch_size=batch_size, lens_steps=lens_steps, n_boot=n_boot,
+                           batch_size=batch_size, lens_steps=lens_steps, patch_units=patch_units, n_boot=n_boot,
                            trust_remote_code=trust_remote_code, progress=not quiet)
     record = run_pipeline(out, options, asked, echo=click.echo)
     failed = [name for name, e in record["steps"].items() if e["status"] == "failed"]

@@ -47,6 +47,7 @@ class StudyOptions:
     batch_size: int = 8
     max_rows: int = 64
     lens_steps: int = 100  # tuned-lens optimiser steps (`mechmod lens train` defaults to 250)
+    patch_units: bool = False  # single heads and MLPs patched and knocked out: as long again as the layer sweeps
     n_boot: int = 200  # bootstrap draws per interval
     top_heads: int = 5
     trust_remote_code: bool = False
@@ -167,9 +168,11 @@ def lens(ctx: Context, out: Path) -> None:
 
 
 def patch(ctx: Context, out: Path) -> None:
-    """``mechmod patch --dataset DIR/run/dataset``: every direction, position group and unit."""
+    """``mechmod patch --dataset DIR/run/dataset [--no-units]``: every
+    direction and position group; single heads and MLPs with ``patch_units``
+    (the attribution step names the heads that write the answer)."""
     o = ctx.options
-    cfg = PatchStudyConfig(batch_size=o.batch_size, max_rows=o.max_rows)
+    cfg = PatchStudyConfig(units=o.patch_units, batch_size=o.batch_size, max_rows=o.max_rows)
     study = run_patching(ctx.model(), ctx.dataset, ctx.cases(), cfg, progress=o.progress)
     summary = _io.jsonable(dict(study.summary, model=o.model, dataset=str(ctx.dataset)))
     write_study(out, "patch", summary, {"layers": study.layers, "units": study.units})
