@@ -39,6 +39,11 @@ FLOWS = ("image->last", "description->last", "question->last", "image->descripti
          "description->question")
 #: where head scaling multiplies a head's output (mechmod.interventions.head_scaling)
 HEAD_SCALE_POSITIONS = ("last", "all")
+#: boundary-case fine-tuning (mechmod.interventions.finetune): the modality trained towards, the case
+#: selections (near the balance point / the rest), and how the weights are trained
+FINETUNE_TARGETS = ("vision", "text")
+FINETUNE_SELECTIONS = ("boundary", "easy")
+FINETUNE_METHODS = ("full", "lora")
 
 #: lenses a run decodes layers with (mechmod.lenses)
 LENS_KINDS = ("logit", "tuned")

@@ -83,6 +83,7 @@ def real(run_study, tmp_path_factory):
         "attribution": (json.loads((DATA / "attribution_summary.json").read_text()), None),
         "flow": (json.loads((DATA / "flow_summary.json").read_text()), None),
         "scale_heads": (json.loads((DATA / "scale_heads_summary.json").read_text()), None),
+        "finetune": (json.loads((DATA / "finetune_summary.json").read_text()), None),
         "probes": (json.loads((DATA / "probes_summary.json").read_text()), None),
     }
 

@@ -12,7 +12,7 @@ study: one module here, imported below.
 """
 
 # importing a study's module registers its page and figures; this order is the registry's
-from mechmod.report import run, lens, patch, steer, compare, attribution, flow, probes  # noqa: F401, I001
+from mechmod.report import run, lens, patch, steer, compare, attribution, flow, probes, finetune  # noqa: F401, I001
 from mechmod.report.html import Page
 from mechmod.report.registry import Figure, LeftOut, Panel, Table, figure, figures, panels, studies, study
 from mechmod.report.write import lines, page, run_page, write_run_report, write_study

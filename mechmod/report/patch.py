@@ -84,6 +84,27 @@ def restoration(summary: Mapping[str, Any]) -> go.Figure:
     return _by_layer(summary, "restoration")
 
 
+@figure("patch", "flip_rate_by_region", title="Flip rate vs layer, ambiguous and clear regions",
+        caption="The flip rate of each curve split by the case's region: ambiguous = |dHrel - balance point| <= "
+                "radius, clear = the rest (n cases per region in the legend). Solid: ambiguous, dotted: clear.")
+def flip_rate_by_region(summary: Mapping[str, Any]) -> go.Figure:
+    """Per curve (direction, positions, component) the per-layer flip rate
+    of the ambiguous-region and the clear-region cases."""
+    curves = [c for c in summary.get("curves") or [] if c.get("flip_rate_by_region")]
+    if not curves:
+        raise LeftOut("the clean run has no balance point, so no case has a region")
+    fig = go.Figure()
+    for i, c in enumerate(curves):
+        for name, dash in (("ambiguous", "solid"), ("clear", "dot")):
+            part = c["flip_rate_by_region"][name]
+            if part.get("flip_rate"):
+                fig.add_trace(go.Scatter(x=c["layers"], y=part["flip_rate"], mode="lines+markers",
+                                         line=dict(color=PALETTE[i % len(PALETTE)], dash=dash),
+                                         name=f"{c['direction']} {c['positions']} ({c['component']}), {name} "
+                                              f"(n={part['n']})"))
+    return layout(fig, "Flip rate by patched layer, per region", "layer", "flip rate")
+
+
 @figure("patch", "first_50_by_dh", title="Where the decision is made, by dHrel")
 def first_50_by_dh(summary: Mapping[str, Any]) -> go.Figure:
     """First layer reaching a 50% flip rate per dHrel bin (does the decision
