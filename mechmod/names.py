@@ -7,7 +7,7 @@ imports, safe to import from anywhere.
 """
 
 #: tracing and intervention backends (mechmod.tracing, mechmod.interventions.core)
-BACKENDS = ("nnsight", "transformer_lens")
+BACKENDS = ("hooks", "nnsight", "transformer_lens")
 
 #: prompt spans an adapter marks in ``Encoded.spans`` (mechmod.models.base)
 SPANS = ("image", "description", "question", "template", "last")

@@ -10,7 +10,8 @@ paired with the image. :func:`trace_shared` runs
    prefixes have the same length and tensor shapes), keeping the KV cache
    (and so the vision tower runs once per image);
 2. the tails of all prompts of those images in batches, right-padded, over
-   the cache rows of their image (``batch_select_indices``); right padding
+   the cache rows of their image (:func:`cache_rows`: a view where a batch
+   shows one image, else gathered); right padding
    is exact without any mask: pads come after the answer and a causal
    model's answer position never sees them.
 
@@ -27,11 +28,14 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from mechmod.errors import MechmodError
 from mechmod.tracing import SPANS, ResidualTrace, span_mass, trace_at
 
 _PROBE_QUESTION = "?"
+#: cache layers whose update concatenates into a new tensor (never writes into the rows it holds)
+_CONCATENATING = (DynamicLayer, DynamicSlidingWindowLayer)
 
 
 @dataclass(frozen=True)
@@ -61,12 +65,30 @@ def image_prefix(mllm, image) -> Prefix:
 
 
 def cache_rows(cache, slots: torch.Tensor):
-    """A cache holding the prefix rows ``slots`` (one gather per layer). The
-    layers are copied shallowly: selecting and the tail's updates rebind
-    their tensors, so the shared prefix cache is never written."""
+    """A cache holding the prefix rows ``slots``. The layers are copied
+    shallowly: selecting and the tail's updates rebind their tensors, so
+    the shared prefix cache is never written.
+
+    Where every row shows one image (one slot), each layer's keys and
+    values are that row expanded over the batch: a view, nothing copied.
+    The tail forward's cache update (``DynamicLayer.update``) concatenates
+    the prefix's and the tail's keys into a new tensor, the one K (and V)
+    that the attention kernel (sdpa, eager, the answer-row kernel) reads,
+    so nothing writes into the view; the view saves the gather, not that
+    concatenation, which a kernel reading one K tensor needs. Rows of
+    several images need one tensor whose rows point into different prefix
+    rows, which no strided view expresses, and a cache layer that updates
+    in place (``StaticLayer``'s ``index_copy_``) cannot take a view whose
+    rows share memory: those are gathered (one copy per layer)."""
     rows = copy.copy(cache)
     rows.layers = [copy.copy(layer) for layer in cache.layers]
-    rows.batch_select_indices(slots)
+    slot = int(slots[0])
+    if bool((slots == slot).all()) and all(type(layer) in _CONCATENATING for layer in rows.layers):
+        for layer in rows.layers:
+            layer.keys = layer.keys[slot : slot + 1].expand(len(slots), -1, -1, -1)
+            layer.values = layer.values[slot : slot + 1].expand(len(slots), -1, -1, -1)
+    else:
+        rows.batch_select_indices(slots)
     return rows
 
 

@@ -65,3 +65,20 @@ def test_attention_mass_over_a_cached_prefix_equals_full_prompts(mllm):
         template = ~(enc.spans["image"] | enc.spans["description"] | enc.spans["question"])
         rest = (attn * template[:, None, :]).sum(-1)  # the spans and the template tokens share all the mass
         torch.testing.assert_close(ref.sum(-1) + rest, torch.ones_like(rest), atol=1e-5, rtol=0)
+
+
+def test_one_image_batch_reads_the_prefix_cache_as_a_view(mllm):
+    """A tail batch of one image's prompts expands that image's cache row
+    (no copy) and the tails read exactly what gathered rows give."""
+    from mechmod.prefix import cache_kwarg, cache_rows, image_prefix
+
+    prefix = image_prefix(mllm, _images()[0])
+    with torch.no_grad():
+        cache = getattr(mllm.model(**prefix.inputs, use_cache=True, logits_to_keep=1), cache_kwarg(mllm.model))
+    slots = torch.zeros(3, dtype=torch.long)
+    view, gathered = cache_rows(cache, slots), cache_rows(cache, slots)
+    for layer in gathered.layers:
+        layer.keys, layer.values = layer.keys[slots], layer.values[slots]
+    for a, b, shared in zip(view.layers, gathered.layers, cache.layers):
+        assert a.keys.stride(0) == 0 and a.keys.data_ptr() == shared.keys.data_ptr()
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)

@@ -8,7 +8,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from mechmod.backends import nnsight_backend, tl_backend
+from mechmod.backends import hooks_backend, nnsight_backend, tl_backend
 from mechmod.backends.sites import Edit, Plan, Read
 from mechmod.errors import MechmodError
 from mechmod.names import BACKENDS
@@ -23,8 +23,11 @@ def run(mllm, inputs: Mapping[str, torch.Tensor], edits: Sequence[Edit] = (), re
         raise MechmodError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     plan = Plan(mllm, edits, reads, backend)
     with torch.no_grad():
-        logits = (nnsight_backend.run if backend == "nnsight" else tl_backend.run)(mllm, inputs, plan)
+        logits = _RUNS[backend](mllm, inputs, plan)
     return logits, plan.results()
+
+
+_RUNS = {"hooks": hooks_backend.run, "nnsight": nnsight_backend.run, "transformer_lens": tl_backend.run}
 
 
 class eager_attention:

@@ -94,7 +94,7 @@ class Plan:
                 raise MechmodError(f"site {site} outside the model's {mllm.n_layers} layers")
         weights = sorted({s.component for s in self.sites if s.component in WEIGHT_SITES})
         kernel = attention_implementation(mllm)
-        if weights and backend == "nnsight" and kernel != "eager":
+        if weights and backend != "transformer_lens" and kernel != "eager":
             raise MechmodError(
                 f"site {weights[0]!r}: {mllm.name} runs {kernel} attention, which computes no pre-softmax scores "
                 "or weights; sites 'scores' and 'pattern' exist under eager attention and the TransformerLens "
