@@ -13,7 +13,7 @@ import pytest
 from mechmod.cli import main
 from mechmod.data import generate_color, load_cases
 from mechmod.data.knowledge import KNOWLEDGE
-from mechmod.interventions.probes import fit_logistic, group_folds, heldout_correct, probe_rows
+from mechmod.interventions.probes import centred, fit_logistic, group_folds, heldout_correct, probe_rows
 from mechmod.stats import cluster_bootstrap_mean_ci
 from mechmod.summary import text_dominance
 from tests.run_helpers import tiny_model_dir
@@ -52,6 +52,25 @@ def test_the_fit_is_deterministic_and_l2_shrinks_it():
     np.testing.assert_array_equal(p1, p2)
     strong = fit_logistic(x, y, l2=1e4)(x)
     assert np.abs(strong - 0.5).max() < np.abs(p1 - 0.5).max()
+
+
+def test_centring_on_the_colour_removes_the_held_out_artifact():
+    """Each group says its text colour in the conflict case and its image
+    colour in the consistent one, and colours recur across groups in the
+    other role: the colour word alone drives a held-out probe to 0; centred
+    per described colour it sits at chance, and a real signal comes back."""
+    rng = np.random.default_rng(0)
+    groups = np.repeat([f"g{g}" for g in range(6)], 16)
+    y = np.tile([True, False], 48)
+    g = np.repeat(np.arange(6), 16)
+    said = np.where(y, (g + 1) % 6, g)
+    x = np.eye(6)[said] * 3 + rng.normal(size=(96, 6)) * 0.5
+    folds = group_folds(groups, 6)
+    assert heldout_correct(x, y, folds).mean() < 0.1
+    assert abs(heldout_correct(x, y, folds, confound=said).mean() - 0.5) < 0.1
+    signal = np.column_stack([x, y + rng.normal(size=96) * 0.5])
+    assert heldout_correct(signal, y, folds, confound=said).mean() > 0.9 > heldout_correct(signal, y, folds).mean()
+    np.testing.assert_allclose(centred(x, said, np.ones(96, bool))[said == 2].mean(0), 0, atol=1e-12)
 
 
 def test_folds_keep_each_group_whole():

@@ -9,10 +9,17 @@ L2-regularised logistic probe on standardised features predicts
   the same layer (the share of cases whose vote is their outcome). The
   lens is told each case's two answers; the probe is not, and held-out
   groups have other colours, so it must read the modality chosen, not
-  the colour;
+  the colour (features are centred per answer colour, see below);
 * ``conflict``: a conflict case (``control == 'none'``) against the opt-in
   ``consistent`` control of the same group (image and description agree,
   otherwise the same prompt), where the dataset has it.
+
+Colour identity is a confound: a held-out group's colours appear in the
+training groups in other roles (a colour said by one group's description
+is another group's image colour), which drives a linear probe below
+chance. So each probe's features are first centred on the training
+cases' mean for the case's answer colour (``follow``) or described colour
+(``conflict``): what is left to read is the choice, not the colour word.
 
 Accuracy is held out by group (folds split by ``group_id``, so no group is
 seen in training and testing), with 95% bootstrap intervals that resample
@@ -80,33 +87,45 @@ def group_folds(groups, n_folds: int = N_FOLDS, seed: int = 0) -> np.ndarray:
     return np.array([fold_of[str(g)] for g in groups])
 
 
-def heldout_correct(x: np.ndarray, y: np.ndarray, folds: np.ndarray, l2: float = 1.0) -> np.ndarray:
+def centred(x: np.ndarray, keys, train: np.ndarray) -> np.ndarray:
+    """``x`` less, per row, the mean of the training rows with its key (the
+    mean of all training rows for a key training never saw), so that the
+    key's identity carries nothing a linear probe could read."""
+    keys = np.asarray(keys, dtype=object)
+    means = {k: x[train & (keys == k)].mean(0) for k in set(keys[train])}
+    overall = x[train].mean(0)
+    return x - np.stack([means.get(k, overall) for k in keys])
+
+
+def heldout_correct(x: np.ndarray, y: np.ndarray, folds: np.ndarray, l2: float = 1.0, confound=None) -> np.ndarray:
     """[N] bool: each case's probe prediction, from the probe fitted on the
-    other folds, equals its label."""
+    other folds, equals its label. ``confound`` [N] (or None): a nuisance
+    key per case whose training means are removed first (:func:`centred`)."""
     y = np.asarray(y, dtype=bool)
     correct = np.zeros(len(y), dtype=bool)
     for f in np.unique(folds):
         test = folds == f
+        xf = x if confound is None else centred(x, confound, ~test)  # only the other folds set the means
         train_y = y[~test]
         if train_y.all() or not train_y.any():  # one class only: predict it
             correct[test] = y[test] == train_y[0]
             continue
-        correct[test] = (fit_logistic(x[~test], train_y, l2)(x[test]) > 0.5) == y[test]
+        correct[test] = (fit_logistic(xf[~test], train_y, l2)(xf[test]) > 0.5) == y[test]
     return correct
 
 
 def probe_rows(resid: np.ndarray, y, groups, target: str, lens_correct: np.ndarray | None = None, l2: float = 1.0,
-               n_folds: int = N_FOLDS, n_boot: int = 1000, seed: int = 0) -> list[dict]:
+               n_folds: int = N_FOLDS, n_boot: int = 1000, seed: int = 0, confound=None) -> list[dict]:
     """One row per layer: the held-out probe accuracy on ``resid`` [N, L+1, D]
     (residual index i = layer i - 1) with its interval, the lens's accuracy
     (``lens_correct`` [N, L+1] bool, or None), the cases and the chance
-    level (the majority label's share)."""
+    level (the majority label's share); ``confound``: see :func:`heldout_correct`."""
     y = np.asarray(y, dtype=bool)
     folds = group_folds(groups, n_folds, seed)
     chance = float(max(y.mean(), 1 - y.mean()))
     rows = []
     for i in range(resid.shape[1]):
-        acc = cluster_bootstrap_mean_ci(heldout_correct(resid[:, i], y, folds, l2), groups, n_boot, seed)
+        acc = cluster_bootstrap_mean_ci(heldout_correct(resid[:, i], y, folds, l2, confound), groups, n_boot, seed)
         lens = (cluster_bootstrap_mean_ci(lens_correct[:, i], groups, n_boot, seed) if lens_correct is not None
                 else {"mean": None, "ci": None})
         rows.append({"layer": i - 1, "target": target, "accuracy": acc["mean"], **_bounds("", acc),
@@ -156,7 +175,7 @@ def run_probes(mllm, clean: CleanCases, batch_size: int = 8, backend: str = "nns
     else:
         rows += probe_rows(resid[decided], table["follow"][decided] == "text", table["group_id"][decided], "follow",
                            votes[decided] == table["follow"].to_numpy(object)[decided, None], l2, n_folds, n_boot,
-                           seed)
+                           seed, confound=table["y_m"][decided].to_numpy(object))
     cases = load_cases(clean.dataset_dir)
     consistent = cases[(cases["control"] == "consistent") & cases["group_id"].isin(set(table["group_id"]))]
     if table["group_id"].nunique() < 2:
@@ -167,8 +186,9 @@ def run_probes(mllm, clean: CleanCases, batch_size: int = 8, backend: str = "nns
     else:
         both = pd.concat([table[consistent.columns], consistent], ignore_index=True)
         ctrl, _, _ = _read(mllm, replace(clean, table=consistent.reset_index(drop=True)), batch_size, backend, False)
+        said = np.where(both["control"] == "none", both["answer_text"], both["answer_vision"])  # the described colour
         rows += probe_rows(np.concatenate([resid, ctrl]), both["control"] == "none", both["group_id"], "conflict",
-                           None, l2, n_folds, n_boot, seed)
+                           None, l2, n_folds, n_boot, seed, confound=said)
     out = pd.DataFrame(rows, columns=list(COLUMNS))
     summary = {"n_cases": int(len(table)), "n_decided": int(decided.sum()), "n_consistent": int(len(consistent)),
                "n_groups": int(table["group_id"].nunique()), "l2": l2, "lens": "logit",

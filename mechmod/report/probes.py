@@ -21,6 +21,13 @@ def _layers(summary: Mapping[str, Any], target: str) -> str:
     return f"probe {t.get('probe_first_layer')}, lens {t.get('lens_first_layer')}" if t else "n/a"
 
 
+def _interval(stat: Mapping[str, Any]) -> str:
+    if stat.get("mean") is None:
+        return "n/a"
+    ci = stat.get("ci")
+    return f"{stat['mean']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
 def headline(summary: Mapping[str, Any]) -> list[Table]:
     dom = (summary.get("text_dominance") or {}).get("index") or {}
     rows = [("model", summary.get("model")),
@@ -29,7 +36,7 @@ def headline(summary: Mapping[str, Any]) -> list[Table]:
              f"{summary.get('n_groups')}"),
             ("first layer above chance, follow outcome", _layers(summary, "follow")),
             ("first layer above chance, conflict", _layers(summary, "conflict")),
-            ("text-dominance index per token (0.5 = even)", f"{dom.get('mean')} (95% CI {dom.get('ci')})")]
+            ("text-dominance index per token (0.5 = even)", _interval(dom))]
     rows += [(f"left out: {k}", v) for k, v in (summary.get("left_out") or {}).items()]
     return [Table("Headline numbers", rows)]
 
@@ -43,7 +50,7 @@ def lines(summary: Mapping[str, Any]) -> list[str]:
         out.append(f"{target} (chance {t['chance']:.2f}) probe/lens accuracy by layer {{{acc}}}; "
                    f"first above chance: {_layers(summary, target)}")
     dom = (summary.get("text_dominance") or {}).get("index") or {}
-    out.append(f"text-dominance index per token: {dom.get('mean')} (95% CI {dom.get('ci')})")
+    out.append(f"text-dominance index per token (0.5 = even): {_interval(dom)}")
     return out
 
 
