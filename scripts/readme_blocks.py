@@ -3,7 +3,7 @@
 not from typing.
 
     python scripts/readme_blocks.py findings RUN [--lens-fidelity LENS_DIR/fidelity.json]
-    python scripts/readme_blocks.py bench CPU.json [GPU.json ...]
+    python scripts/readme_blocks.py bench CPU.json [GPU.json ...] [PATCHING.json ...]
     python scripts/readme_blocks.py card          # `mechmod organism eval` card of the shipped organism
 """
 
@@ -94,8 +94,21 @@ def findings(run: Path, fidelity: Path | None) -> str:
     return "\n".join(lines)
 
 
+def patching_rows(rows: list[dict]) -> list[str]:
+    """The patch-sweep benchmark's lines (``python -m benchmarks.patching``)."""
+    out = ["", "| patch sweep | pairs x layers x groups | anchors' loop patches/s | `mechmod patch` patches/s | speedup "
+           "| max abs LD difference |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        s = r["settings"]
+        out.append(f"| {s['model']}, {s['groups']} groups, {len(s['directions'])} directions, threads {s['threads']} | "
+                   f"{s['pairs']} x {s['layers']} x {len(s['position_groups'])} | {r['naive_patches_per_s']} | "
+                   f"{r['library_patches_per_s']} | {r['speedup']} | {r['max_abs_diff']} |")
+    return out
+
+
 def bench(files: list[Path]) -> str:
-    rows = [json.loads(p.read_text().strip().splitlines()[-1]) for p in files]
+    every = [json.loads(p.read_text().strip().splitlines()[-1]) for p in files]
+    rows = [r for r in every if r.get("benchmark") != "patching"]
     out = ["| shape | device | cases | naive cases/s | runner cases/s | speedup | fraction of bound | peak memory |",
            "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -109,7 +122,8 @@ def bench(files: list[Path]) -> str:
         out.append(f"{r['device']}, {r['shape']} ({r['params_b']} B parameters, bf16): MFU {r['mfu']}; the paper-scale "
                    f"colour study ({r['paper_scale_pflop']} PFLOP) projects to {r['paper_scale_projected_minutes']} min "
                    f"at this throughput ({r['paper_scale_minutes_at_bound']} min at the matmul bound).")
-    return "\n".join(out)
+    patching = [r for r in every if r.get("benchmark") == "patching"]
+    return "\n".join(out + (patching_rows(patching) if patching else []))
 
 
 def card() -> str:
