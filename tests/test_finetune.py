@@ -86,7 +86,7 @@ def test_finetune_on_the_organism_gives_before_and_after_tables(organism, tmp_pa
         assert {"before", "after", "change"} <= set(part) and len(part["after"]["ci"]) == 2
     assert set(s["boundary_minus_easy"]) == {"target_following", "target_following_ambiguous",
                                              "oscillations_ambiguous", "accuracy_vision", "accuracy_text"}
-    assert len(study.cases) == 5 * s["heldout"]["n_conflict"]
+    assert len(study.cases) == (1 + len(s["runs"])) * s["heldout"]["n_conflict"]  # before + each model
     with pytest.raises(MechmodError, match="held-out"):
         run_finetune(organism, clean, ds, cfg, ("boundary",), [0], 0.5, tmp_path, progress=False)
     drawn = {p.figure.name: p for p in report.panels("finetune", s)}
