@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mechmod.backends import Site, eager_attention, run, unembed
+from mechmod.backends import Site, answer_rows, eager_attention, run, unembed
 from mechmod.errors import MechmodError
 from mechmod.names import ATTENTION_SPANS as SPANS, BACKENDS
 
@@ -75,13 +75,20 @@ def _run(mllm, inputs, positions, backend, keep_resid, attention=False) -> Resid
     rows, cols = (slice(None), -1) if positions is None else (torch.arange(B, device=positions.device), positions)
     resid_sites = [Site(0, "resid_in")] + [Site(l, "resid") for l in range(n)] if keep_resid else []
     reads = [(s, lambda x: x[rows, cols]) for s in resid_sites]
-    if attention:  # [B, heads, keys] at the answer position
+    bridged = attention and backend == "transformer_lens"  # the bridge's own attention: its pattern hooks, eager
+    if bridged:  # [B, heads, keys] at the answer position
         reads += [(Site(l, "pattern"), lambda w: w[rows, :, cols, :]) for l in range(n)]
-    with torch.no_grad(), (eager_attention(mllm) if attention else nullcontext()):
+    recorder = answer_rows(mllm, positions) if attention and not bridged else nullcontext()
+    with torch.no_grad(), (eager_attention(mllm) if bridged else nullcontext()), recorder:
         logits, got = run(mllm, inputs, reads=reads, backend=backend)
         saved, attn_rows = got[: len(resid_sites)], got[len(resid_sites) :]
         resid = torch.stack([s.float().cpu() for s in saved], dim=1) if saved else None
-        attn = torch.stack([a.float().mean(1).cpu() for a in attn_rows], dim=1) if attention else None
+        if not attention:
+            attn = None
+        elif bridged:
+            attn = torch.stack([a.float().mean(1).cpu() for a in attn_rows], dim=1)
+        else:
+            attn = recorder.weights().cpu()
         if positions is not None:
             logits = unembed(mllm, saved[-1])
     return ResidualTrace(logits=logits.float().cpu(), resid=resid, attn=attn)
