@@ -20,6 +20,10 @@ is another group's image colour), which drives a linear probe below
 chance. So each probe's features are first centred on the training
 cases' mean for the case's answer colour (``follow``) or described colour
 (``conflict``): what is left to read is the choice, not the colour word.
+With few groups the other colours (the image's, the unchosen one) still
+recur in other roles, and the artifact can remain; it fades as groups
+grow. Removing every colour's main effect is no cure: with a group held
+out, agreement itself is additive in the colours of the training groups.
 
 Accuracy is held out by group (folds split by ``group_id``, so no group is
 seen in training and testing), with 95% bootstrap intervals that resample

@@ -70,8 +70,9 @@ def _band(fig: go.Figure, x, mean, lo, hi, name: str, color: str) -> None:
         caption="Held-out accuracy (folds split by group) of an L2 logistic probe on the answer-position residual, "
                 "95% bootstrap intervals over groups; the logit lens's vote at the same layer (its share of cases "
                 "voting their outcome); the dashed line is chance (the majority label's share). The lens knows each "
-                "case's two answers; the probe does not, and held-out groups have other colours, so it must read "
-                "the modality chosen rather than the colour.")
+                "case's two answers; the probe does not: its features are centred per answer colour (follow) or "
+                "described colour (conflict) on the training folds. Few groups: colours recurring across groups in "
+                "other roles can still push a held-out probe below chance.")
 def accuracy(summary: Mapping[str, Any]) -> dict[str, go.Figure]:
     out = {}
     for target, t in summary["targets"].items():
