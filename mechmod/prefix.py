@@ -50,10 +50,11 @@ class Prefix:
         return (self.length,) + tuple((k, tuple(v.shape[1:])) for k, v in sorted(self.inputs.items()))
 
 
-def image_prefix(mllm, image) -> Prefix:
+def image_prefix(mllm, image, device: str | torch.device | None = None) -> Prefix:
     """Encode ``image`` once (image processor, placeholder expansion) and cut
-    the prompt before its text tail."""
-    enc = mllm.encode([image], [None], [_PROBE_QUESTION])
+    the prompt before its text tail; the inputs on ``device`` (default the
+    model's)."""
+    enc = mllm.encode([image], [None], [_PROBE_QUESTION], device=device)
     T = enc.inputs["input_ids"].shape[1]
     tail, _ = mllm.tail(enc.prompts[0])
     if enc.inputs["input_ids"][0, T - len(tail):].tolist() != tail:
@@ -113,19 +114,30 @@ def rope_deltas(mllm) -> torch.Tensor | None:
 
 
 def _cat_prefixes(prefixes: Sequence[Prefix]) -> dict[str, torch.Tensor]:
-    return {k: torch.cat([p.inputs[k] for p in prefixes], dim=0) for k in prefixes[0].inputs}
+    """The prefixes' inputs stacked; in pinned memory where they come pinned
+    (mechmod.loader on a CUDA model), so the copy to the device need not block."""
+    out = {}
+    for k in prefixes[0].inputs:
+        parts = [p.inputs[k] for p in prefixes]
+        buf = torch.empty((sum(x.shape[0] for x in parts), *parts[0].shape[1:]), dtype=parts[0].dtype,
+                          pin_memory=parts[0].is_pinned())
+        out[k] = torch.cat(parts, dim=0, out=buf)
+    return out
 
 
 def trace_shared(mllm, images: Sequence[Any], prompts_per_image: Sequence[Sequence[tuple[str | None, str]]],
-                 batch_size: int = 8, backend: str = "nnsight", attention: bool = False) -> list[ResidualTrace]:
+                 batch_size: int = 8, backend: str = "hooks", attention: bool = False,
+                 prefixes: Sequence[Prefix | None] | None = None) -> list[ResidualTrace]:
     """For each image, trace its prompts ``(description or None, question)``
     over one shared prefix. Returns one ResidualTrace per image (rows in
     the order given); with ``attention`` its ``span_attention`` holds the
     answer position's attention mass on the image, description and
-    question tokens per layer."""
+    question tokens per layer. ``prefixes``: the images' prefixes where
+    already built (mechmod.loader; None: built here)."""
     if len(images) != len(prompts_per_image):
         raise MechmodError(f"trace_shared: {len(images)} images but {len(prompts_per_image)} prompt lists")
-    prefixes = [image_prefix(mllm, im) for im in images]
+    built = prefixes or [None] * len(images)
+    prefixes = [p if p is not None else image_prefix(mllm, im) for p, im in zip(built, images)]
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(prefixes):
         groups.setdefault(p.key, []).append(i)
@@ -144,7 +156,7 @@ def trace_shared(mllm, images: Sequence[Any], prompts_per_image: Sequence[Sequen
 
 def _trace_group(mllm, prefixes, prompt_lists, batch_size, backend, attention, logits_out, resid_out, mass_out) -> None:
     """Prefixes of a few same-shaped images in one forward, then their tails."""
-    inputs = {k: v.to(mllm.device) for k, v in _cat_prefixes(prefixes).items()}
+    inputs = {k: v.to(mllm.device, non_blocking=True) for k, v in _cat_prefixes(prefixes).items()}
     with torch.no_grad():
         out = mllm.model(**inputs, use_cache=True, logits_to_keep=1)
     key = cache_kwarg(mllm.model)

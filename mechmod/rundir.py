@@ -56,7 +56,7 @@ class RunConfig:
     dataset_sha256: str
     lens: str = "logit"
     lens_path: str | None = None
-    backend: str = "nnsight"
+    backend: str = "hooks"
     uncertainty: str = "entropy"
     batch_size: int = 8
     radius: float = 0.5
@@ -69,13 +69,14 @@ class RunConfig:
     n_cases: int | None = None
     samples: int = 0  # sampled answers per unimodal prompt (0: no sampled-answer entropy)
     sample_seed: int = 0
+    loader_workers: int | None = None  # processes building inputs ahead of the model (None: mechmod.loader's rule)
 
     def identity(self) -> dict[str, Any]:
         """The fields that must match for a resume (batch size and prefix
         sharing change speed, not results; the device is a notice; a run
         without sampled answers matches run.json files older than them)."""
         d = asdict(self)
-        for k in ("batch_size", "share_prefix", "device", "n_cases") + (("samples", "sample_seed") if not self.samples else ()):
+        for k in ("batch_size", "share_prefix", "device", "n_cases", "loader_workers") + (("samples", "sample_seed") if not self.samples else ()):
             d.pop(k)
         return d
 

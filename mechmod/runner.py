@@ -7,23 +7,32 @@ parquet part of the run directory (:class:`mechmod.rundir.RunDir`), so a
 killed run loses at most the chunk in flight and a re-run skips every case
 already in a part: no duplicate, no lost row. ``finalize`` merges the parts
 into ``results.parquet`` and writes ``report.html`` and ``summary.json``.
+
+Each chunk's images and prefixes are built by :mod:`mechmod.loader` (in
+worker processes ahead of the model with ``loader_workers``); the run logs
+where its time went (:class:`Timing`: input building, model forwards, the
+scoring around them, writing) as one ``timing:`` JSON line on stderr.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
+import time
 from contextlib import ExitStack
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from mechmod import distributed
 from mechmod.data import load_cases
 from mechmod.errors import MechmodError
+from mechmod.loader import default_workers, prepared_chunks
 from mechmod.report import run_page
 from mechmod.rundir import RunConfig, RunDir
 from mechmod.scoring import ScoreOptions, score_cases
@@ -44,6 +53,56 @@ def _chunks(df: pd.DataFrame, size: int) -> Iterator[pd.DataFrame]:
         yield df.iloc[start : start + size]
 
 
+@dataclass
+class Timing:
+    """Where a run's seconds went (wall clock, this process): ``inputs``
+    waiting for a chunk's images and prefixes (all of their building
+    without loader workers), ``inputs_built`` the host seconds spent
+    building them wherever that ran, ``model`` inside the model's forward
+    (generation steps of undecided answers included), ``scoring`` the rest
+    of scoring (tails' tokenisation, readout, lens, rows), ``writing`` the
+    parts; ``loader_workers`` as run."""
+
+    loader_workers: int = 0
+    chunks: int = 0
+    inputs: float = 0.0
+    inputs_built: float = 0.0
+    model: float = 0.0
+    scoring: float = 0.0
+    writing: float = 0.0
+
+    def line(self) -> str:
+        return "timing: " + json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in vars(self).items()})
+
+
+class _ForwardClock:
+    """Sums the wall time of the model's top-level forwards while inside
+    (a CUDA model is synchronised at each forward's end, so its kernels count)."""
+
+    def __init__(self, model, timing: Timing):
+        self.model, self.timing, self.start = model, timing, None
+
+    def __enter__(self):
+        cuda = next(self.model.parameters()).device.type == "cuda"
+
+        def pre(module, args, kwargs):
+            self.start = time.perf_counter()
+
+        def post(module, args, kwargs, out):
+            if cuda:
+                torch.cuda.synchronize()
+            self.timing.model += time.perf_counter() - self.start
+
+        self.handles = [self.model.register_forward_pre_hook(pre, with_kwargs=True),
+                        self.model.register_forward_hook(post, with_kwargs=True)]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        return False
+
+
 def _score_options(config: RunConfig) -> ScoreOptions:
     return ScoreOptions(batch_size=config.batch_size, backend=config.backend, uncertainty=config.uncertainty,
                         share_prefix=config.share_prefix, attention=config.attention,
@@ -55,7 +114,8 @@ def run_study(mllm, lens, dataset_dir: str | Path, out: str | Path, config: RunC
               chunk_size: int | None = None, progress: bool = True, world=None) -> Path:
     """Run (or resume) the study into ``out``; returns the run directory
     after :func:`finalize`. The run's dtype, device and number of cases are
-    taken from ``mllm`` and the dataset.
+    taken from ``mllm`` and the dataset; ``config.loader_workers`` builds
+    inputs ahead of the model (None: :func:`mechmod.loader.default_workers`).
 
     Data parallel (``world.size > 1``, by default detected from the
     launcher's environment, see :mod:`mechmod.distributed`): rank 0 holds
@@ -93,11 +153,29 @@ def run_study(mllm, lens, dataset_dir: str | Path, out: str | Path, config: RunC
         desc = f"cases (rank {world.rank}/{world.size})" if world.parallel else "cases"
         bar = tqdm(total=len(mine), initial=len(mine) - len(pending), desc=desc, unit="case",
                    disable=None if progress and world.is_main else True)  # None: off unless stderr is a terminal
-        for chunk in _chunks(pending, chunk_size):
-            run.write_part(part, score_cases(mllm, lens, chunk, dataset_dir, options), rank)
-            part += 1
-            bar.update(len(chunk))
+        workers = default_workers(mllm.device) if config.loader_workers is None else config.loader_workers
+        timing = Timing(loader_workers=workers)
+        chunks = prepared_chunks(mllm, list(_chunks(pending, chunk_size)), dataset_dir, config.share_prefix, workers)
+        with _ForwardClock(mllm.model, timing):
+            while True:
+                t0 = time.perf_counter()
+                prepared = next(chunks, None)
+                if prepared is None:
+                    break
+                t1 = time.perf_counter()
+                model_before = timing.model
+                rows = score_cases(mllm, lens, prepared.cases, dataset_dir, options, prepared)
+                t2 = time.perf_counter()
+                run.write_part(part, rows, rank)
+                timing.chunks += 1
+                timing.inputs += t1 - t0
+                timing.inputs_built += prepared.seconds
+                timing.scoring += t2 - t1 - (timing.model - model_before)
+                timing.writing += time.perf_counter() - t2
+                part += 1
+                bar.update(len(prepared.cases))
         bar.close()
+        print(timing.line(), file=sys.stderr)
         world.barrier()  # every rank's parts are written
         if not world.is_main:
             return run.path

@@ -57,7 +57,7 @@ class ScoreOptions:
     oscillations, commit layer and last sign change."""
 
     batch_size: int = 8
-    backend: str = "nnsight"
+    backend: str = "hooks"
     uncertainty: str = "entropy"
     share_prefix: bool = True
     attention: bool = True
@@ -66,7 +66,7 @@ class ScoreOptions:
     seed: int = 0
 
 
-def score(mllm, cases: pd.DataFrame, dataset_dir: str | Path, batch_size: int = 8, backend: str = "nnsight",
+def score(mllm, cases: pd.DataFrame, dataset_dir: str | Path, batch_size: int = 8, backend: str = "hooks",
           uncertainty: str = "entropy", lens=None, share_prefix: bool = True,
           include_embedding: bool = False) -> pd.DataFrame:
     """One row per case: y_v, y_t, y_m (answer labels or 'other'), h_v, h_t,
@@ -90,23 +90,27 @@ def score(mllm, cases: pd.DataFrame, dataset_dir: str | Path, batch_size: int = 
     return rows.set_index("case_id").loc[list(cases["case_id"])].reset_index()
 
 
-def score_cases(mllm, lens, cases: pd.DataFrame, dataset_dir: Path, options: ScoreOptions) -> pd.DataFrame:
+def score_cases(mllm, lens, cases: pd.DataFrame, dataset_dir: Path, options: ScoreOptions,
+                prepared=None) -> pd.DataFrame:
     """Rows for ``cases`` (best in image order); a case that cannot be scored
-    is recorded as failed with its reason while the others are scored."""
+    is recorded as failed with its reason while the others are scored.
+    ``prepared``: their images and prefixes built ahead (a
+    :class:`mechmod.loader.Prepared`; None: built here)."""
     try:
-        rows = score_chunk(mllm, lens, cases, dataset_dir, options)
+        rows = score_chunk(mllm, lens, cases, dataset_dir, options, prepared)
     except (MechmodError, RuntimeError, ValueError):
-        rows = _isolate_failures(mllm, lens, cases, dataset_dir, options)
+        rows = _isolate_failures(mllm, lens, cases, dataset_dir, options, prepared)
     return flag_nonfinite(rows, tuned_lens=isinstance(lens, TunedLens))
 
 
-def _isolate_failures(mllm, lens, chunk: pd.DataFrame, dataset_dir: Path, options: ScoreOptions) -> pd.DataFrame:
+def _isolate_failures(mllm, lens, chunk: pd.DataFrame, dataset_dir: Path, options: ScoreOptions,
+                      prepared=None) -> pd.DataFrame:
     """A chunk raised: score its cases one at a time so only the bad ones fail."""
     rows = []
     for i in range(len(chunk)):
         one = chunk.iloc[i : i + 1]
         try:
-            rows.append(score_chunk(mllm, lens, one, dataset_dir, options))
+            rows.append(score_chunk(mllm, lens, one, dataset_dir, options, prepared))
         except (MechmodError, RuntimeError, ValueError) as e:  # per-case failure, recorded
             oom = "out of memory" in str(e).lower()
             reason = f"{e} (lower --batch-size, or use --dtype bfloat16 / --device-map auto)" if oom else str(e)
@@ -114,7 +118,8 @@ def _isolate_failures(mllm, lens, chunk: pd.DataFrame, dataset_dir: Path, option
     return pd.concat(rows, ignore_index=True)
 
 
-def score_chunk(mllm, lens, cases: pd.DataFrame, dataset_dir: Path, options: ScoreOptions) -> pd.DataFrame:
+def score_chunk(mllm, lens, cases: pd.DataFrame, dataset_dir: Path, options: ScoreOptions,
+                prepared=None) -> pd.DataFrame:
     """All columns of results.parquet (but ``region``) for a chunk of cases.
     A case whose inputs cannot be built (e.g. an undecodable image) is
     returned with status 'failed' and its reason; the others go on; a
@@ -123,7 +128,7 @@ def score_chunk(mllm, lens, cases: pd.DataFrame, dataset_dir: Path, options: Sco
     images: dict[str, Any] = {}
     for rel in cases["image_path"].unique():
         try:
-            images[rel] = open_image(dataset_dir, rel)
+            images[rel] = prepared.images[rel] if prepared is not None else open_image(dataset_dir, rel)
         except MechmodError as err:
             images[rel] = err
     ok = []
@@ -140,7 +145,7 @@ def score_chunk(mllm, lens, cases: pd.DataFrame, dataset_dir: Path, options: Sco
     out_rows = []
     for cand, sub in ok_df.groupby(ok_df["candidates"].map(tuple), sort=False):
         labels = answer_set(mllm.tokenizer, list(cand))
-        group = _score_group(mllm, lens, sub, images, labels, options)
+        group = _score_group(mllm, lens, sub, images, labels, options, prepared.prefixes if prepared else {})
         if isinstance(labels, PhraseSet) and not labels.votes_defined:
             group = [_without_layer_votes(r) for r in group]
         out_rows.extend(group)
@@ -166,9 +171,10 @@ def _traced(mllm, images, descriptions, questions, batch_size: int, backend: str
     return torch.cat(logits), (torch.cat(resid) if keep_resid else None), (torch.cat(mass) if attention else None)
 
 
-def _traced_shared(mllm, sub: pd.DataFrame, images, vis_keys, batch_size: int, backend: str, attention: bool):
+def _traced_shared(mllm, sub: pd.DataFrame, images, vis_keys, batch_size: int, backend: str, attention: bool,
+                   prefixes: dict):
     """Vision-only and multimodal prompts over one cached prefix per image
-    (mechmod.prefix): returns (vision logits in vis_keys order, multimodal
+    (mechmod.prefix; ``prefixes``: those built ahead, by image path): returns (vision logits in vis_keys order, multimodal
     logits, residuals and span attention masses in ``sub`` order)."""
     paths = list(dict.fromkeys(sub["image_path"]))
     prompts: dict[str, list] = {p: [] for p in paths}
@@ -180,7 +186,8 @@ def _traced_shared(mllm, sub: pd.DataFrame, images, vis_keys, batch_size: int, b
         where_m.append((p, len(prompts[p])))
         prompts[p].append((d, q))
     traces = dict(zip(paths, trace_shared(mllm, [images[p] for p in paths], [prompts[p] for p in paths],
-                                          batch_size=batch_size, backend=backend, attention=attention)))
+                                          batch_size=batch_size, backend=backend, attention=attention,
+                                          prefixes=[prefixes.get(p) for p in paths])))
     v_logits = torch.stack([traces[p].logits[i] for p, i in where_v])
     m_logits = torch.stack([traces[p].logits[i] for p, i in where_m])
     m_resid = torch.stack([traces[p].resid[i] for p, i in where_m])
@@ -227,7 +234,8 @@ def _label_logit(lens_logits: torch.Tensor, labels: LabelSet, answers: list[str]
     return lens_logits.gather(-1, idx[:, None, :].expand(B, L1, width)).max(dim=-1).values
 
 
-def _score_group(mllm, lens, sub: pd.DataFrame, images, labels: LabelSet, options: ScoreOptions) -> list[dict]:
+def _score_group(mllm, lens, sub: pd.DataFrame, images, labels: LabelSet, options: ScoreOptions,
+                 prefixes: dict) -> list[dict]:
     bs, backend = options.batch_size, options.backend
     vis_keys = list(dict.fromkeys(zip(sub["image_path"], sub["question"])))
     txt_keys = list(dict.fromkeys(zip(sub["description"], sub["question"])))
@@ -236,7 +244,7 @@ def _score_group(mllm, lens, sub: pd.DataFrame, images, labels: LabelSet, option
                                  [q for _, q in txt_keys], bs, backend, keep_resid=False)
         if options.share_prefix:
             v_logits, m_logits, m_resid, m_mass = _traced_shared(mllm, sub, images, vis_keys, bs, backend,
-                                                                 options.attention)
+                                                                 options.attention, prefixes)
         else:
             v_logits, _, _ = _traced(mllm, [images[p] for p, _ in vis_keys], [None] * len(vis_keys),
                                      [q for _, q in vis_keys], bs, backend, keep_resid=False)

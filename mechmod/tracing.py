@@ -3,7 +3,8 @@ answer distribution and the answer-position residual of every layer.
 
 It reads the sites ``resid_in`` of layer 0 and ``resid`` of every layer (and
 ``pattern`` for attention) through :func:`mechmod.backends.run`, with the
-``nnsight`` or the ``transformer_lens`` backend; both give the same
+``hooks`` (the default: plain forward hooks, the least per-batch
+overhead), ``nnsight`` or ``transformer_lens`` backend; all give the same
 :class:`ResidualTrace` and callers never touch ``.save()``. Only the answer
 position is kept (the rest of each sequence is never stored)."""
 
@@ -49,7 +50,7 @@ class ResidualTrace:
             raise ValueError(f"ResidualTrace.resid must be [B, L+1, D], got {tuple(self.resid.shape)}")
 
 
-def trace(mllm, encoded, backend: str = "nnsight", keep_resid: bool = True, attention: bool = False) -> ResidualTrace:
+def trace(mllm, encoded, backend: str = "hooks", keep_resid: bool = True, attention: bool = False) -> ResidualTrace:
     """Run ``encoded`` through ``mllm`` (no grad) and read the answer position
     (with ``attention``, also its head-averaged attention weights)."""
     T = encoded.inputs["input_ids"].shape[1]
@@ -58,7 +59,7 @@ def trace(mllm, encoded, backend: str = "nnsight", keep_resid: bool = True, atte
     return _run(mllm, encoded.inputs, None, backend, keep_resid, attention)
 
 
-def trace_at(mllm, inputs: dict, positions: torch.Tensor, backend: str = "nnsight",
+def trace_at(mllm, inputs: dict, positions: torch.Tensor, backend: str = "hooks",
              attention: bool = False) -> ResidualTrace:
     """Like :func:`trace` for inputs whose answers sit at ``positions`` [B]
     (right-padded suffixes over a cached image prefix, see

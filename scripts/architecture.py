@@ -27,7 +27,7 @@ STAGES: tuple[tuple[str, ...], ...] = (
     ("mechmod.models", "mechmod.backends"),
     ("mechmod.answers", "mechmod.phrases", "mechmod.phrase_answers", "mechmod.uncertainty", "mechmod.tracing",
      "mechmod.decoding",
-     "mechmod.prefix", "mechmod.lenses"),
+     "mechmod.prefix", "mechmod.loader", "mechmod.lenses"),
     ("mechmod.following", "mechmod.dynamics"),
     ("mechmod.guards", "mechmod.rundir", "mechmod.scoring"),
     ("mechmod.summary", "mechmod.compare"),

@@ -8,6 +8,7 @@ adapter's declared module paths) or in the bridge (its hook names)::
     sites           Site, SITE_COMPONENTS: the vocabulary and each site's view
     forward         run(mllm, inputs, edits, reads, backend), eager_attention, unembed
     answer_attention answer_rows: the answer position's attention weights under sdpa
+    hooks_backend   the sites at the adapter's modules (plain forward hooks: tracing's default)
     nnsight_backend the sites at the adapter's modules (nnsight envoys)
     tl_backend      the sites at the bridge's hook points; boot_bridge
     check           self_check: the adapter's paths, shapes and identities on load

@@ -23,7 +23,9 @@ DEFAULT_GROUPS = 12
               help="Seed of the generated color dataset (without --dataset) and of the sampled answers.")
 @click.option("--lens", type=click.Choice(LENS_KINDS), default="logit", show_default=True)
 @click.option("--lens-path", type=click.Path(path_type=Path), default=None, help="Directory of a tuned lens (`mechmod lens train`).")
-@click.option("--backend", type=click.Choice(BACKENDS), default="nnsight", show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="hooks", show_default=True,
+              help="How the forward is read: plain forward hooks (fastest), nnsight, or the TransformerLens bridge; "
+                   "hooks and nnsight read the same tensors (equal results).")
 @click.option("--uncertainty", type=click.Choice(UNCERTAINTY_MEASURES), default="entropy", show_default=True,
               help="The unimodal uncertainty dHrel is computed from.")
 @click.option("--sampled-entropy", is_flag=True,
@@ -50,13 +52,17 @@ DEFAULT_GROUPS = 12
 @click.option("--num-processes", default=1, show_default=True,
               help="Data-parallel processes on this machine (each scores its share of the images; same as "
                    "`accelerate launch --num_processes N -m mechmod run ...`).")
+@click.option("--loader-workers", default=None, type=click.IntRange(min=0),
+              help="Processes decoding images and building prefixes (image processor, tokenisation) ahead of the "
+                   "model; 0: in this process. Default: 0 on a CPU model (its forward uses every core: workers "
+                   "compete with it), else 2 with 4 or more cores. Results do not depend on it.")
 @click.option("--chunk-size", default=None, type=int,
               help="Cases per written part (default max(4 x batch size, 32)); a kill loses at most one chunk.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory (created, or resumed).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def run_cmd(model, dataset_dir, groups, seed, lens, lens_path, backend, uncertainty, sampled_entropy, samples, device,
             dtype, batch_size, share_prefix, attention, radius, include_embedding, trust_remote_code, device_map,
-            num_processes, chunk_size, out, quiet):
+            num_processes, loader_workers, chunk_size, out, quiet):
     """Run the behavioural study: three answers per conflict case, entropies,
     dHrel, following curve, balance point, per-layer votes. Writes
     RUN/results.parquet, RUN/summary.json and RUN/report.html; re-running
@@ -127,7 +133,7 @@ def run_cmd(model, dataset_dir, groups, seed, lens, lens_path, backend, uncertai
             batch_size=batch_size, radius=radius, share_prefix=share_prefix, attention=attention,
             include_embedding=include_embedding,
             dataset_args=dataset_args, samples=samples if sampled_entropy else 0,
-            sample_seed=seed if sampled_entropy else 0,
+            sample_seed=seed if sampled_entropy else 0, loader_workers=loader_workers,
         )
         mllm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code, device_map=dmap)
         unembed = Unembed.from_model(mllm)

@@ -201,10 +201,11 @@ class MLLM:
         return self.adapter.prompt_format.format(image=image, text=text)
 
     def encode(self, images: Sequence[Any | None], descriptions: Sequence[str | None],
-               questions: Sequence[str]) -> Encoded:
-        """Inputs for a batch of cases. Row i is vision-only (image, no
-        description), text-only (description, no image) or multimodal
-        (both); a batch must be all with image or all without."""
+               questions: Sequence[str], device: str | torch.device | None = None) -> Encoded:
+        """Inputs for a batch of cases, on ``device`` (default the model's;
+        mechmod.loader's workers build them on the CPU). Row i is vision-only
+        (image, no description), text-only (description, no image) or
+        multimodal (both); a batch must be all with image or all without."""
         n = len(questions)
         if not (len(images) == len(descriptions) == n) or n == 0:
             raise MechmodError(f"encode: {len(images)} images, {len(descriptions)} descriptions, {n} questions; "
@@ -226,7 +227,7 @@ class MLLM:
             batch = self.processor(**kw)
         except (ValueError, TypeError) as err:
             raise MechmodError(f"{self.name}: the processor refused the batch ({err})") from err
-        inputs = {k: v.to(self.device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        inputs = {k: v.to(device or self.device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
         if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         ids = inputs["input_ids"]
