@@ -19,6 +19,16 @@ from tests import run_helpers  # noqa: E402
 torch.set_num_threads(1)  # tiny test models: one thread avoids OpenMP spin on a shared 2-core box
 
 
+def pytest_collection_modifyitems(config, items):
+    """``slow`` tests are opt-in: they run only when ``-m`` names them."""
+    if "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="opt-in: run with -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_llava_dir():
     """The tiny LLaVA's directory, saved once per session (read-only: copy it before damaging it)."""

@@ -292,14 +292,8 @@ def test_fuzz_dataset_loader_raises_only_mechmod_errors(change, verify):
     _fuzz_once(change, verify)
 
 
-@pytest.fixture
-def only_with_m_slow(request):
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("the 1,000-example fuzz is opt-in: run with -m slow")
-
-
 @pytest.mark.slow
-def test_fuzz_dataset_loader_1000_examples(only_with_m_slow):
+def test_fuzz_dataset_loader_1000_examples():
     @settings(max_examples=1000, **FUZZ)
     @given(change=damage(), verify=st.booleans())
     def fuzz(change, verify):

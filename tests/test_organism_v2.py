@@ -90,14 +90,8 @@ def test_largest_object_rule_on_study_pixels():
         assert rates["largest"] <= 0.4, (dv, rates)
 
 
-@pytest.fixture
-def only_with_m_slow(request):
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("opt-in: run with -m slow")
-
-
 @pytest.mark.slow
-def test_shape_blind_shortcuts_every_tier_full(only_with_m_slow):
+def test_shape_blind_shortcuts_every_tier_full():
     from mechmod.organism.shortcuts import training_shortcut_rates
 
     rates = training_shortcut_rates(200, 200, seed=0)

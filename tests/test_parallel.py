@@ -21,12 +21,6 @@ from tests.run_helpers import (ROOT, assert_same_rows, child_env, cli_args, colo
                                run_in_process, tiny_mllm, tiny_model_dir)
 
 
-@pytest.fixture
-def only_with_m_slow(request):
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("opt-in: run with -m slow")
-
-
 def _uneven_cases():
     rows = []
     for img, n in [("a", 9), ("b", 1), ("c", 4), ("d", 9), ("e", 2), ("f", 7), ("g", 3)]:
@@ -148,7 +142,7 @@ def test_a_device_map_offloading_the_unembedding_is_refused():
 
 
 @pytest.mark.slow
-def test_accelerate_launch_runs_data_parallel(tmp_path, only_with_m_slow):
+def test_accelerate_launch_runs_data_parallel(tmp_path):
     """`accelerate launch --multi_gpu` is accelerate's torchrun launcher (its
     `--cpu` mode starts a single process), which on a CPU-only machine gives
     two gloo ranks."""

@@ -361,14 +361,8 @@ def test_fuzz_run_options(command, capsys, garbage_model):
         _fuzz_run_options(*command, capsys, work)
 
 
-@pytest.fixture
-def only_with_m_slow(request):
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("the 1,000-example fuzz is opt-in: run with -m slow")
-
-
 @pytest.mark.slow
-def test_fuzz_run_directories_1000_examples(only_with_m_slow, capsys, monkeypatch):
+def test_fuzz_run_directories_1000_examples(capsys, monkeypatch):
     @settings(max_examples=1000, **FUZZ)
     @given(damages=run_damage())
     def fuzz(damages):
@@ -378,7 +372,7 @@ def test_fuzz_run_directories_1000_examples(only_with_m_slow, capsys, monkeypatc
 
 
 @pytest.mark.slow
-def test_fuzz_run_options_1000_examples(only_with_m_slow, capsys, garbage_model):
+def test_fuzz_run_options_1000_examples(capsys, garbage_model):
     @settings(max_examples=1000, **FUZZ)
     @given(command=run_command())
     def fuzz(command):
