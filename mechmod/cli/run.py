@@ -54,8 +54,8 @@ DEFAULT_GROUPS = 12
                    "`accelerate launch --num_processes N -m mechmod run ...`).")
 @click.option("--loader-workers", default=None, type=click.IntRange(min=0),
               help="Processes decoding images and building prefixes (image processor, tokenisation) ahead of the "
-                   "model; 0: in this process. Default: 0 on a CPU model (its forward uses every core: workers "
-                   "compete with it), else 2 with 4 or more cores. Results do not depend on it.")
+                   "model; 0: in this process. Default: 0 on a CPU model (its forward uses every core and the inputs "
+                   "are a few percent of the run), else 2 with 4 or more cores. Results do not depend on it.")
 @click.option("--chunk-size", default=None, type=int,
               help="Cases per written part (default max(4 x batch size, 32)); a kill loses at most one chunk.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory (created, or resumed).")
