@@ -4,7 +4,7 @@ The sites sit where the nnsight backend puts them (the same module inputs
 and outputs, :func:`mechmod.backends.nnsight_backend.where`), so both read
 the same tensors and give equal results; but a forward costs only its hook
 calls, without nnsight's per-trace setup (tracing's hot path runs here by
-default: ``benchmarks/hooks_overhead.py`` measures the difference). The
+default: ``python -m benchmarks.tracing_overhead`` measures the difference). The
 ``scores`` site lives inside the attention function, where no module hook
 reaches: it needs nnsight or the TransformerLens bridge."""
 
