@@ -129,6 +129,10 @@ def run_study(mllm, lens, dataset_dir: str | Path, out: str | Path, config: RunC
     cases = load_cases(dataset_dir)
     config = replace(config, dtype=str(mllm.dtype).removeprefix("torch."), device=str(mllm.device),
                      n_cases=len(cases))
+    if config.share_prefix and config.backend == "transformer_lens":
+        # the bridge neither fills nor reads HF's KV cache faithfully: whole prompts
+        print("note: the transformer_lens backend runs whole prompts (no shared image prefixes)", file=sys.stderr)
+        config = replace(config, share_prefix=False)
     run = RunDir(out)
     with ExitStack() as held:
         launch = None

@@ -134,3 +134,20 @@ def test_cli_run_generates_a_dataset_and_summarize_recomputes(setup, tmp_path, c
     assert json.loads((out / "summary.json").read_text()) == first
     assert main(["run", "--model", str(model_dir), "--lens", "tuned", "--out", str(tmp_path / "x")]) == 2
     assert "--lens-path" in capsys.readouterr().err
+
+
+def test_transformer_lens_runs_whole_prompts_and_agrees(setup, tmp_path):
+    """The bridge keeps no faithful KV cache, so a TransformerLens run does
+    not share image prefixes (recorded in run.json) and its rows equal the
+    default (hooks, shared prefixes) run's."""
+    from mechmod.models import load_model
+
+    model_dir, ds, mllm = setup
+    base = pd.read_parquet(run(mllm, ds, tmp_path / "hooks", config(ds, model_dir, batch_size=4)) / "results.parquet")
+    fresh = load_model(str(model_dir))  # booting the bridge rewires the instance it boots on
+    out = run(fresh, ds, tmp_path / "tl", config(ds, model_dir, batch_size=4, backend="transformer_lens"))
+    tl = pd.read_parquet(out / "results.parquet")
+    assert json.loads((out / "run.json").read_text())["share_prefix"] is False
+    assert (tl["status"] == "ok").all() and (tl["follow"] == base["follow"]).all()
+    np.testing.assert_allclose(tl["h_m"], base["h_m"], atol=1e-5)
+    np.testing.assert_allclose(np.stack(tl["attn_image"]), np.stack(base["attn_image"]), atol=1e-5)

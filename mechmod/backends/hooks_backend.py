@@ -15,8 +15,7 @@ from itertools import groupby
 
 import torch
 
-from mechmod.backends.nnsight_backend import where
-from mechmod.backends.sites import Plan, Site, allowed_view, native_mask
+from mechmod.backends.sites import Plan, Site, allowed_view, edit_outputs, native_mask, where
 from mechmod.errors import MechmodError
 
 
@@ -46,18 +45,7 @@ def _output_hook(sites: list[Site], plan: Plan, adapter):
     """The sites sharing one module output (a tensor or a tuple), in order."""
 
     def hook(module, args, out):
-        parts = list(out) if isinstance(out, tuple) else [out]
-        changed = False
-        for site in sites:
-            i = where(adapter, site.component)[2]
-            if parts[i] is None:  # an attention module gives no weights outside eager attention
-                raise MechmodError(f"site {site}: the attention module returned no weights; use eager attention")
-            new = plan.apply(site, parts[i])
-            if new is not None:
-                parts[i], changed = new, True
-        if changed:
-            return tuple(parts) if isinstance(out, tuple) else parts[0]
-        return None
+        return edit_outputs(out, sites, plan, adapter)
 
     return hook
 

@@ -17,7 +17,7 @@ from itertools import groupby
 
 import torch
 
-from mechmod.backends.sites import Plan, Site, allowed_view, native_mask
+from mechmod.backends.sites import Plan, Site, allowed_view, edit_outputs, native_mask, where
 from mechmod.errors import MechmodError
 
 #: the call of the attention kernel in an HF attention module's forward, and
@@ -59,24 +59,6 @@ def envoy(root, path: str):
     return root
 
 
-def where(adapter, component: str) -> tuple[str | None, str, int]:
-    """(module path relative to the layer or None for the layer itself, what
-    to touch there, tuple element of an output) of a site component."""
-    a = adapter
-    return {
-        "resid_in": (None, "input", 0),
-        "mask": (a.attn_path, "mask", 0),
-        "scores": (a.attn_path, "scores", 0),
-        "z": (a.o_proj_path, "input", 0),
-        "pattern": (a.attn_path, "output", 1),
-        "attn": (a.attn_path, "output", 0),
-        "attn_contrib": (a.post_attn_norm_path or a.attn_path, "output", 0),
-        "mlp": (a.mlp_path, "output", 0),
-        "mlp_contrib": (a.post_mlp_norm_path or a.mlp_path, "output", 0),
-        "resid": (None, "output", 0),
-    }[component]
-
-
 def run(mllm, inputs, plan: Plan) -> torch.Tensor:
     """One forward with ``plan``'s edits and reads; the last position's logits."""
     from nnsight.intervention.interleaver import OutOfOrderError  # with nnsight itself, see wrapper
@@ -114,18 +96,9 @@ def run(mllm, inputs, plan: Plan) -> torch.Tensor:
 
 def _outputs(env, sites: list[Site], plan: Plan, adapter) -> None:
     """The sites sharing one module output (a tensor or a tuple), in order."""
-    out = env.output
-    parts = list(out) if isinstance(out, tuple) else [out]
-    changed = False
-    for site in sites:
-        i = where(adapter, site.component)[2]
-        if parts[i] is None:  # an attention module gives no weights outside eager attention
-            raise MechmodError(f"site {site}: the attention module returned no weights; use eager attention")
-        new = plan.apply(site, parts[i])
-        if new is not None:
-            parts[i], changed = new, True
-    if changed:
-        env.output = tuple(parts) if isinstance(out, tuple) else parts[0]
+    new = edit_outputs(env.output, sites, plan, adapter)
+    if new is not None:
+        env.output = new
 
 
 def _mask(env, site: Site, plan: Plan) -> None:

@@ -128,6 +128,41 @@ class Plan:
 
 
 # ------------------------------------------------------------- mask views
+def where(adapter, component: str) -> tuple[str | None, str, int]:
+    """(module path relative to the layer or None for the layer itself, what
+    to touch there, tuple element of an output) of a site component."""
+    a = adapter
+    return {
+        "resid_in": (None, "input", 0),
+        "mask": (a.attn_path, "mask", 0),
+        "scores": (a.attn_path, "scores", 0),
+        "z": (a.o_proj_path, "input", 0),
+        "pattern": (a.attn_path, "output", 1),
+        "attn": (a.attn_path, "output", 0),
+        "attn_contrib": (a.post_attn_norm_path or a.attn_path, "output", 0),
+        "mlp": (a.mlp_path, "output", 0),
+        "mlp_contrib": (a.post_mlp_norm_path or a.mlp_path, "output", 0),
+        "resid": (None, "output", 0),
+    }[component]
+
+
+def edit_outputs(out, sites: list[Site], plan: Plan, adapter):
+    """A module output (a tensor or a tuple) with ``plan``'s edits of the
+    sites sharing it applied in order, or None when nothing changed."""
+    parts = list(out) if isinstance(out, tuple) else [out]
+    changed = False
+    for site in sites:
+        i = where(adapter, site.component)[2]
+        if parts[i] is None:  # an attention module gives no weights outside eager attention
+            raise MechmodError(f"site {site}: the attention module returned no weights; use eager attention")
+        new = plan.apply(site, parts[i])
+        if new is not None:
+            parts[i], changed = new, True
+    if not changed:
+        return None
+    return tuple(parts) if isinstance(out, tuple) else parts[0]
+
+
 def allowed_view(native: torch.Tensor | None, batch: int, queries: int, past: int,
                  device: torch.device) -> torch.Tensor:
     """A 4D HF attention mask as bool [N, 1, Tq, K], True where a query may

@@ -38,7 +38,7 @@ DEFAULT_GROUPS = 12
 @click.option("--dtype", default=None, help="float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on CUDA).")
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--share-prefix/--no-share-prefix", default=True, show_default=True,
-              help="Compute each image's prefix (and vision features) once and reuse its KV cache.")
+              help="Compute each image's prefix (and vision features) once and reuse its KV cache (not with --backend transformer_lens, whose bridge runs whole prompts).")
 @click.option("--attention/--no-attention", default=True, show_default=True,
               help="Record the answer position's attention mass on image, description and question tokens per layer.")
 @click.option("--radius", default=0.5, show_default=True, help="Half-width of the ambiguous region around the balance point.")
