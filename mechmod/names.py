@@ -43,6 +43,7 @@ HEAD_SCALE_POSITIONS = ("last", "all")
 #: selections (near the balance point / the rest), and how the weights are trained
 FINETUNE_TARGETS = ("vision", "text")
 FINETUNE_SELECTIONS = ("boundary", "easy")
+FINETUNE_SELECT_OPTIONS = FINETUNE_SELECTIONS + ("both",)  # `mechmod finetune --select`
 FINETUNE_METHODS = ("full", "lora")
 
 #: lenses a run decodes layers with (mechmod.lenses)

@@ -11,7 +11,8 @@ into ``results.parquet`` and writes ``report.html`` and ``summary.json``.
 Each chunk's images and prefixes are built by :mod:`mechmod.loader` (in
 worker processes ahead of the model with ``loader_workers``); the run logs
 where its time went (:class:`Timing`: input building, model forwards, the
-scoring around them, writing) as one ``timing:`` JSON line on stderr.
+scoring around them, writing) as one ``timing:`` JSON line on stderr
+(with the progress bar: not with ``--quiet``).
 """
 
 from __future__ import annotations
@@ -179,7 +180,8 @@ def run_study(mllm, lens, dataset_dir: str | Path, out: str | Path, config: RunC
                 part += 1
                 bar.update(len(prepared.cases))
         bar.close()
-        print(timing.line(), file=sys.stderr)
+        if progress and world.is_main:
+            print(timing.line(), file=sys.stderr)
         world.barrier()  # every rank's parts are written
         if not world.is_main:
             return run.path

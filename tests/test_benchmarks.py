@@ -34,7 +34,7 @@ def test_pipeline_reports_speedup_bound_and_per_case_overhead():
 def test_patching_reports_both_throughputs_and_their_agreement():
     r = _json_line("benchmarks.patching", "--quick", "--threads", "1")
     assert r["patches"] > 0 and r["naive_patches_per_s"] > 0 and r["library_patches_per_s"] > 0
-    assert r["speedup"] == round(r["naive_seconds"] / r["library_seconds"], 2)
+    assert abs(r["speedup"] - r["naive_seconds"] / r["library_seconds"]) <= 0.02  # from unrounded seconds
     assert 0 <= r["max_abs_diff"] <= 1e-3
     s = r["settings"]
     assert s["model"] == "organism" and s["directions"] == ["V->C", "T->C", "I->C"]

@@ -13,7 +13,7 @@ import click
 from mechmod import _io
 from mechmod.cli import cli, generated_color_dataset, load_for_command, study_dataset
 from mechmod.errors import MechmodError
-from mechmod.names import BACKENDS, FINETUNE_METHODS, FINETUNE_SELECTIONS, FINETUNE_TARGETS
+from mechmod.names import BACKENDS, FINETUNE_METHODS, FINETUNE_SELECT_OPTIONS, FINETUNE_SELECTIONS, FINETUNE_TARGETS
 
 #: groups of the generated selection (and held-out) colour datasets: enough for a balance point on the organism
 FINETUNE_GROUPS = 8
@@ -38,7 +38,7 @@ FINETUNE_GROUPS = 8
 @click.option("--model", default=None, help="Built-in name, local directory or hub id (default: the run's, else organism).")
 @click.option("--target", type=click.Choice(FINETUNE_TARGETS), required=True,
               help="The modality whose answer the conflicts are trained towards.")
-@click.option("--select", "select", type=click.Choice(FINETUNE_SELECTIONS + ("both",)), default="both",
+@click.option("--select", "select", type=click.Choice(FINETUNE_SELECT_OPTIONS), default="both",
               show_default=True, help="Boundary cases (|dHrel - balance point| <= radius), easy cases (the rest, "
                                       "matched in number), or both.")
 @click.option("--radius", default=0.5, show_default=True, type=click.FloatRange(min=0, min_open=True),
