@@ -19,7 +19,7 @@ from tests.run_helpers import color_dataset, copy_dataset, run_config, tiny_mllm
 def _run(ds, out, workers, capsys):
     mllm = tiny_mllm()
     cfg = run_config(ds, batch_size=4, loader_workers=workers)
-    runner.run_study(mllm, LogitLens(Unembed.from_model(mllm)), ds, out, cfg, chunk_size=8, progress=False)
+    runner.run_study(mllm, LogitLens(Unembed.from_model(mllm)), ds, out, cfg, chunk_size=8, progress=True)  # logs timing
     timing = [line for line in capsys.readouterr().err.splitlines() if line.startswith("timing: ")]
     return pd.read_parquet(RunDir(out).results), json.loads(timing[-1].removeprefix("timing: "))
 
