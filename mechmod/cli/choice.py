@@ -9,6 +9,7 @@ tables, summary JSON and HTML report into --out."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -43,6 +44,7 @@ def _shared(f):
                      help="Bootstrap draws per interval."),
         click.option("--threads", default=None, type=click.IntRange(min=1), help="torch CPU threads."),
         click.option("--trust-remote-code", is_flag=True, help="Allow the model repository's own code to run."),
+        click.option("--quiet", is_flag=True, help="No progress bar (there is none when stderr is not a terminal)."),
         click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Output directory."),
     ]
     for opt in reversed(opts):
@@ -52,7 +54,13 @@ def _shared(f):
 
 def _setup(o: dict, consistent: bool = False):
     """(model, clean cases) from the shared options (a generated dataset with
-    the opt-in ``consistent`` control when asked)."""
+    the opt-in ``consistent`` control when asked), the cases labelled for a
+    progress bar unless --quiet."""
+    mllm, clean = _cases(o, consistent)
+    return mllm, replace(clean, progress=None if o["quiet"] else click.get_current_context().info_name)
+
+
+def _cases(o: dict, consistent: bool):
     from mechmod.interventions.clean import from_baseline, from_run
 
     Path(o["out"]).mkdir(parents=True, exist_ok=True)

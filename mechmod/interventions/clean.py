@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from mechmod.data import load_cases
 from mechmod.errors import MechmodError
@@ -36,15 +37,20 @@ class CleanCases:
     radius: float
     model: str | None = None
     dtype: str | None = None
+    progress: str | None = None  # label of a progress bar over the cases as they are batched (None: no bar)
 
     def batches(self, mllm, batch_size: int):
         """Per batch of cases sharing a label set: (labels, rows, the rows'
         encoded multimodal prompts)."""
         images = Images(self.dataset_dir)
+        bar = tqdm(total=len(self.table), desc=self.progress, unit="case",
+                   disable=True if self.progress is None else None)  # None: off unless stderr is a terminal
         for cand, sub in self.table.groupby(self.table["candidates"].map(tuple), sort=False):
             labels = LabelSet(mllm.tokenizer, list(cand))
             for b in batches(sub, batch_size):
                 yield labels, b, encode(mllm, images, b["image_path"], b["description"], b["question"])
+                bar.update(len(b))
+        bar.close()
 
 
 def from_run(run_dir: str | Path) -> CleanCases:
