@@ -15,7 +15,7 @@ from itertools import groupby
 
 import torch
 
-from mechmod.backends.sites import Plan, Site, allowed_view, edit_outputs, native_mask, where
+from mechmod.backends.sites import Plan, Site, edit_mask, edit_outputs, where
 from mechmod.errors import MechmodError
 
 
@@ -68,14 +68,7 @@ def _mask_hook(site: Site, plan: Plan):
     (as in the nnsight backend)."""
 
     def hook(module, args, kwargs):
-        native = kwargs.get("attention_mask")
-        hidden = kwargs.get("hidden_states", args[0] if args else None)
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        past = int(cache.get_seq_length(site.layer)) if cache is not None else 0
-        view = allowed_view(native, hidden.shape[0], hidden.shape[1], past, hidden.device)
-        new = plan.apply(site, view)
-        if new is not None and not torch.equal(new, view):
-            return args, dict(kwargs, attention_mask=native_mask(new, native))
-        return None
+        new = edit_mask(args, kwargs, site, plan)
+        return None if new is None else (args, new)
 
     return hook

@@ -17,7 +17,7 @@ from itertools import groupby
 
 import torch
 
-from mechmod.backends.sites import Plan, Site, allowed_view, edit_outputs, native_mask, where
+from mechmod.backends.sites import Plan, Site, edit_mask, edit_outputs, where
 from mechmod.errors import MechmodError
 
 #: the call of the attention kernel in an HF attention module's forward, and
@@ -105,14 +105,9 @@ def _mask(env, site: Site, plan: Plan) -> None:
     """The ``attention_mask`` keyword of the attention module, as a bool view;
     written back (in the model's kind of mask) only when an edit changed it."""
     args, kwargs = env.inputs
-    native = kwargs.get("attention_mask")
-    hidden = kwargs.get("hidden_states", args[0] if args else None)
-    cache = kwargs.get("cache", kwargs.get("past_key_values"))
-    past = int(cache.get_seq_length(site.layer)) if cache is not None else 0
-    view = allowed_view(native, hidden.shape[0], hidden.shape[1], past, hidden.device)
-    new = plan.apply(site, view)
-    if new is not None and not torch.equal(new, view):
-        env.inputs = (args, dict(kwargs, attention_mask=native_mask(new, native)))
+    new = edit_mask(args, kwargs, site, plan)
+    if new is not None:
+        env.inputs = (args, new)
 
 
 def _scores(env, site: Site, plan: Plan, path: str) -> None:

@@ -163,6 +163,21 @@ def edit_outputs(out, sites: list[Site], plan: Plan, adapter):
     return tuple(parts) if isinstance(out, tuple) else parts[0]
 
 
+def edit_mask(args, kwargs: dict, site: Site, plan: Plan) -> dict | None:
+    """The attention module's keywords with ``plan``'s edit of its
+    ``attention_mask`` (seen as a bool view, written back in the model's
+    kind of mask), or None when the edit changes nothing."""
+    native = kwargs.get("attention_mask")
+    hidden = kwargs.get("hidden_states", args[0] if args else None)
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    past = int(cache.get_seq_length(site.layer)) if cache is not None else 0
+    view = allowed_view(native, hidden.shape[0], hidden.shape[1], past, hidden.device)
+    new = plan.apply(site, view)
+    if new is None or torch.equal(new, view):
+        return None
+    return dict(kwargs, attention_mask=native_mask(new, native))
+
+
 def allowed_view(native: torch.Tensor | None, batch: int, queries: int, past: int,
                  device: torch.device) -> torch.Tensor:
     """A 4D HF attention mask as bool [N, 1, Tq, K], True where a query may
