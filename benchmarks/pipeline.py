@@ -1,6 +1,7 @@
 """Benchmark: mechmod's runner against the naive loop and the compute bound.
 
     python -m benchmarks.pipeline [--quick] [--device cpu|cuda] [--shape small|quick|overhead|llava7b]
+    python -m benchmarks.pipeline --real-config DIR [--shrink] [--device cuda] [--groups N]
 
 On one random-weight LLaVA-shaped model and one set of conflict cases, in
 one run:
@@ -22,6 +23,15 @@ lower bound counts the work the study cannot avoid with prefix sharing
 the final unembedding and the lens at the answer position) and divides it
 by this machine's matmul throughput, measured in the same run. Prints one
 JSON line.
+
+With ``--real-config`` the model is the real checkpoint's HF class built
+from its real config with random weights, with the real tokenizer, chat
+template and processor (``benchmarks.real_model``; ``--shrink`` for a small
+CPU stand-in), so token counts, templates and answer labels are the real
+ones. Such a run also reports peak memory at two case counts (``groups``
+and half of it: ``memory_flat`` is the ratio of the peaks), the paper-scale
+projection and ``profile``: the top ops of one runner batch by self time
+(torch.profiler, CPU and CUDA activities where available).
 """
 
 from __future__ import annotations
@@ -34,8 +44,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+
+from benchmarks.real_model import build_real_model, config_folder
+from mechmod.errors import MechmodError
 
 SHAPES = {
     # image tokens dominate the sequence, as in LLaVA-1.5 (576 of ~620)
@@ -46,7 +59,7 @@ SHAPES = {
     # compute is negligible: what is left of a run is the runner's per-case Python work
     "overhead": dict(image_size=56, patch_size=14, vision_hidden=32, vision_layers=1, vision_heads=2, vision_mlp=64,
                      text_hidden=32, text_layers=2, text_heads=2, text_mlp=64, max_positions=256),
-    # LLaVA-1.5-7B proportions (CLIP ViT-L/14-336 + Llama-2-7B), for a lent GPU
+    # LLaVA-1.5-7B proportions (CLIP ViT-L/14-336 + Llama-2-7B), for a lent GPU (--real-config is the real one)
     "llava7b": dict(image_size=336, patch_size=14, vision_hidden=1024, vision_layers=24, vision_heads=16,
                     vision_mlp=4096, text_hidden=4096, text_layers=32, text_heads=32, text_mlp=11008,
                     max_positions=4096),
@@ -122,6 +135,7 @@ def run_runner(setup: Setup, mllm=None) -> dict:
 
     mllm = mllm or load_model(setup.model_dir, device=setup.device, dtype=setup.dtype)
     _reset_peak(setup.device)
+    held_gpu_mb = _held_gpu_mb(setup.device)
     n = len(load_cases(setup.dataset_dir))
     cfg = RunConfig(model=setup.model_dir, dataset=setup.dataset_dir, dataset_sha256=dataset_fingerprint(setup.dataset_dir),
                     batch_size=setup.batch_size)
@@ -151,7 +165,7 @@ def run_runner(setup: Setup, mllm=None) -> dict:
     return {"seconds": dt, "cases": n, "cases_per_s": n / dt, "finalize_seconds": spent.get("finalize"),
             "forward_seconds": forward_s["total"],
             "scoring_cases_per_s": n / (dt - spent.get("finalize", 0.0)),
-            "peak_rss_mb": _peak_rss_mb(), "peak_gpu_mb": _peak_gpu_mb(setup.device)}
+            "peak_rss_mb": _peak_rss_mb(), "peak_gpu_mb": _peak_gpu_mb(setup.device), "held_gpu_mb": held_gpu_mb}
 
 
 def _time_forwards(model) -> dict:
@@ -214,6 +228,9 @@ def lower_bound_flops(setup: Setup, mllm=None) -> dict:
 
     mllm = mllm or load_model(setup.model_dir, device="cpu", dtype="float32", check=False)
     cfg = mllm.model.config
+    if cfg.model_type != "llava":
+        raise MechmodError(f"--real-config: the FLOP bound models LLaVA-1.5 (one CLIP tile per image), not "
+                           f"{cfg.model_type!r}; give the llava-1.5-7b-hf folder")
     vc, tc = cfg.vision_config, cfg.text_config
     d, L, V = tc.hidden_size, tc.num_hidden_layers, tc.vocab_size
     kv = tc.num_key_value_heads * (d // tc.num_attention_heads)
@@ -256,6 +273,86 @@ def paper_scale_flops(bound: dict) -> float:
             + PAPER_SCALE["multimodal"] * bound["per_multimodal_tail"])
 
 
+def build_real(src: Path, root: Path, groups: tuple[int, ...], dv: list[int], device: str, shrink: bool):
+    """The real-config model (:mod:`benchmarks.real_model`) and one colour
+    dataset per group count, under ``root``. On CPU the model is saved
+    there (the parts load it in their own processes) and the MLLM is None;
+    on a GPU it stays in memory in bf16, wrapped as an MLLM."""
+    import transformers
+
+    from mechmod.data import generate_color
+    from mechmod.models import adapter_for
+    from mechmod.models.base import MLLM
+
+    gpu = device.startswith("cuda")
+    dtype = "bfloat16" if gpu else "float32"
+    model = build_real_model(src, root / "model", shrink, device, dtype)
+    setups = {}
+    for g in groups:
+        generate_color(root / f"dataset-g{g}", groups=g, seed=0, dv=dv, progress=False)
+        setups[g] = Setup(str(root / "model"), str(root / f"dataset-g{g}"), device, dtype, batch_size=64 if gpu else 16)
+    if not gpu:
+        model.save_pretrained(root / "model", safe_serialization=True)
+        return setups, None
+    processor = transformers.AutoProcessor.from_pretrained(root / "model")
+    return setups, MLLM(model, processor, adapter_for(model.config.model_type), name=f"random-{src.name}")
+
+
+def profile_batch(setup: Setup, mllm, top: int = 10) -> dict:
+    """torch.profiler over one runner batch (``score_chunk`` on
+    ``batch_size`` cases, after one unprofiled batch): its wall time, the
+    host ops' summed self time, the device kernels' summed time (wall minus
+    these is Python or idle device), and the ``top`` host ops by self time
+    (on a GPU by the device time of the kernels they launched)."""
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    from mechmod.data import load_cases
+    from mechmod.lenses import LogitLens, Unembed
+    from mechmod.scoring import ScoreOptions, score_chunk
+
+    gpu = setup.device.startswith("cuda")
+    cases = load_cases(setup.dataset_dir).iloc[:setup.batch_size]
+    lens, options = LogitLens(Unembed.from_model(mllm)), ScoreOptions(batch_size=setup.batch_size)
+    with torch.no_grad():
+        score_chunk(mllm, lens, cases, Path(setup.dataset_dir), options)
+        _sync(setup.device)
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+        with profile(activities=activities) as prof:
+            t0 = time.perf_counter()
+            score_chunk(mllm, lens, cases, Path(setup.dataset_dir), options)
+            _sync(setup.device)
+            wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    ops = [e for e in events if e.device_type == DeviceType.CPU]
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA]
+    key = "self_device_time_total" if gpu else "self_cpu_time_total"
+    ranked = sorted(ops, key=lambda e: getattr(e, key), reverse=True)[:top]
+    return {
+        "profile_cases": len(cases), "profile_wall_seconds": round(wall, 4), "profile_sorted_by": key,
+        "profile_host_op_seconds": round(sum(e.self_cpu_time_total for e in ops) / 1e6, 4),
+        "profile_device_kernel_seconds": round(sum(e.self_device_time_total for e in kernels) / 1e6, 4) if gpu else None,
+        "profile": [{"op": e.key, "calls": e.count, "self_cpu_ms": round(e.self_cpu_time_total / 1e3, 3),
+                     "self_device_ms": round(e.self_device_time_total / 1e3, 3) if gpu else None} for e in ranked],
+    }
+
+
+def memory_fields(small: dict, big: dict, groups: tuple[int, int], gpu: bool) -> dict:
+    """Peak memory of the runner at two case counts; ``memory_flat`` is the
+    ratio of the peaks (1.0: memory does not grow with the cases). On a GPU
+    the peak above the memory held before the run (the weights) as well."""
+    key = "peak_gpu_mb" if gpu else "peak_rss_mb"
+    out = {"memory_groups": list(groups), "memory_cases": [small["cases"], big["cases"]],
+           f"runner_{key}_by_groups": [round(small[key]), round(big[key])],
+           "memory_flat": round(big[key] / small[key], 3)}
+    if gpu:
+        grown = [r["peak_gpu_mb"] - r["held_gpu_mb"] for r in (small, big)]
+        out["runner_peak_gpu_mb_above_weights_by_groups"] = [round(g) for g in grown]
+        out["memory_flat_above_weights"] = round(grown[1] / grown[0], 3)
+    return out
+
+
 def build_on_gpu(shape: str, root: Path, groups: int, dv: list[int], device: str, vocab: int = 32064):
     """A random-weight model of ``shape`` built directly on the GPU in bf16
     (weight values do not change the cost), wrapped as an MLLM; the
@@ -295,20 +392,29 @@ def _smoke(setup: Setup, mllm) -> None:
         raise SystemExit(f"smoke test failed: {rows['error'].iloc[0]}")
 
 
+# dense bf16 tensor-core peak of the datasheet (TFLOP/s, no sparsity), by device-name fragment
+DATASHEET_BF16_TFLOPS = {"H200": 989.4, "H100 80GB HBM3": 989.4, "A100": 312.0}
+
+
 def main_gpu(a, shape: str, groups: int, dv: list[int]) -> dict:
     """Everything in one process on the GPU (peak memory by the CUDA allocator)."""
     import torch
 
     with tempfile.TemporaryDirectory(prefix="mechmod-bench-") as tmp:
-        setup, mllm = build_on_gpu(shape, Path(tmp), groups, dv, a.device)
-        if getattr(a, "batch_size", None):
-            setup = Setup(**{**asdict(setup), "batch_size": a.batch_size})
+        if a.real_config:
+            sizes = memory_groups(groups)
+            setups, mllm = build_real(config_folder(a.real_config), Path(tmp), sizes, dv, a.device, a.shrink)
+            small, setup = (replace(setups[g], batch_size=a.batch_size or setups[g].batch_size) for g in sizes)
+        else:
+            setup, mllm = build_on_gpu(shape, Path(tmp), groups, dv, a.device)
+            small = setup = replace(setup, batch_size=a.batch_size or setup.batch_size)
         peak = matmul_flops_per_s(a.device, "bfloat16", size=8192, seconds=3.0)
         _smoke(setup, mllm)
-        run_runner(setup, mllm)  # warm-up (kernels, allocator)
+        warm = run_runner(small, mllm)  # warm-up (kernels, allocator); with --real-config the smaller case count
         naive = None if a.skip_naive else run_naive(setup, mllm)
         runner = run_runner(setup, mllm)
         bound = lower_bound_flops(setup, mllm)
+        extra = {**memory_fields(warm, runner, sizes, gpu=True), **profile_batch(setup, mllm)} if a.real_config else {}
     scoring_s = runner["seconds"] - runner["finalize_seconds"]
     achieved = bound["flops"] / scoring_s
     paper = paper_scale_flops(bound)
@@ -328,7 +434,22 @@ def main_gpu(a, shape: str, groups: int, dv: list[int]) -> dict:
         "paper_scale_pflop": round(paper / 1e15, 2),
         "paper_scale_projected_minutes": round((paper / achieved + runner["finalize_seconds"]) / 60, 2),
         "paper_scale_minutes_at_bound": round(paper / peak / 60, 2),
+        **_datasheet_mfu(torch.cuda.get_device_name(), achieved), **extra,
     }
+
+
+def _datasheet_mfu(device_name: str, achieved: float) -> dict:
+    """MFU against the device's datasheet bf16 peak, where the name is known."""
+    peak = next((v for k, v in DATASHEET_BF16_TFLOPS.items() if k in device_name), None)
+    return {"datasheet_bf16_tflop_per_s": peak, "mfu_datasheet": peak and round(achieved / (peak * 1e12), 3)}
+
+
+def memory_groups(groups: int) -> tuple[int, int]:
+    """The two case counts of the memory check: half of ``groups`` and ``groups``."""
+    if groups < 2:
+        raise MechmodError(f"--groups {groups}: --real-config compares memory at half the groups and at all of "
+                           "them; give --groups 2 or more")
+    return groups // 2, groups
 
 
 # ------------------------------------------------------------------ driver
@@ -340,6 +461,12 @@ def _peak_gpu_mb(device: str) -> float | None:
     import torch
 
     return torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
+
+
+def _held_gpu_mb(device: str) -> float | None:
+    import torch
+
+    return torch.cuda.memory_allocated() / 2**20 if device.startswith("cuda") else None
 
 
 def _reset_peak(device: str) -> None:
@@ -366,45 +493,10 @@ def _child(part: str, setup: Setup, threads: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small model and few cases (under a minute)")
-    p.add_argument("--shape", choices=sorted(SHAPES), default=None)
-    p.add_argument("--groups", type=int, default=None)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=None, help="runner batch size (default 16 on CPU, 64 on GPU)")
-    p.add_argument("--skip-naive", action="store_true", help="(GPU, large shapes) time the runner only")
-    p.add_argument("--part", choices=["naive", "runner"], help=argparse.SUPPRESS)
-    p.add_argument("--setup", help=argparse.SUPPRESS)
-    a = p.parse_args(argv)
-    import torch
-
-    torch.set_num_threads(a.threads)
-    if a.part:
-        setup = Setup(**json.loads(a.setup))
-        print(json.dumps(run_naive(setup) if a.part == "naive" else run_runner(setup)))
-        return 0
-    shape = a.shape or ("quick" if a.quick else "small")
-    groups = a.groups or (1 if a.quick else 4)
-    dv = [0, 7] if a.quick else [0, 4, 9]
-    if a.device.startswith("cuda"):
-        print(json.dumps(main_gpu(a, shape, groups, dv)))
-        return 0
-    with tempfile.TemporaryDirectory(prefix="mechmod-bench-") as tmp:
-        setup = build(shape, Path(tmp), groups, dv, a.device)
-        if getattr(a, "batch_size", None):
-            setup = Setup(**{**asdict(setup), "batch_size": a.batch_size})
-        naive = None if a.skip_naive else _child("naive", setup, a.threads)
-        runner = _child("runner", setup, a.threads)
-        bound = lower_bound_flops(setup)
-        flops_per_s = matmul_flops_per_s(a.device, setup.dtype)
-    overhead = runner
-    if shape != "overhead":  # the runner again on a model whose compute is negligible
-        with tempfile.TemporaryDirectory(prefix="mechmod-bench-") as tmp:
-            overhead = _child("runner", build("overhead", Path(tmp), groups, dv, a.device), a.threads)
+def cpu_result(shape: str, a, setup: Setup, naive: dict | None, runner: dict, bound: dict, flops_per_s: float) -> dict:
+    """The CPU JSON fields of one naive-vs-runner comparison."""
     bound_s = bound["flops"] / flops_per_s
-    result = {
+    return {
         "shape": shape, "device": a.device, "dtype": setup.dtype, "threads": a.threads, "cases": runner["cases"],
         "images": bound["images"], "prefix_tokens": bound["prefix_tokens"],
         "naive_cases_per_s": naive and round(naive["cases_per_s"], 3),
@@ -420,9 +512,89 @@ def main(argv=None) -> int:
         "runner_finalize_seconds": round(runner["finalize_seconds"], 3),
         "fraction_of_bound": round(bound_s / runner["seconds"], 3),
         "fraction_of_bound_scoring": round(bound_s / (runner["seconds"] - runner["finalize_seconds"]), 3),
-        **overhead_per_case(overhead),
     }
-    print(json.dumps(result))
+
+
+def main_real_cpu(a, shape: str, groups: int, dv: list[int]) -> dict:
+    """The real-config model on CPU: the naive loop and the runner at both
+    memory-check case counts in their own processes; the bound, the
+    paper-scale projection and the batch profile in this one. ``mfu`` is
+    the fraction of the measured matmul throughput (this process's threads)."""
+    from mechmod.models import load_model
+
+    sizes = memory_groups(groups)
+    with tempfile.TemporaryDirectory(prefix="mechmod-bench-") as tmp:
+        setups, _ = build_real(config_folder(a.real_config), Path(tmp), sizes, dv, a.device, a.shrink)
+        small, setup = (replace(setups[g], batch_size=a.batch_size or setups[g].batch_size) for g in sizes)
+        naive = None if a.skip_naive else _child("naive", setup, a.threads)
+        small_run = _child("runner", small, a.threads)
+        runner = _child("runner", setup, a.threads)
+        mllm = load_model(setup.model_dir, device="cpu", dtype="float32", check=False)
+        bound = lower_bound_flops(setup, mllm)
+        prof = profile_batch(setup, mllm)
+        flops_per_s = matmul_flops_per_s(a.device, setup.dtype)
+    result = cpu_result(shape, a, setup, naive, runner, bound, flops_per_s)
+    achieved = bound["flops"] / (runner["seconds"] - runner["finalize_seconds"])
+    paper = paper_scale_flops(bound)
+    return {**result, "batch_size": setup.batch_size,
+            "params_b": round(sum(p.numel() for p in mllm.model.parameters()) / 1e9, 4),
+            "mfu": round(achieved / flops_per_s, 3), "mfu_peak": "measured fp32 matmul at --threads",
+            "paper_scale_pflop": round(paper / 1e15, 4),
+            "paper_scale_projected_minutes": round((paper / achieved + runner["finalize_seconds"]) / 60, 2),
+            **memory_fields(small_run, runner, sizes, gpu=False), **prof}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small model and few cases (under a minute)")
+    p.add_argument("--shape", choices=sorted(SHAPES), default=None)
+    p.add_argument("--real-config", metavar="DIR",
+                   help="a real checkpoint's config folder (or its name under $MECHMOD_REAL_CONFIGS): the real HF "
+                        "class with random weights, real tokenizer, chat template and processor (LLaVA-1.5)")
+    p.add_argument("--shrink", action="store_true",
+                   help="with --real-config: a small LM and vision tower (vocabulary, processor kept), for CPU")
+    p.add_argument("--groups", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=None, help="runner batch size (default 16 on CPU, 64 on GPU)")
+    p.add_argument("--skip-naive", action="store_true", help="(GPU, large shapes) time the runner only")
+    p.add_argument("--part", choices=["naive", "runner"], help=argparse.SUPPRESS)
+    p.add_argument("--setup", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.shrink and not a.real_config:
+        p.error("--shrink applies to --real-config")
+    if a.real_config and a.shape:
+        p.error("--shape and --real-config name two different models; give one")
+    import torch
+
+    torch.set_num_threads(a.threads)
+    if a.part:
+        setup = Setup(**json.loads(a.setup))
+        print(json.dumps(run_naive(setup) if a.part == "naive" else run_runner(setup)))
+        return 0
+    dv = [0, 7] if a.quick else [0, 4, 9]
+    if a.real_config:
+        shape = config_folder(a.real_config).name + ("-shrunk" if a.shrink else "")
+        groups = a.groups or (2 if a.quick else 8)
+        run = main_gpu if a.device.startswith("cuda") else main_real_cpu
+        print(json.dumps(run(a, shape, groups, dv)))
+        return 0
+    shape = a.shape or ("quick" if a.quick else "small")
+    groups = a.groups or (1 if a.quick else 4)
+    if a.device.startswith("cuda"):
+        print(json.dumps(main_gpu(a, shape, groups, dv)))
+        return 0
+    with tempfile.TemporaryDirectory(prefix="mechmod-bench-") as tmp:
+        setup = replace(build(shape, Path(tmp), groups, dv, a.device), batch_size=a.batch_size or 16)
+        naive = None if a.skip_naive else _child("naive", setup, a.threads)
+        runner = _child("runner", setup, a.threads)
+        bound = lower_bound_flops(setup)
+        flops_per_s = matmul_flops_per_s(a.device, setup.dtype)
+    overhead = runner
+    if shape != "overhead":  # the runner again on a model whose compute is negligible
+        with tempfile.TemporaryDirectory(prefix="mechmod-bench-") as tmp:
+            overhead = _child("runner", build("overhead", Path(tmp), groups, dv, a.device), a.threads)
+    print(json.dumps({**cpu_result(shape, a, setup, naive, runner, bound, flops_per_s), **overhead_per_case(overhead)}))
     return 0
 
 
