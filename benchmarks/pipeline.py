@@ -541,6 +541,7 @@ def main_real_cpu(a, shape: str, groups: int, dv: list[int]) -> dict:
             "mfu": round(achieved / flops_per_s, 3), "mfu_peak": "measured fp32 matmul at --threads",
             "paper_scale_pflop": round(paper / 1e15, 4),
             "paper_scale_projected_minutes": round((paper / achieved + runner["finalize_seconds"]) / 60, 2),
+            "paper_scale_minutes_at_bound": round(paper / flops_per_s / 60, 2),
             **memory_fields(small_run, runner, sizes, gpu=False), **prof}
 
 
