@@ -14,14 +14,13 @@ tokens are exactly the checkpoint's. The files are test data only.
 
 from __future__ import annotations
 
-import lzma
 import os
-import shutil
 from pathlib import Path
 
 import torch
 
-ENV = "MECHMOD_REAL_CONFIGS"
+from benchmarks.real_model import ENV, shrink_text, shrink_vision, unpacked
+
 FOLDERS = {
     "llava": "llava-1.5-7b-hf",
     "llava_next": "llava-v1.6-mistral-7b-hf",
@@ -32,7 +31,6 @@ FOLDERS = {
 # Image tokens of one 800x600 image, as the real checkpoints count them.
 IMAGE_TOKENS_800x600 = {"llava": 576, "llava_next": 2340, "qwen2_vl": 609, "qwen2_5_vl": 609, "gemma3": 256}
 
-D_MODEL, HEADS, KV_HEADS, LM_LAYERS = 64, 4, 2, 2
 SEED = 1234
 
 
@@ -47,60 +45,17 @@ def source_dir(family: str, work: Path) -> Path:
     """The family's real files as ``from_pretrained`` reads them: the folder
     itself, or (with a compressed tokenizer) a copy under ``work`` with it
     decompressed."""
-    src = real_configs() / FOLDERS[family]
-    packed = src / "tokenizer.json.xz"
-    if not packed.is_file():
-        return src
-    out = Path(work) / f"{family}-files"
-    if not out.is_dir():
-        out.mkdir(parents=True)
-        for f in src.iterdir():
-            if f != packed:
-                shutil.copyfile(f, out / f.name)
-        with lzma.open(packed) as z:
-            (out / "tokenizer.json").write_bytes(z.read())
-    return out
-
-
-def _shrink_text(tc) -> None:
-    tc.num_hidden_layers = LM_LAYERS
-    tc.hidden_size, tc.intermediate_size = D_MODEL, 2 * D_MODEL
-    tc.num_attention_heads, tc.num_key_value_heads = HEADS, KV_HEADS
-    head_dim = D_MODEL // HEADS
-    if getattr(tc, "head_dim", None) is not None:
-        tc.head_dim = head_dim
-    if getattr(tc, "query_pre_attn_scalar", None) is not None:  # Gemma 3
-        tc.query_pre_attn_scalar = head_dim
-    if getattr(tc, "layer_types", None):
-        kinds = list(dict.fromkeys(tc.layer_types))  # keep every kind of layer the real model has
-        tc.layer_types = (kinds * LM_LAYERS)[:LM_LAYERS]
-    rope = getattr(tc, "rope_parameters", None) or {}
-    if "mrope_section" in rope:  # M-RoPE: temporal, height, width halves of the head dimension
-        rope["mrope_section"] = [2, 3, 3]
-
-
-def _shrink_vision(vc) -> None:
-    if hasattr(vc, "depth"):  # Qwen2-VL / Qwen2.5-VL ViT: the merger outputs the LM's width
-        vc.depth, vc.num_heads = 1, 2
-        if hasattr(vc, "embed_dim"):  # Qwen2-VL
-            vc.embed_dim, vc.hidden_size = 32, D_MODEL
-        else:  # Qwen2.5-VL
-            vc.hidden_size, vc.intermediate_size, vc.out_hidden_size = 32, 64, D_MODEL
-            vc.fullatt_block_indexes = [0]
-    else:  # CLIP / SigLIP
-        vc.num_hidden_layers, vc.num_attention_heads = 1, 2
-        vc.hidden_size, vc.intermediate_size = 32, 64
-        if hasattr(vc, "projection_dim"):
-            vc.projection_dim = 32
+    return unpacked(real_configs() / FOLDERS[family], work)
 
 
 def shrunk_config(family: str, work: Path):
-    """The real config with the small sizes of the module docstring."""
+    """The real config with the small sizes of the module docstring
+    (:mod:`benchmarks.real_model`'s shrink, shared with the benchmark)."""
     import transformers
 
     config = transformers.AutoConfig.from_pretrained(source_dir(family, work))
-    _shrink_text(config.text_config)
-    _shrink_vision(config.vision_config)
+    shrink_text(config.text_config)
+    shrink_vision(config.vision_config)
     return config
 
 
