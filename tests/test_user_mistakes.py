@@ -352,6 +352,11 @@ def garbage_model(tmp_path_factory) -> Path:
 @settings(max_examples=50, **FUZZ)
 @given(command=run_command())
 def test_fuzz_run_options(command, capsys, garbage_model):
+    _fuzz_run_options_in_scratch(command, capsys, garbage_model)
+
+
+def _fuzz_run_options_in_scratch(command, capsys, garbage_model):
+    """One fuzzed command in a scratch directory holding a garbage model, a file and a stranger's folder."""
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         shutil.copytree(garbage_model, work / "garbage-model")
@@ -376,12 +381,6 @@ def test_fuzz_run_options_1000_examples(capsys, garbage_model):
     @settings(max_examples=1000, **FUZZ)
     @given(command=run_command())
     def fuzz(command):
-        with tempfile.TemporaryDirectory() as tmp:
-            work = Path(tmp)
-            shutil.copytree(garbage_model, work / "garbage-model")
-            (work / "afile").write_text("x")
-            (work / "stranger").mkdir()
-            (work / "stranger" / "notes.txt").write_text("mine")
-            _fuzz_run_options(*command, capsys, work)
+        _fuzz_run_options_in_scratch(command, capsys, garbage_model)
 
     fuzz()
