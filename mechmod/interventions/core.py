@@ -119,7 +119,7 @@ def tails_exact(mllm, backend: str) -> bool:
     the TransformerLens backend nor on a model its bridge has booted on (the
     rewired attention is wrong over a KV cache), nor in M-RoPE families
     (their left-padded tails differ by ~3e-3 in Qwen2-VL)."""
-    return backend == "nnsight" and not bridged(mllm) and mllm.adapter.rope_deltas_path is None
+    return backend != "transformer_lens" and not bridged(mllm) and mllm.adapter.rope_deltas_path is None
 
 
 def sweep_tail(mllm, inputs: Mapping[str, torch.Tensor], cut: int, settings: Sequence[S],

@@ -40,6 +40,7 @@ import torch
 
 from mechmod.errors import MechmodError
 from mechmod.interventions.core import Site, chunk_for, forward, sweep, sweep_tail, tails_exact
+from mechmod.interventions.resume import record, resumable, sweep_resumed
 from mechmod.names import PATCH_COMPONENTS as COMPONENTS, POSITION_GROUPS, SPANS
 
 STUDY_GROUPS = ("image", "description", "question", "last")
@@ -187,8 +188,10 @@ def patch_groups(mllm, source, target, specs: Sequence[PatchSpec], metric=None, 
     over every (spec, layer), ``chunk`` settings per forward (default: as
     many as fit ``max_rows`` rows). Specs that write after the image (the
     text, the answer position) share one clean prefix cache and compute the
-    positions from their first written one only (:func:`core.sweep_tail`,
-    where :func:`core.tails_exact`).
+    positions from their first written one only (where
+    :func:`core.tails_exact`). The residual stream is patched with forwards
+    resumed at the patched layer (:mod:`mechmod.interventions.resume`,
+    where :func:`resume.resumable`).
     Returns (per spec the metric of the patched answer logits
     [n_layers, B, ...], source logits [B, V], per spec its alignment)."""
     if len({(s.component, s.layers) for s in specs}) != 1:
@@ -197,20 +200,31 @@ def patch_groups(mllm, source, target, specs: Sequence[PatchSpec], metric=None, 
     aligns = [align_positions(source, target, s.positions) for s in specs]
     src_logits, acts = source_activations(mllm, source, component, layers, aligns, backend)
     chunk = chunk or chunk_for(target.batch_size, max_rows)
-    cached = tails_exact(mllm, backend)
+    resumed = component == "resid" and resumable(mllm, backend)
+    cached = resumed or tails_exact(mllm, backend)
     starts = [tail_start(target, a, mllm.image_token_id) if cached else 0 for a in aligns]
-    whole = [k for k, c in enumerate(starts) if c == 0]
-    tail = [k for k, c in enumerate(starts) if c > 0]
-    setter = patch_setter(component, acts, aligns)
     out: dict[tuple[int, int], torch.Tensor] = {}
-    if whole:
-        settings = [(k, l) for k in whole for l in layers]
-        out.update(zip(settings, sweep(mllm, target.inputs, settings, setter, metric, chunk, backend)))
-    if tail:
-        cut, settings = min(starts[k] for k in tail), [(k, l) for k in tail for l in layers]
-        out.update(zip(settings, sweep_tail(mllm, target.inputs, cut, settings, patch_setter(component, acts, aligns, cut),
-                                            setter, metric, chunk, backend)))
+    for part in ([k for k, c in enumerate(starts) if c == 0], [k for k, c in enumerate(starts) if c > 0]):
+        if part:
+            cut, settings = min(starts[k] for k in part), [(k, l) for k in part for l in layers]
+            out.update(zip(settings, _sweep(mllm, target.inputs, cut, settings, component, acts, aligns, metric,
+                                            chunk, backend, resumed)))
     return [torch.stack([out[k, l] for l in layers]) for k in range(len(specs))], src_logits, aligns
+
+
+def _sweep(mllm, inputs, cut: int, settings, component: str, acts, aligns, metric, chunk: int, backend: str,
+           resumed: bool) -> torch.Tensor:
+    """One patch sweep of ``settings`` writing at positions ``cut`` and later
+    (0: the whole prompt): resumed at the patched layer, else over the clean
+    prefix's cache (``cut`` > 0), else full forwards."""
+    setter = patch_setter(component, acts, aligns)
+    tail_setter = patch_setter(component, acts, aligns, cut)
+    if resumed:
+        return sweep_resumed(mllm, inputs, record(mllm, inputs, cut), settings, tail_setter, setter, metric, chunk,
+                             backend)
+    if cut:
+        return sweep_tail(mllm, inputs, cut, settings, tail_setter, setter, metric, chunk, backend)
+    return sweep(mllm, inputs, settings, setter, metric, chunk, backend)
 
 
 def patch_layers(mllm, source, target, spec: PatchSpec, metric=None, chunk: int | None = None,

@@ -1,0 +1,70 @@
+"""Patched forwards resumed at the patched layer (mechmod.interventions.resume)
+equal full patched forwards in every family they serve, over the whole
+prompt and over a cached prefix; M-RoPE families patch with full forwards."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from mechmod.interventions.core import forward, sweep
+from mechmod.interventions.patching import align_positions, patch_setter, source_activations, tail_start
+from mechmod.interventions.resume import record, resumable, sweep_resumed
+from mechmod.models import load_model
+from tests.tiny_families import ALL_FAMILIES
+
+Q = "What color is the circle?"
+GROUPS = ("image", "question", "last")
+
+
+@pytest.fixture(scope="module", params=ALL_FAMILIES)
+def mllm(request, tiny_dir):
+    return load_model(str(tiny_dir(request.param)))
+
+
+def _pair(mllm):
+    """A vision-only source and a conflict target of unequal text lengths (padded)."""
+    red, blue = Image.new("RGB", (224, 224), (200, 30, 30)), Image.new("RGB", (224, 224), (30, 30, 200))
+    source = mllm.encode([red, blue], [None, None], [Q, Q])
+    target = mllm.encode([blue, red], ["The circle is blue.", "A banana is red and the circle has its color."], [Q, Q])
+    return source, target
+
+
+def test_resumed_sweep_equals_full_forwards(mllm):
+    if not resumable(mllm, "hooks"):
+        assert mllm.adapter.rope_deltas_path is not None  # only M-RoPE families fall back to full forwards
+        return
+    source, target = _pair(mllm)
+    aligns = [align_positions(source, target, g) for g in GROUPS]
+    layers = list(range(mllm.n_layers))
+    _, acts = source_activations(mllm, source, "resid", layers, aligns, "hooks")
+    setter = patch_setter("resid", acts, aligns)
+    settings = [(k, layer) for k in range(len(GROUPS)) for layer in layers]
+    full = sweep(mllm, target.inputs, settings, setter, backend="hooks")
+    clean = forward(mllm, target.inputs, backend="hooks")[0]
+    assert float((full - clean).abs().max()) > 1e-3  # the patches move the logits
+
+    whole = record(mllm, target.inputs)
+    torch.testing.assert_close(whole.logits, clean, atol=1e-4, rtol=0)
+    got = sweep_resumed(mllm, target.inputs, whole, settings, setter, setter, chunk=2)
+    torch.testing.assert_close(got, full, atol=1e-4, rtol=0)
+
+    cut = tail_start(target, aligns[1], mllm.image_token_id)
+    assert cut > 0
+    tail = [(k, layer) for k in (1, 2) for layer in layers]
+    got = sweep_resumed(mllm, target.inputs, record(mllm, target.inputs, cut), tail,
+                        patch_setter("resid", acts, aligns, cut), setter, chunk=3)
+    torch.testing.assert_close(got, full[len(layers):], atol=1e-4, rtol=0)
+
+
+def test_resumed_sweep_refuses_other_sites(mllm):
+    if not resumable(mllm, "hooks"):
+        return
+    from mechmod.errors import MechmodError
+    from mechmod.interventions.core import Site
+
+    _, target = _pair(mllm)
+    with pytest.raises(MechmodError, match="one 'resid' site"):
+        sweep_resumed(mllm, target.inputs, record(mllm, target.inputs), [0],
+                      lambda s, rows: [(Site(0, "mlp"), lambda x: x)], lambda s, rows: [])
