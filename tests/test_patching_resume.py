@@ -45,16 +45,14 @@ def test_resumed_sweep_equals_full_forwards(mllm):
     clean = forward(mllm, target.inputs, backend="hooks")[0]
     assert float((full - clean).abs().max()) > 1e-3  # the patches move the logits
 
-    whole = record(mllm, target.inputs)
-    torch.testing.assert_close(whole.logits, clean, atol=1e-4, rtol=0)
-    got = sweep_resumed(mllm, target.inputs, whole, settings, setter, setter, chunk=2)
-    torch.testing.assert_close(got, full, atol=1e-4, rtol=0)
-
     cut = tail_start(target, aligns[1], mllm.image_token_id)
     assert cut > 0
+    for rec in (record(mllm, target.inputs), record(mllm, target.inputs, (cut,))):  # one segment, then two
+        torch.testing.assert_close(rec.logits, clean, atol=1e-4, rtol=0)
+        got = sweep_resumed(mllm, target.inputs, rec, 0, settings, setter, setter, chunk=2)
+        torch.testing.assert_close(got, full, atol=1e-4, rtol=0)
     tail = [(k, layer) for k in (1, 2) for layer in layers]
-    got = sweep_resumed(mllm, target.inputs, record(mllm, target.inputs, cut), tail,
-                        patch_setter("resid", acts, aligns, cut), setter, chunk=3)
+    got = sweep_resumed(mllm, target.inputs, rec, cut, tail, patch_setter("resid", acts, aligns, cut), setter, chunk=3)
     torch.testing.assert_close(got, full[len(layers):], atol=1e-4, rtol=0)
 
 
@@ -66,5 +64,5 @@ def test_resumed_sweep_refuses_other_sites(mllm):
 
     _, target = _pair(mllm)
     with pytest.raises(MechmodError, match="one 'resid' site"):
-        sweep_resumed(mllm, target.inputs, record(mllm, target.inputs), [0],
+        sweep_resumed(mllm, target.inputs, record(mllm, target.inputs), 0, [0],
                       lambda s, rows: [(Site(0, "mlp"), lambda x: x)], lambda s, rows: [])

@@ -95,12 +95,14 @@ def run_patching(mllm, dataset_dir, cases: pd.DataFrame, config: PatchStudyConfi
                 tgt = encode(mllm, images, b["image_path"], b["description"], b["question"])
                 a_src, a_tgt = list(b["a_src"]), list(b["a_tgt"])
                 metric = _pair_metric(labels, a_src, a_tgt)
-                tgt_ld = logit_diff(forward(mllm, tgt.inputs, backend=cfg.backend)[0], labels, a_src, a_tgt)
+                tgt_ld = None if cfg.components else logit_diff(forward(mllm, tgt.inputs, backend=cfg.backend)[0],
+                                                                labels, a_src, a_tgt)
                 for comp in cfg.components:  # every position group in one sweep over one source forward
                     specs = [PatchSpec(component=comp, positions=group) for group in cfg.positions]
-                    res, src_logits, aligns = patch_groups(mllm, src, tgt, specs, metric, max_rows=cfg.max_rows,
-                                                           backend=cfg.backend)
+                    res, src_logits, tgt_logits, aligns = patch_groups(mllm, src, tgt, specs, metric,
+                                                                       max_rows=cfg.max_rows, backend=cfg.backend)
                     src_ld = logit_diff(src_logits, labels, a_src, a_tgt)
+                    tgt_ld = logit_diff(tgt_logits, labels, a_src, a_tgt)  # the clean target, from the sweep
                     layer_rows.extend(_layer_frame(direction, comp, group, b, r, src_ld, tgt_ld, align.n_pairs)
                                       for group, r, align in zip(cfg.positions, res, aligns))
                 if cfg.units:

@@ -193,7 +193,8 @@ def patch_groups(mllm, source, target, specs: Sequence[PatchSpec], metric=None, 
     resumed at the patched layer (:mod:`mechmod.interventions.resume`,
     where :func:`resume.resumable`).
     Returns (per spec the metric of the patched answer logits
-    [n_layers, B, ...], source logits [B, V], per spec its alignment)."""
+    [n_layers, B, ...], source logits [B, V], the clean target's logits
+    [B, V], per spec its alignment)."""
     if len({(s.component, s.layers) for s in specs}) != 1:
         raise MechmodError("patch_groups: the specs must share component and layers")
     component, layers = specs[0].component, specs[0].layer_list(mllm.n_layers)
@@ -203,25 +204,28 @@ def patch_groups(mllm, source, target, specs: Sequence[PatchSpec], metric=None, 
     resumed = component == "resid" and resumable(mllm, backend)
     cached = resumed or tails_exact(mllm, backend)
     starts = [tail_start(target, a, mllm.image_token_id) if cached else 0 for a in aligns]
+    whole, tail = [k for k, c in enumerate(starts) if c == 0], [k for k, c in enumerate(starts) if c > 0]
+    parts = ([(0, whole)] if whole else []) + ([(min(starts[k] for k in tail), tail)] if tail else [])
+    rec = record(mllm, target.inputs, [cut for cut, _ in parts]) if resumed else None
     out: dict[tuple[int, int], torch.Tensor] = {}
-    for part in ([k for k, c in enumerate(starts) if c == 0], [k for k, c in enumerate(starts) if c > 0]):
-        if part:
-            cut, settings = min(starts[k] for k in part), [(k, l) for k in part for l in layers]
-            out.update(zip(settings, _sweep(mllm, target.inputs, cut, settings, component, acts, aligns, metric,
-                                            chunk, backend, resumed)))
-    return [torch.stack([out[k, l] for l in layers]) for k in range(len(specs))], src_logits, aligns
+    for cut, part in parts:
+        settings = [(k, l) for k in part for l in layers]
+        out.update(zip(settings, _sweep(mllm, target.inputs, rec, cut, settings, component, acts, aligns, metric,
+                                        chunk, backend)))
+    tgt_logits = rec.logits if resumed else forward(mllm, target.inputs, backend=backend)[0]
+    return [torch.stack([out[k, l] for l in layers]) for k in range(len(specs))], src_logits, tgt_logits, aligns
 
 
-def _sweep(mllm, inputs, cut: int, settings, component: str, acts, aligns, metric, chunk: int, backend: str,
-           resumed: bool) -> torch.Tensor:
+def _sweep(mllm, inputs, rec, cut: int, settings, component: str, acts, aligns, metric, chunk: int,
+           backend: str) -> torch.Tensor:
     """One patch sweep of ``settings`` writing at positions ``cut`` and later
-    (0: the whole prompt): resumed at the patched layer, else over the clean
+    (0: the whole prompt): resumed at the patched layer from ``rec`` (a
+    :func:`resume.record` of ``inputs``, or None), else over the clean
     prefix's cache (``cut`` > 0), else full forwards."""
     setter = patch_setter(component, acts, aligns)
     tail_setter = patch_setter(component, acts, aligns, cut)
-    if resumed:
-        return sweep_resumed(mllm, inputs, record(mllm, inputs, cut), settings, tail_setter, setter, metric, chunk,
-                             backend)
+    if rec is not None:
+        return sweep_resumed(mllm, inputs, rec, cut, settings, tail_setter, setter, metric, chunk, backend)
     if cut:
         return sweep_tail(mllm, inputs, cut, settings, tail_setter, setter, metric, chunk, backend)
     return sweep(mllm, inputs, settings, setter, metric, chunk, backend)
@@ -231,7 +235,7 @@ def patch_layers(mllm, source, target, spec: PatchSpec, metric=None, chunk: int 
                  max_rows: int = 64, backend: str = "nnsight"):
     """:func:`patch_groups` for one spec. Returns (metric of the patched
     answer logits [n_layers, B, ...], source logits [B, V], alignment)."""
-    out, src_logits, aligns = patch_groups(mllm, source, target, [spec], metric, chunk, max_rows, backend)
+    out, src_logits, _, aligns = patch_groups(mllm, source, target, [spec], metric, chunk, max_rows, backend)
     return out[0], src_logits, aligns[0]
 
 
