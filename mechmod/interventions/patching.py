@@ -187,11 +187,13 @@ def patch_groups(mllm, source, target, specs: Sequence[PatchSpec], metric=None, 
     group) at each of its layers: one source forward for all, then sweeps
     over every (spec, layer), ``chunk`` settings per forward (default: as
     many as fit ``max_rows`` rows). Specs that write after the image (the
-    text, the answer position) share one clean prefix cache and compute the
-    positions from their first written one only (where
-    :func:`core.tails_exact`). The residual stream is patched with forwards
-    resumed at the patched layer (:mod:`mechmod.interventions.resume`,
-    where :func:`resume.resumable`).
+    text, the answer position) compute the positions from their first
+    written one only, over a clean prefix cache (where
+    :func:`core.tails_exact`: one cache from the earliest such position).
+    The residual stream is patched with forwards resumed at the patched
+    layer (:mod:`mechmod.interventions.resume`, where
+    :func:`resume.resumable`), each spec from its own first position, over
+    one clean record of the target in segments.
     Returns (per spec the metric of the patched answer logits
     [n_layers, B, ...], source logits [B, V], the clean target's logits
     [B, V], per spec its alignment)."""
@@ -204,11 +206,12 @@ def patch_groups(mllm, source, target, specs: Sequence[PatchSpec], metric=None, 
     resumed = component == "resid" and resumable(mllm, backend)
     cached = resumed or tails_exact(mllm, backend)
     starts = [tail_start(target, a, mllm.image_token_id) if cached else 0 for a in aligns]
-    whole, tail = [k for k, c in enumerate(starts) if c == 0], [k for k, c in enumerate(starts) if c > 0]
-    parts = ([(0, whole)] if whole else []) + ([(min(starts[k] for k in tail), tail)] if tail else [])
-    rec = record(mllm, target.inputs, [cut for cut, _ in parts]) if resumed else None
+    tails = [c for c in starts if c]
+    cut_of = starts if resumed else [min(tails) if c else 0 for c in starts]  # full forwards: one prefix cache
+    parts = {cut: [k for k, c in enumerate(cut_of) if c == cut] for cut in sorted(set(cut_of))}
+    rec = record(mllm, target.inputs, list(parts)) if resumed else None
     out: dict[tuple[int, int], torch.Tensor] = {}
-    for cut, part in parts:
+    for cut, part in parts.items():
         settings = [(k, l) for k in part for l in layers]
         out.update(zip(settings, _sweep(mllm, target.inputs, rec, cut, settings, component, acts, aligns, metric,
                                         chunk, backend)))
