@@ -57,6 +57,7 @@ def test_patching_reports_both_throughputs_and_their_agreement():
     assert r["patches"] > 0 and r["naive_patches_per_s"] > 0 and r["library_patches_per_s"] > 0
     assert abs(r["speedup"] - r["naive_seconds"] / r["library_seconds"]) <= 0.02  # from unrounded seconds
     assert 0 <= r["max_abs_diff"] <= 1e-3
+    assert r["baseline_seconds"] > 0 and r["speedup_excluding_baseline"] > 0
     s = r["settings"]
     assert s["model"] == "organism" and s["directions"] == ["V->C", "T->C", "I->C"]
     assert s["position_groups"] == ["image", "description", "question", "last"] and s["layers"] > 0

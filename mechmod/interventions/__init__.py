@@ -6,6 +6,7 @@ the nnsight or the TransformerLens backend::
 
     core        Site, forward(mllm, inputs, edits, reads, backend), sweep(...)
     patching    PatchSpec, align_positions, patch_layers, metrics, summaries
+    resume      record, sweep_resumed: residual patches resumed at the patched layer
     heads       Unit, units, patch_units, knockout_units, mean_outputs, classify_units
     steering    SteerSpec, preference_direction, steer, run_steering
     cases       baseline (clean answers), standard_pairs (V->C, T->C, I->C)

@@ -7,7 +7,9 @@ Config: :class:`PatchSpec` (component, layers, position groups). Module:
 layer l"): one source forward reads every layer at every group's aligned
 positions, then each (group, layer) of a chunk is patched in one forward,
 the target batch stacked once per setting along the batch dimension
-(:func:`patch_layers`: one group).
+(:func:`patch_layers`: one group). A residual-stream patch at layer l
+resumes the clean target run at layer l: only the later layers run, from
+the group's first patched position on (:mod:`mechmod.interventions.resume`).
 
 Position alignment (:func:`align_positions`), for source and target prompts
 of different lengths (e.g. vision-only source, conflict target): positions
