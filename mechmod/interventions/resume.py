@@ -75,12 +75,12 @@ def _hidden(out) -> torch.Tensor:
 def _recording(mllm, calls: list, outputs: list) -> list:
     """Hooks on every decoder layer filling ``calls`` and ``outputs`` (per
     layer); returns their handles."""
-    def call(module, args, kwargs, i):
+    def call(args, kwargs, i):
         calls[i] = (args[1:], kwargs) if args else ((), {k: v for k, v in kwargs.items() if k != "hidden_states"})
 
     handles = []
     for i, layer in enumerate(mllm.layers):
-        handles.append(layer.register_forward_pre_hook(lambda m, a, kw, i=i: call(m, a, kw, i), with_kwargs=True))
+        handles.append(layer.register_forward_pre_hook(lambda m, a, kw, i=i: call(a, kw, i), with_kwargs=True))
         handles.append(layer.register_forward_hook(lambda m, a, o, i=i: outputs.__setitem__(i, _hidden(o))))
     return handles
 
