@@ -4,7 +4,8 @@ differ only in the text weight W their conflicts were trained with
 organism-text (W = 2.5) in balance point. Runs all of them on one fresh
 dataset, sets each measured balance point beside the oracle one (where
 argmax p_v * p_t^W over the model's own unimodal distributions switches),
-and checks the order, the outer two with 95% intervals apart.
+and checks the order, the outer two with 95% intervals apart. W is read
+from each model's ``organism.json`` unless ``--weights`` gives it.
 
     python probes/planted_preference.py --groups 24 --seed 11 --out out/planted
 """
@@ -22,9 +23,22 @@ from _ingredients import RunSpec, dataset_dir, ensure_run, entry, load_run, pars
 class Config(RunSpec):
     out: Path = Path("out/probes/planted_preference")
     models: tuple[str, ...] = ("organism-vision", "organism", "organism-text")
-    weights: tuple[float, ...] = (0.4, 1.0, 2.5)
+    weights: tuple[float, ...] | None = None  # default: each organism's own organism.json
     groups: int = 24
     seed: int = 11
+
+
+def planted_weight(model: str) -> float:
+    """The text weight W a trained organism records in its ``organism.json``."""
+    from mechmod import _io
+    from mechmod.errors import MechmodError
+    from mechmod.models import resolve
+
+    path = Path(resolve(model)) / "organism.json"
+    if not path.is_file():
+        raise MechmodError(f"{model}: no organism.json records its planted text weight; pass --weights, "
+                           "one per model")
+    return float(_io.read_json(path, f"{model}'s organism.json", dict).get("text_weight", 1.0))
 
 
 def main(argv=None) -> dict:
@@ -34,14 +48,15 @@ def main(argv=None) -> dict:
     from mechmod.report import panels
 
     cfg = parse(Config, argv, __doc__)
-    if len(cfg.models) != len(cfg.weights) or len(cfg.models) < 2:
+    weights = cfg.weights or tuple(planted_weight(m) for m in cfg.models)
+    if len(cfg.models) != len(weights) or len(cfg.models) < 2:
         raise MechmodError("--models and --weights: one planted weight per model, at least two models")
     ds = dataset_dir(cfg)
     runs = [ensure_run(dataclasses.replace(cfg, model=m, dataset=ds, out=Path(cfg.out) / Path(m).name))
             for m in cfg.models]
     comparison = compare_runs(runs, labels=[Path(m).name for m in cfg.models])
     rows = []
-    for run, model, w, info in zip(runs, cfg.models, cfg.weights, comparison["runs"]):
+    for run, model, w, info in zip(runs, cfg.models, weights, comparison["runs"]):
         _, results = load_run(run)
         ok = results[(results["status"] == "ok") & (results["control"] == "none")]
         oracle = oracle_balance_point(ok, w).to_dict()

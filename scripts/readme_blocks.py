@@ -5,6 +5,7 @@ not from typing.
     python scripts/readme_blocks.py findings RUN [--lens-fidelity LENS_DIR/fidelity.json]
     python scripts/readme_blocks.py bench CPU.json [GPU.json ...] [PATCHING.json ...]
     python scripts/readme_blocks.py card          # `mechmod organism eval` card of the shipped organism
+    python scripts/readme_blocks.py planted OUT/planted_preference.json   # probes/planted_preference.py
 """
 
 from __future__ import annotations
@@ -132,6 +133,30 @@ def card() -> str:
     return "```\n" + (CHECKPOINT_DIR / "card.txt").read_text().rstrip() + "\n```"
 
 
+def planted(path: Path) -> str:
+    """The planted-preference probe's table: measured beside oracle balance points, and the verdict."""
+    d = json.loads(path.read_text())
+    cfg = d["config"]
+
+    def ci(c):
+        return "n/a" if not c else f"[{c[0]:+.3f}, {c[1]:+.3f}]"
+
+    def v(x):
+        return "n/a" if x is None else f"{x:+.3f}"
+
+    out = [f"`python probes/planted_preference.py --groups {cfg['groups']} --seed {cfg['seed']} --out OUT` "
+           f"(a fresh colour dataset, seed {cfg['seed']}; written by "
+           f"`python scripts/readme_blocks.py planted OUT/planted_preference.json`):", "",
+           "| model | planted W | balance point (mechmod) [95% CI] | oracle balance point [95% CI] | TFR | decided cases |",
+           "|---|---|---|---|---|---|"]
+    for r in d["rows"]:
+        out.append(f"| {r['model']} | {r['text_weight']:g} | {v(r['balance_point'])} {ci(r['balance_ci'])} | "
+                   f"{v(r['oracle_balance_point'])} {ci(r['oracle_ci'])} | {r['tfr']:.3f} | {r['n_decided']} |")
+    out += ["", f"Planted order recovered: **{'yes' if d['ordered'] else 'no'}**; outer two 95% intervals apart: "
+                f"**{'yes' if d['outer_intervals_apart'] else 'no'}**."]
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -141,8 +166,11 @@ def main(argv=None) -> int:
     b = sub.add_parser("bench")
     b.add_argument("files", type=Path, nargs="+")
     sub.add_parser("card")
+    pl = sub.add_parser("planted")
+    pl.add_argument("json", type=Path)
     a = p.parse_args(argv)
-    body = findings(a.run, a.lens_fidelity) if a.what == "findings" else bench(a.files) if a.what == "bench" else card()
+    body = {"findings": lambda: findings(a.run, a.lens_fidelity), "bench": lambda: bench(a.files), "card": card,
+            "planted": lambda: planted(a.json)}[a.what]()
     tmp = README.with_suffix(".md.tmp")
     tmp.write_text(replace_block(README.read_text(), a.what, body))
     tmp.replace(README)

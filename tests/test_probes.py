@@ -174,19 +174,25 @@ def test_choice_probes(tmp_path):
 
 def test_planted_preference(tmp_path):
     """Two models on one dataset: measured and oracle balance points side by
-    side, the order verdict, and a refusal when weights do not match models."""
+    side, the order verdict, W read from each organism.json, and refusals
+    when weights do not match models or a model records none."""
+    import json
     import shutil
 
     from mechmod.errors import MechmodError
 
-    a = tiny_model_dir()
-    b = shutil.copytree(a, tmp_path / "tiny-copy")
+    models = []
+    for name, w in (("a", 0.5), ("b", 2.0)):
+        models.append(shutil.copytree(tiny_model_dir(), tmp_path / name))
+        (models[-1] / "organism.json").write_text(json.dumps({"text_weight": w}))
     probe = _probe("planted_preference")
-    args = ["--models", str(a), str(b), "--dataset", str(color_dataset(1, (0, 5))), "--batch-size", "4"]
-    doc = probe.main([*args, "--weights", "0.5", "2", "--out", str(tmp_path / "out")])
+    args = ["--models", *map(str, models), "--dataset", str(color_dataset(1, (0, 5))), "--batch-size", "4"]
+    doc = probe.main([*args, "--out", str(tmp_path / "out")])
     saved = _check_outputs(tmp_path / "out", "planted_preference")
     assert [r["text_weight"] for r in saved["rows"]] == [0.5, 2.0]
     assert {"balance_point", "balance_ci", "oracle_balance_point", "oracle_ci"} <= set(doc["rows"][0])
     assert isinstance(doc["ordered"], bool) and len(doc["comparison"]["runs"]) == 2
+    with pytest.raises(MechmodError, match="no organism.json records"):
+        probe.main(["--models", str(tiny_model_dir()), str(models[1]), "--out", str(tmp_path / "none")])
     with pytest.raises(MechmodError, match="one planted weight per model"):
         probe.main([*args, "--weights", "1", "--out", str(tmp_path / "bad")])

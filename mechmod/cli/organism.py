@@ -56,7 +56,8 @@ def _finish(out: str, result: dict, card: bool, tiny: bool, t0: float) -> None:
 @organism.command("train")
 @_common
 @click.option("--seed", default=0, show_default=True, type=int, help="Fixes initialisation and the data stream.")
-@click.option("--steps", default=3000, show_default=True, type=int, help="Optimiser steps (fixes the schedule).")
+@click.option("--steps", default=2400, show_default=True, type=int,
+              help="Optimiser steps (fixes the schedule; the shipped base: 2400).")
 @click.option("--lr", default=1.5e-3, show_default=True, type=float)
 @click.option("--aux-weight", default=1.0, show_default=True, type=float,
               help="Weight of the auxiliary per-patch shape/colour loss on the vision tower (training aid).")
@@ -126,8 +127,9 @@ def shortcuts_cmd(n, seed, policy) -> None:
 
 
 @organism.command("eval")
-@click.option("--model", "model", default=None, type=click.Path(file_okay=False),
-              help="Checkpoint directory (default: the shipped organism).")
+@click.option("--model", "model", default="organism", show_default=True,
+              help="A shipped organism's short name (organism, organism-text, organism-vision) or a checkpoint "
+                   "directory.")
 @click.option("--seed", default=None, type=int, help="Evaluation seed (default: the card's).")
 @click.option("--n", default=200, show_default=True, type=int, help="Samples per tier (conflicts: 6 n).")
 @click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Also write the card JSON here.")
@@ -136,11 +138,11 @@ def eval_cmd(model, seed, n, json_out, threads) -> None:
     """Print the behaviour card of an organism checkpoint."""
     import torch
 
-    from mechmod.models.organism import CHECKPOINT_DIR
+    from mechmod.models import resolve
     from mechmod.organism.evaluate import DEFAULT_EVAL_SEED, evaluate, format_card, save_card
 
     torch.set_num_threads(threads)
-    card = evaluate(Path(model) if model else CHECKPOINT_DIR, seed=DEFAULT_EVAL_SEED if seed is None else seed, n=n)
+    card = evaluate(Path(resolve(model)), seed=DEFAULT_EVAL_SEED if seed is None else seed, n=n)
     if json_out:
         save_card(card, json_out)
     click.echo(format_card(card))

@@ -4,8 +4,8 @@ One file per family (``llava.py``, ``llava_next.py``, ``qwen2_vl.py``,
 ``qwen2_5_vl.py``, ``gemma3.py``), each defining ``ADAPTER``: every module
 of this package but ``base`` is a family (the registry finds a new file by
 itself) and the registry maps HF ``config.model_type`` to it. Built-in
-short names: ``organism`` (the shipped model organism) and each family's
-hub ids.
+short names: ``organism``, ``organism-text`` and ``organism-vision`` (the
+shipped model organisms) and each family's hub ids.
 """
 
 from __future__ import annotations
@@ -49,10 +49,10 @@ def adapter_for(model_type: str) -> Adapter:
 
 
 def builtin_models() -> dict[str, str]:
-    """Short name -> hub id or local path (``organism`` is the shipped checkpoint)."""
-    from mechmod.models.organism import CHECKPOINT_DIR
+    """Short name -> hub id or local path (the ``organism*`` names are shipped checkpoints)."""
+    from mechmod.models.organism import VARIANTS, checkpoint_dir
 
-    out = {ORGANISM: str(CHECKPOINT_DIR)}
+    out = {name: str(checkpoint_dir(name)) for name in VARIANTS}
     for adapter in families().values():
         out.update(adapter.builtin)
     return out

@@ -9,10 +9,13 @@ forward passes, the answer read at the token after ``ASSISTANT:``:
   split by the frequency class of the knowledge fact the description uses
   (frequent / rare / held out = never seen in training, counted apart);
 * conflicts (image and description disagree, tiers drawn uniformly):
-  text-following / vision-following / other shares and the text-following
-  rate (TFR) in bins of relative uncertainty dHrel = 2 (Ht - Hv) / (Ht + Hv).
+  text-following / vision-following / other shares, the share with
+  |dHrel| <= 1 (conflicts that inform the balance point) and the
+  text-following rate (TFR) in bins of relative uncertainty
+  dHrel = 2 (Ht - Hv) / (Ht + Hv).
 
-Entropy: whole vocabulary, natural log, float32.
+Entropy: whole vocabulary, natural log, float32. Mean entropies carry a 95%
+normal interval (mean +- 1.96 standard errors).
 """
 
 from __future__ import annotations
@@ -34,6 +37,13 @@ from mechmod.uncertainty import entropy, relative_uncertainty
 
 DEFAULT_EVAL_SEED = 909_090
 DHREL_BINS = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
+
+
+def mean_ci(x) -> list[float]:
+    """95% normal interval of the mean: mean +- 1.96 standard errors (ddof 1)."""
+    x = np.asarray(x, float)
+    half = 1.96 * x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else 0.0
+    return [float(x.mean() - half), float(x.mean() + half)]
 
 
 def _spearman(x, y) -> float | None:
@@ -97,10 +107,11 @@ def evaluate(model_dir: str | Path, seed: int = DEFAULT_EVAL_SEED, n: int = 100,
     n_conflicts = n_conflicts or 6 * n
     groups = list(C.sample_groups(max(n, n_conflicts), seed=seed))
 
-    card: dict = {"format": "mechmod-organism-card/1", "model": str(model_dir.name if isinstance(model_dir, Path) else Path(model_dir).name),
+    card: dict = {"format": "mechmod-organism-card/2", "model": str(model_dir.name if isinstance(model_dir, Path) else Path(model_dir).name),
                   "seed": seed, "n_per_tier": n, "n_conflicts": n_conflicts}
     if "device" in org.info:  # v2 checkpoints record where and how long they were trained
-        card["training"] = {k: org.info.get(k) for k in ("device", "steps_done", "wall_time_s", "text_weight", "base")}
+        card["training"] = {k: org.info.get(k) for k in ("device", "steps_done", "wall_time_s", "median_step_s",
+                                                          "text_weight", "base")}
     # vision-only per tier
     vis = []
     for dv in range(N_TIERS):
@@ -123,7 +134,8 @@ def evaluate(model_dir: str | Path, seed: int = DEFAULT_EVAL_SEED, n: int = 100,
         pred, ent = org.answer([f"{d} {C.question_for(g.target_shape)}" for d, g in zip(descs, gs)])
         correct = np.array([p == g.text_color for p, g in zip(pred, gs)])
         classes = np.array([org.split.get(find_thing(d, org.split) or "", {}).get("class", "none") for d in descs])
-        row = {"dt": dt, "n": n, "accuracy": float(correct.mean()), "mean_entropy": float(ent.mean())}
+        row = {"dt": dt, "n": n, "accuracy": float(correct.mean()), "mean_entropy": float(ent.mean()),
+               "entropy_ci": mean_ci(ent)}
         if dt == 2:
             for cls in ("frequent", "rare", "heldout"):
                 m = classes == cls
@@ -158,6 +170,7 @@ def evaluate(model_dir: str | Path, seed: int = DEFAULT_EVAL_SEED, n: int = 100,
             "unimodal_agree_or_other": float((~disagree).mean()),
             "text_following": float(follows_text.mean()),
             "vision_following": float(follows_vision.mean()), "other": float(other.mean()),
+            "abs_dhrel_le_1": float((np.abs(dh) <= 1).mean()),
             "multimodal_entropy_mean": float(hm.mean())}
     truth_v = np.array([g.vision_color for g in gs])
     truth_t = np.array([g.text_color for g in gs])
@@ -188,14 +201,16 @@ def evaluate(model_dir: str | Path, seed: int = DEFAULT_EVAL_SEED, n: int = 100,
 
 
 def targets(card: dict) -> dict:
+    """The organism's behavioural targets (the paper's premises), met or not."""
     vis, txt, conf = card["vision"], card["text"], card["conflicts"]
     sp_tfr = conf.get("tfr_dhrel_spearman")
+    ci = [r["entropy_ci"] for r in txt]
     return {
-        "vision_acc_dv0_4_ge_0.90": all(r["accuracy"] >= 0.90 for r in vis[:5]),
-        "vision_acc_falls_at_top": float(np.mean([r["accuracy"] for r in vis[-3:]])) < float(np.mean([r["accuracy"] for r in vis[:5]])) - 0.1,
+        "vision_acc_dv0_ge_0.90": vis[0]["accuracy"] >= 0.90,
+        "vision_acc_mean_dv0_4_ge_0.90": card["vision_accuracy_dv0_4"] >= 0.90,
         "vision_entropy_spearman_ge_0.8": bool((card["vision_entropy_spearman"] or 0) >= 0.8),
-        "text_acc_dt0_ge_0.90": txt[0]["accuracy"] >= 0.90,
-        "text_entropy_dt0_lt_dt2": txt[0]["mean_entropy"] < txt[2]["mean_entropy"],
+        "text_entropy_dt0_lt_dt1_lt_dt2_cis_apart": ci[0][1] < ci[1][0] and ci[1][1] < ci[2][0],
+        "conflicts_abs_dhrel_le_1_ge_0.25": conf["abs_dhrel_le_1"] >= 0.25,
         "text_following_ge_0.15": conf["text_following"] >= 0.15,
         "vision_following_ge_0.15": conf["vision_following"] >= 0.15,
         "tfr_falls_with_dhrel": sp_tfr is not None and sp_tfr < 0,
@@ -206,6 +221,13 @@ def _f(x, nd=3):
     return "   -  " if x is None else f"{x:.{nd}f}"
 
 
+def _duration(t: dict) -> str:
+    """Wall time of a training, with its median step time where recorded (the
+    wall time also counts pauses and a shared machine)."""
+    wall = f"{t['wall_time_s'] / 60:.1f} min"
+    return wall if not t.get("median_step_s") else f"{wall} wall, {t['median_step_s']:.2f} s/step median"
+
+
 def format_card(card: dict) -> str:
     """Plain-text behaviour card (deterministic)."""
     L = []
@@ -213,8 +235,11 @@ def format_card(card: dict) -> str:
              f"n={card['n_per_tier']} per tier, {card['n_conflicts']} conflicts)")
     t = card.get("training")
     if t:
-        base = f", fine-tuned from {Path(t['base']['dir']).name}" if t.get("base") else ""
-        L.append(f"trained {t['steps_done']} steps on {t['device']} in {t['wall_time_s'] / 60:.1f} min, "
+        b = t.get("base") or {}
+        base = f", fine-tuned from {Path(b['dir']).name}" if b else ""
+        if b.get("wall_time_s"):  # the shipped variants record their base's training too
+            base += f" ({b['steps']} steps on {b['device']} in {_duration(b)})"
+        L.append(f"trained {t['steps_done']} steps on {t['device']} in {_duration(t)}, "
                  f"text weight W = {t['text_weight']:g}{base}")
     L.append("")
     L.append("vision-only (image + question)")
@@ -224,9 +249,10 @@ def format_card(card: dict) -> str:
     L.append(f"  Spearman(dv, mean H) = {_f(card['vision_entropy_spearman'])}")
     L.append("")
     L.append("text-only (description + question)")
-    L.append("  dt   acc    H(nats)   n")
+    L.append("  dt   acc    H(nats)  95% interval      n")
     for r in card["text"]:
-        L.append(f"  {r['dt']:>2}  {_f(r['accuracy'])}  {_f(r['mean_entropy'])}  {r['n']:>4}")
+        lo, hi = r["entropy_ci"]
+        L.append(f"  {r['dt']:>2}  {_f(r['accuracy'])}  {_f(r['mean_entropy'])}   [{lo:.3f}, {hi:.3f}]  {r['n']:>4}")
     d2 = card["text"][2]
     for cls in ("frequent", "rare", "heldout"):
         c = d2.get(cls)
@@ -238,6 +264,7 @@ def format_card(card: dict) -> str:
     L.append(f"  text-following {_f(c['text_following'])}  vision-following {_f(c['vision_following'])}  "
              f"other {_f(c['other'])}  (shares of all {c['n']})")
     L.append(f"  unimodal answers agree or not a colour: {_f(c['unimodal_agree_or_other'])}")
+    L.append(f"  |dHrel| <= 1: {_f(c['abs_dhrel_le_1'])} of the conflicts")
     L.append(f"  TFR {_f(c['tfr'])}   Spearman(dHrel, follows text) {_f(c['tfr_dhrel_spearman'])}")
     L.append(f"  both unimodal answers correct: {c['both_unimodal_correct']}  TFR there {_f(c['tfr_both_correct'])}")
     L.append("  dHrel bin        n    TFR   | both-correct n   TFR")

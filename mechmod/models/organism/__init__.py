@@ -1,15 +1,32 @@
-"""The model organism: a tiny LLaVA-1.5-style multimodal LLM trained from
+"""The model organisms: tiny LLaVA-1.5-style multimodal LLMs trained from
 scratch on the project's own colour-conflict generators, shipped in
-``checkpoint/`` and loadable by the short name ``organism``.
+``checkpoints/<name>/`` and loadable by their short names:
 
-* :mod:`.model` - architecture, word-level tokenizer, CLIP processor
+* ``organism`` - the default subject (conflict target p_v * p_t^W, W = 1);
+* ``organism-text`` - the same base fine-tuned with W = 2.5 (planted text preference);
+* ``organism-vision`` - the same base fine-tuned with W = 0.4 (planted vision preference).
 
-Its training and behaviour card are :mod:`mechmod.organism`.
+The three share one base and one fine-tuning data stream and differ only in
+W (``organism.json`` records it). :mod:`.model` holds the architecture,
+word-level tokenizer and CLIP processor; training and the behaviour card
+are :mod:`mechmod.organism`.
 """
 
 from pathlib import Path
 
-CHECKPOINT_DIR = Path(__file__).parent / "checkpoint"
+CHECKPOINTS = Path(__file__).parent / "checkpoints"
+#: short name -> planted text weight W of its conflict target
+VARIANTS = {"organism": 1.0, "organism-text": 2.5, "organism-vision": 0.4}
+
+
+def checkpoint_dir(name: str = "organism") -> Path:
+    """The shipped checkpoint directory of a short name in :data:`VARIANTS`."""
+    if name not in VARIANTS:
+        raise KeyError(f"{name!r} is not a shipped organism ({', '.join(VARIANTS)})")
+    return CHECKPOINTS / name
+
+
+CHECKPOINT_DIR = checkpoint_dir("organism")
 CARD_JSON = CHECKPOINT_DIR / "card.json"
 
-__all__ = ["CHECKPOINT_DIR", "CARD_JSON"]
+__all__ = ["CHECKPOINTS", "VARIANTS", "checkpoint_dir", "CHECKPOINT_DIR", "CARD_JSON"]
