@@ -1,7 +1,7 @@
 """Probe: does mechmod recover a planted preference? The shipped organisms
 differ only in the text weight W their conflicts were trained with
 (p_v * p_t^W): organism-vision (W = 0.4) < organism (W = 1) <
-organism-text (W = 2.5) in balance point. Runs all of them on one fresh
+organism-text (W = 1.6) in balance point. Runs all of them on one fresh
 dataset, sets each measured balance point beside the oracle one (where
 argmax p_v * p_t^W over the model's own unimodal distributions switches),
 and checks the order, the outer two with 95% intervals apart. W is read

@@ -1,5 +1,7 @@
-"""The shipped model organism: offline loading, correct easy answers, a smoke
-training run, and the behaviour card reproduced on a small fresh sample."""
+"""The shipped model organisms: offline loading by short name, one base
+behind the three, correct easy answers, a smoke training run, the behaviour
+card reproduced on a small fresh sample and (slow) its targets and the
+planted order on fresh data."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import torch
 
 pytest.importorskip("mechmod.data.color")
 
-from mechmod.models.organism import CARD_JSON, CHECKPOINT_DIR  # noqa: E402
+from mechmod.models.organism import CARD_JSON, CHECKPOINT_DIR, CHECKPOINTS, VARIANTS, checkpoint_dir  # noqa: E402
 from mechmod.models.organism.model import IMAGE_TOKEN, prompt  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,12 +34,35 @@ def card():
 
 
 def test_checkpoint_files_and_size():
-    names = {p.name for p in CHECKPOINT_DIR.iterdir()}
-    for f in ("config.json", "model.safetensors", "tokenizer.json", "processor_config.json",
-              "organism.json", "training_log.json", "card.json"):
-        assert f in names, f
-    total = sum(p.stat().st_size for p in CHECKPOINT_DIR.iterdir() if p.is_file())
-    assert total <= 25 * 2**20
+    from safetensors import safe_open
+
+    for name in VARIANTS:
+        files = {p.name for p in checkpoint_dir(name).iterdir()}
+        for f in ("config.json", "model.safetensors", "tokenizer.json", "processor_config.json",
+                  "organism.json", "training_log.json", "card.json", "card.txt"):
+            assert f in files, (name, f)
+        with safe_open(checkpoint_dir(name) / "model.safetensors", "pt") as st:
+            assert {str(st.get_slice(k).get_dtype()) for k in st.keys()} == {"BF16"}, name
+    total = sum(p.stat().st_size for p in CHECKPOINTS.rglob("*") if p.is_file())
+    assert total <= 60e6, total
+
+
+def test_short_names_load_one_base_three_weights():
+    """Each short name loads; the three share one base and one fine-tuning
+    recipe and differ by the planted text weight W only."""
+    from mechmod.models import builtin_models, load_model
+
+    infos = {}
+    for name, w in VARIANTS.items():
+        assert builtin_models()[name] == str(checkpoint_dir(name))
+        m = load_model(name)
+        assert m.name == name and m.n_layers >= 8
+        infos[name] = json.loads((checkpoint_dir(name) / "organism.json").read_text())
+        assert infos[name]["text_weight"] == w
+    same = ("base", "seed", "steps", "lr", "warmup", "stream", "config")
+    ref = infos["organism"]
+    for info in infos.values():
+        assert {k: info[k] for k in same} == {k: ref[k] for k in same}
 
 
 def test_loads_offline_with_auto_classes(monkeypatch):
@@ -171,3 +196,45 @@ def test_cli_registered():
     _register()
     res = CliRunner().invoke(cli, ["organism", "--help"])
     assert res.exit_code == 0 and all(c in res.output for c in ("train", "finetune", "eval", "shortcuts"))
+
+
+@pytest.mark.slow
+def test_card_targets_met_on_a_fresh_seed(card):
+    """The card's targets, re-measured at full size (200 per tier) on an
+    evaluation seed the card did not use: every target the card meets is
+    met again (the card names its misses)."""
+    from mechmod.organism.evaluate import evaluate
+
+    fresh = evaluate(CHECKPOINT_DIR, seed=card["seed"] + 17, n=card["n_per_tier"])
+    met = [k for k, v in card["targets"].items() if v]
+    assert met, "the card meets no target"
+    assert {k: fresh["targets"][k] for k in met} == {k: True for k in met}
+
+
+@pytest.mark.slow
+def test_planted_order_recovered_on_fresh_data(tmp_path):
+    """The three shipped organisms on a small dataset none was evaluated on:
+    mechmod's balance points keep the planted order (W = 0.4 < 1 < 1.6)."""
+    import importlib
+    import sys
+
+    if str(REPO / "probes") not in sys.path:
+        sys.path.insert(0, str(REPO / "probes"))
+    doc = importlib.import_module("planted_preference").main(["--groups", "8", "--seed", "23",
+                                                              "--out", str(tmp_path / "planted")])
+    assert [r["text_weight"] for r in doc["rows"]] == [0.4, 1.0, 1.6]
+    assert doc["ordered"], [r["balance_point"] for r in doc["rows"]]
+
+
+def test_eval_cli_takes_a_short_name(tmp_path):
+    from click.testing import CliRunner
+
+    from mechmod.cli import _register, cli
+
+    _register()
+    res = CliRunner().invoke(cli, ["organism", "eval", "--model", "organism-vision", "--n", "3",
+                                   "--json", str(tmp_path / "card.json"), "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    card = json.loads((tmp_path / "card.json").read_text())
+    assert card["model"] == "organism-vision" and card["training"]["text_weight"] == 0.4
+    assert "organism behaviour card  (model organism-vision" in res.output

@@ -70,7 +70,7 @@ def encode_step(step: dict, tokenizer, n_image_tokens: int, color_ids: dict[str,
 STATE_FILE = "train_state.pt"  # optimiser, aids and step of an unfinished run (for --resume)
 
 
-def train(out_dir: str | Path, seed: int = 0, steps: int = 3000, cfg: OrganismConfig | None = None,
+def train(out_dir: str | Path, seed: int = 0, steps: int = 2400, cfg: OrganismConfig | None = None,
           lr: float = 1.5e-3, warmup: int = 150, threads: int = 2, workers: int = 2,
           log_every: int = 50, progress: bool = True, stream_kw: dict | None = None,
           vocab_groups: int = 3000, pool_per_tier=DEFAULT_POOL, max_minutes: float | None = None,
