@@ -14,7 +14,7 @@ from mechmod.cli import cli
 
 @cli.group("organism")
 def organism() -> None:
-    """The tiny trained LLaVA shipped with mechmod (the default model)."""
+    """The tiny trained LLaVAs shipped with mechmod: organism (the default model), organism-text, organism-vision."""
 
 
 def _common(f):
