@@ -1,5 +1,6 @@
 """Following ratios, the text-following curve and the balance point
-(paper-notes §1 and §3). Pure functions on arrays.
+(the paper's sections on following ratios and the balance point). Pure
+functions on arrays.
 
 The balance point is estimated two ways: the crossing of the binned curve
 with 0.5 (the paper's reading) and a logistic fit

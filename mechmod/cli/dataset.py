@@ -52,7 +52,7 @@ _progress = click.option("--progress/--no-progress", default=True, show_default=
               "the description states the image's colour, otherwise the conflict case's words.")
 @_progress
 def color_cmd(groups, seed, out, controls, dv, dt, colors, shapes, workers, consistent, progress) -> None:
-    """Colour recognition: 14 visual x 3 text tiers per group (paper notes §5)."""
+    """Colour recognition: 14 visual x 3 text tiers per group (the paper's colour dataset)."""
     from mechmod.data import generate_color
 
     t0 = time.time()
