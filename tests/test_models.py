@@ -83,7 +83,7 @@ def test_transformer_lens_backend_gives_the_same_numbers(mllm):
 
 def test_organism_loads_by_short_name():
     m = load_model("organism")
-    assert m.family == "llava" and builtin_models()["organism"].endswith("checkpoint")
+    assert m.family == "llava" and builtin_models()["organism"].endswith("checkpoints/organism")
     labels = LabelSet(m.tokenizer, COLORS)
     enc = m.encode([None], ["The circle is blue."], [Q])
     with torch.no_grad():  # the word HF's own greedy generation writes
