@@ -121,9 +121,20 @@ def bench(files: list[Path]) -> str:
     gpu = [r for r in rows if r.get("paper_scale_projected_minutes") is not None]
     for r in gpu:
         out.append("")
-        out.append(f"{r['device']}, {r['shape']} ({r['params_b']} B parameters, bf16): MFU {r['mfu']}; the paper-scale "
+        out.append(f"{r['device']}, {r['shape']} ({r['params_b']} B parameters, {r.get('dtype', 'bfloat16')}): MFU {r['mfu']}; the paper-scale "
                    f"colour study ({r['paper_scale_pflop']} PFLOP) projects to {r['paper_scale_projected_minutes']} min "
                    f"at this throughput ({r['paper_scale_minutes_at_bound']} min at the matmul bound).")
+    for r in rows:
+        if r.get("memory_flat") is None:
+            continue
+        peak = "GPU" if r.get("runner_peak_gpu_mb") else "RSS"
+        by = r.get("runner_peak_gpu_mb_by_groups") or r.get("runner_peak_rss_mb_by_groups")
+        top = ", ".join(f"{o['op']} {o['self_device_ms'] if o.get('self_device_ms') is not None else o['self_cpu_ms']} ms"
+                        for o in r["profile"][:4])
+        out.append("")
+        out.append(f"{r['device']}, {r['shape']}: peak {peak} {' / '.join(map(str, by))} MB at {' / '.join(map(str, r['memory_cases']))} "
+                   f"cases (ratio {r['memory_flat']}, flat = 1); profile of one batch of {r['profile_cases']} cases "
+                   f"({r['profile_wall_seconds']} s, sorted by {r['profile_sorted_by']}): {top}.")
     patching = [r for r in every if r.get("benchmark") == "patching"]
     return "\n".join(out + (patching_rows(patching) if patching else []))
 
