@@ -118,8 +118,7 @@ def bench(files: list[Path]) -> str:
                else f"{r.get('runner_peak_rss_mb')} MB RSS (naive {r.get('naive_peak_rss_mb')})")
         out.append(f"| {r['shape']} | {r['device']} | {r['cases']} | {r.get('naive_cases_per_s')} | "
                    f"{r['runner_cases_per_s']} | {r.get('speedup')} | {r['fraction_of_bound']} | {mem} |")
-    gpu = [r for r in rows if r.get("paper_scale_projected_minutes") is not None]
-    for r in gpu:
+    for r in (r for r in rows if r.get("paper_scale_projected_minutes") is not None):
         out.append("")
         out.append(f"{r['device']}, {r['shape']} ({r['params_b']} B parameters, {r.get('dtype', 'bfloat16')}): MFU {r['mfu']}; the paper-scale "
                    f"colour study ({r['paper_scale_pflop']} PFLOP) projects to {r['paper_scale_projected_minutes']} min "

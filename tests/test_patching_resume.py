@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mechmod.interventions.core import forward, sweep
+from mechmod.interventions.core import forward, sweep, tails_exact
 from mechmod.interventions.patching import align_positions, patch_setter, source_activations, tail_start
-from mechmod.interventions.resume import record, resumable, sweep_resumed
+from mechmod.interventions.resume import record, sweep_resumed
 from mechmod.models import load_model
 from tests.tiny_families import ALL_FAMILIES
 
@@ -32,7 +32,7 @@ def _pair(mllm):
 
 
 def test_resumed_sweep_equals_full_forwards(mllm):
-    if not resumable(mllm, "hooks"):
+    if not tails_exact(mllm, "hooks"):
         assert mllm.adapter.rope_deltas_path is not None  # only M-RoPE families fall back to full forwards
         return
     source, target = _pair(mllm)
@@ -57,7 +57,7 @@ def test_resumed_sweep_equals_full_forwards(mllm):
 
 
 def test_resumed_sweep_refuses_other_sites(mllm):
-    if not resumable(mllm, "hooks"):
+    if not tails_exact(mllm, "hooks"):
         return
     from mechmod.errors import MechmodError
     from mechmod.interventions.core import Site

@@ -115,10 +115,15 @@ def sweep(mllm, inputs: Mapping[str, torch.Tensor], settings: Sequence[S],
 
 
 def tails_exact(mllm, backend: str) -> bool:
-    """Whether :func:`sweep_tail` equals :func:`sweep` for ``mllm``: not with
-    the TransformerLens backend nor on a model its bridge has booted on (the
-    rewired attention is wrong over a KV cache), nor in M-RoPE families
-    (their left-padded tails differ by ~3e-3 in Qwen2-VL)."""
+    """Whether forwards over a clean cache equal full forwards for ``mllm``:
+    :func:`sweep_tail`, and the resumed sweeps of
+    :mod:`mechmod.interventions.resume`. Not with the TransformerLens backend
+    nor on a model its bridge has booted on (the rewired attention is wrong
+    over a KV cache, and its hook points sit inside the layers it rewired,
+    which a replay of the bare layers would skip), nor in M-RoPE families
+    (their left-padded tails differ by ~3e-3 in Qwen2-VL, and their position
+    tables are [3, B, T, d], batch second, so recorded layer calls do not
+    stack along dim 0)."""
     return backend != "transformer_lens" and not bridged(mllm) and mllm.adapter.rope_deltas_path is None
 
 

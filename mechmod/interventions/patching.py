@@ -42,7 +42,7 @@ import torch
 
 from mechmod.errors import MechmodError
 from mechmod.interventions.core import Site, chunk_for, forward, sweep, sweep_tail, tails_exact
-from mechmod.interventions.resume import record, resumable, sweep_resumed
+from mechmod.interventions.resume import record, sweep_resumed
 from mechmod.names import PATCH_COMPONENTS as COMPONENTS, POSITION_GROUPS, SPANS
 
 STUDY_GROUPS = ("image", "description", "question", "last")
@@ -194,7 +194,7 @@ def patch_groups(mllm, source, target, specs: Sequence[PatchSpec], metric=None, 
     :func:`core.tails_exact`: one cache from the earliest such position).
     The residual stream is patched with forwards resumed at the patched
     layer (:mod:`mechmod.interventions.resume`, where
-    :func:`resume.resumable`), each spec from its own first position, over
+    :func:`core.tails_exact`), each spec from its own first position, over
     one clean record of the target in segments.
     Returns (per spec the metric of the patched answer logits
     [n_layers, B, ...], source logits [B, V], the clean target's logits
@@ -205,8 +205,8 @@ def patch_groups(mllm, source, target, specs: Sequence[PatchSpec], metric=None, 
     aligns = [align_positions(source, target, s.positions) for s in specs]
     src_logits, acts = source_activations(mllm, source, component, layers, aligns, backend)
     chunk = chunk or chunk_for(target.batch_size, max_rows)
-    resumed = component == "resid" and resumable(mllm, backend)
-    cached = resumed or tails_exact(mllm, backend)
+    cached = tails_exact(mllm, backend)
+    resumed = cached and component == "resid"
     starts = [tail_start(target, a, mllm.image_token_id) if cached else 0 for a in aligns]
     tails = [c for c in starts if c]
     cut_of = starts if resumed else [min(tails) if c else 0 for c in starts]  # full forwards: one prefix cache

@@ -16,7 +16,8 @@ layer replays the segments from that cut, the batch stacked once per
 setting, over the clean cache of the positions before it (the tail trick
 of :func:`mechmod.interventions.core.sweep_tail`).
 
-Equal to the full forward within float rounding where :func:`resumable`
+Equal to the full forward within float rounding where
+:func:`mechmod.interventions.core.tails_exact`
 (tests/test_patching_resume.py, every family it serves).
 """
 
@@ -28,24 +29,13 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 import torch
 from transformers.cache_utils import Cache, DynamicCache
 
-from mechmod.backends import Edit, Site, unembed
-from mechmod.backends.tl_backend import bridged
+from mechmod.backends import Edit, unembed
 from mechmod.decoding import Continuation
 from mechmod.errors import MechmodError
-from mechmod.interventions.core import continuation
+from mechmod.interventions.core import continuation, tails_exact
 from mechmod.prefix import cache_kwarg, cache_rows
 
 S = TypeVar("S")
-
-
-def resumable(mllm, backend: str) -> bool:
-    """Whether :func:`sweep_resumed` equals the full forward for ``mllm``:
-    not with the TransformerLens backend nor on a model its bridge has
-    booted on (the bridge's hook points sit inside the layers it rewired,
-    which a replay of the bare layers would skip), nor in M-RoPE families
-    (their position tables are [3, B, T, d], batch second, so the recorded
-    calls do not stack along dim 0: they patch with full forwards)."""
-    return backend != "transformer_lens" and not bridged(mllm) and mllm.adapter.rope_deltas_path is None
 
 
 @dataclass(frozen=True)
@@ -175,7 +165,7 @@ def sweep_resumed(mllm, inputs: Mapping[str, torch.Tensor], rec: Record, cut: in
     settings = list(settings)
     if not settings:
         raise MechmodError("sweep_resumed: no settings")
-    if not resumable(mllm, backend):
+    if not tails_exact(mllm, backend):
         raise MechmodError(f"sweep_resumed: resumed forwards are not exact for {mllm.name} with {backend}; use sweep")
     if cut not in rec.cuts:
         raise MechmodError(f"sweep_resumed: cut {cut} is not one of the record's {rec.cuts}")
