@@ -17,8 +17,9 @@ from mechmod.decoding import extend_inputs
 from mechmod.interventions import heads as H
 from mechmod.interventions import patch_study
 from mechmod.interventions.core import forward
-from mechmod.interventions.patching import (PatchSpec, align_positions, critical_window, first_layer_reaching,
-                                            flip_rate, flips_by_dh, patch_layers, restoration)
+from mechmod.interventions.patching import (PatchSpec, align_positions, changed, critical_window,
+                                            first_layer_reaching, flip_rate, flips_by_dh, patch_layers, restoration,
+                                            shared_prefix)
 from tests.run_helpers import color_dataset
 
 Q = "What color is the circle ?"
@@ -108,6 +109,52 @@ def _naive(m, src_enc, tgt_enc, layer, component):
         logits = m.model(**tgt_enc.inputs).logits[0, -1]
         hd.remove()
     return logits.float()
+
+
+def _hooked(m, src_enc, tgt_enc, layer, src_pos, tgt_pos):
+    """Batch-1 patch of layer ``layer``'s output at the given positions, plain hooks."""
+    saved = {}
+    hd = m.layers[layer].register_forward_hook(lambda mod, a, o: saved.__setitem__("h", o[0, src_pos].clone()))
+    with torch.no_grad():
+        m.model(**src_enc.inputs)
+    hd.remove()
+
+    def put(mod, a, o):
+        o = o.clone()
+        o[0, tgt_pos] = saved["h"]
+        return o
+    hd = m.layers[layer].register_forward_hook(put)
+    with torch.no_grad():
+        logits = m.model(**tgt_enc.inputs).logits[0, -1].float()
+    hd.remove()
+    return logits
+
+
+def test_identity_writes_are_left_out_and_change_nothing(mllm):
+    """A vision-only source shows the target's image after the same template,
+    so its image activations are the target's own: the image patch needs no
+    forward, and its result is what hooks writing them give."""
+    source, target = vision(mllm), conflict(mllm)
+    image = align_positions(source, target, "image")
+    assert image.valid.all(1).any()
+    assert not changed(image, source, target, mllm.image_token_id).valid.any()
+    for i in range(2):  # the shared prefix runs past the image, to the description
+        s0, t0, n = shared_prefix(source, target, i, mllm.image_token_id)
+        ids = target.inputs["input_ids"][i, t0:]
+        assert int(torch.nonzero(ids == mllm.image_token_id).max()) < n
+        assert n == int(torch.nonzero(target.spans["description"][i]).min()) - t0
+    other = vision(mllm, colors=(BLUE, RED))  # another image: every pair is a write
+    assert torch.equal(changed(align_positions(other, target, "image"), other, target, mllm.image_token_id).valid,
+                       align_positions(other, target, "image").valid)
+    qa = align_positions(source, target, ("question", "last"))  # text after the description: not shared
+    assert torch.equal(changed(qa, source, target, mllm.image_token_id).valid, qa.valid)
+    out, _, _ = patch_layers(mllm, source, target, PatchSpec("resid", "image"))
+    assert torch.equal(out, clean(mllm, target).expand_as(out))
+    for i in range(2):
+        s1, t1 = (mllm.encode([img((RED, BLUE)[i])], d, [Q]) for d in ([None], [conflict.__defaults__[0][i]]))
+        pos = [torch.nonzero(e.spans["image"][0]).flatten() for e in (s1, t1)]
+        for layer in range(mllm.n_layers):
+            torch.testing.assert_close(out[layer, i], _hooked(mllm, s1, t1, layer, *pos), atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("component", ["resid", "mlp"])

@@ -1,6 +1,8 @@
 """Patched forwards resumed at the patched layer (mechmod.interventions.resume)
 equal full patched forwards in every family they serve, over the whole
-prompt and over a cached prefix; M-RoPE families patch with full forwards."""
+prompt and over a cached prefix; M-RoPE families patch with full forwards.
+In every family a source sharing the target's image and template has the
+target's own activations there (the writes patching leaves out)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ import torch
 from PIL import Image
 
 from mechmod.interventions.core import forward, sweep, tails_exact
-from mechmod.interventions.patching import align_positions, patch_setter, source_activations, tail_start
+from mechmod.interventions.patching import (PatchSpec, align_positions, changed, patch_groups, patch_setter,
+                                            source_activations, tail_start)
 from mechmod.interventions.resume import record, sweep_resumed
 from mechmod.models import load_model
 from tests.tiny_families import ALL_FAMILIES
@@ -66,3 +69,20 @@ def test_resumed_sweep_refuses_other_sites(mllm):
     with pytest.raises(MechmodError, match="one 'resid' site"):
         sweep_resumed(mllm, target.inputs, record(mllm, target.inputs), 0, [0],
                       lambda s, rows: [(Site(0, "mlp"), lambda x: x)], lambda s, rows: [])
+
+
+def test_a_shared_image_prefix_has_the_targets_own_activations(mllm):
+    _, target = _pair(mllm)  # its images: blue, red
+    source = mllm.encode([Image.new("RGB", (224, 224), c) for c in ((30, 30, 200), (200, 30, 30))], [None, None], [Q, Q])
+    image = align_positions(source, target, "image")
+    assert image.valid.any() and not changed(image, source, target, mllm.image_token_id).valid.any()
+    layers = list(range(mllm.n_layers))
+    _, (src,) = source_activations(mllm, source, "resid", layers, [image], "hooks")
+    same = align_positions(target, target, "image")
+    _, (tgt,) = source_activations(mllm, target, "resid", layers, [same], "hooks")
+    assert torch.equal(image.valid, same.valid)
+    for layer in layers:  # left padding differs between the two batches: equal to float rounding
+        scale = float(tgt[layer][image.valid].abs().max())
+        torch.testing.assert_close(src[layer][image.valid], tgt[layer][same.valid], atol=1e-5 * scale, rtol=0)
+    (out,), _, clean, _ = patch_groups(mllm, source, target, [PatchSpec("resid", "image")], backend="hooks")
+    assert torch.equal(out, clean.expand_as(out))

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from mechmod.errors import MechmodError
-from mechmod.interventions.core import Site, chunk_for, forward, sweep, sweep_tail, tails_exact
+from mechmod.interventions.core import Site, chunk_for, continuation, forward, sweep, sweep_tail, tails_exact
 from mechmod.interventions.resume import record, sweep_resumed
 from mechmod.names import PATCH_COMPONENTS as COMPONENTS, POSITION_GROUPS, SPANS
 
@@ -128,8 +128,51 @@ def align_positions(source, target, positions: str | Sequence[str]) -> Alignment
     B = source.batch_size
     if target.batch_size != B:
         raise MechmodError(f"align_positions: {B} source rows vs {target.batch_size} target rows")
-    rows = [_row_pairs(source, target, i, groups) for i in range(B)]
-    P = max(1, max(len(r) for r in rows))
+    return _packed([_row_pairs(source, target, i, groups) for i in range(B)])
+
+
+def _content_start(enc, i: int) -> int:
+    """Row i's first non-pad position (left padding)."""
+    mask = enc.inputs.get("attention_mask")
+    return 0 if mask is None else int(torch.nonzero(mask[i].cpu()).min())
+
+
+def shared_prefix(source, target, i: int, image_token_id: int) -> tuple[int, int, int]:
+    """Row i's shared prefix: (its first source position, its first target
+    position, its length). From their first non-pad positions the two rows
+    hold the same tokens for ``length`` positions, an image among them only
+    where both rows show the same image (equal ``image_digests``); a causal
+    model computes the same activations there in both runs."""
+    s0, t0 = _content_start(source, i), _content_start(target, i)
+    a, b = source.inputs["input_ids"][i, s0:].cpu(), target.inputs["input_ids"][i, t0:].cpu()
+    n = min(a.numel(), b.numel())
+    differ = torch.nonzero(a[:n] != b[:n]).flatten()
+    n = int(differ[0]) if differ.numel() else n
+    digests = (source.image_digests[i] if source.image_digests else None,
+               target.image_digests[i] if target.image_digests else None)
+    if digests[0] is None or digests[0] != digests[1]:
+        image = torch.nonzero(a[:n] == image_token_id).flatten()
+        n = int(image[0]) if image.numel() else n
+    return s0, t0, n
+
+
+def changed(align: Alignment, source, target, image_token_id: int) -> Alignment:
+    """``align`` without its identity pairs: those whose source and target
+    positions sit at the same offset in the row's :func:`shared_prefix`,
+    where the source's activations are the target's own (e.g. the image of
+    a source showing the target's image after the same template). Writing
+    them changes nothing, so they need no forward."""
+    rows = []
+    for i in range(align.valid.shape[0]):
+        s0, t0, n = shared_prefix(source, target, i, image_token_id)
+        pairs = zip(align.src[i][align.valid[i]].tolist(), align.tgt[i][align.valid[i]].tolist())
+        rows.append([(a, b) for a, b in pairs if not (a - s0 == b - t0 < n)])
+    return _packed(rows)
+
+
+def _packed(rows: Sequence[Sequence[tuple[int, int]]]) -> Alignment:
+    """An :class:`Alignment` of per-row (source, target) position pairs."""
+    B, P = len(rows), max(1, max((len(r) for r in rows), default=0))
     src = torch.zeros(B, P, dtype=torch.long)
     tgt = torch.zeros(B, P, dtype=torch.long)
     valid = torch.zeros(B, P, dtype=torch.bool)
@@ -195,7 +238,9 @@ def patch_groups(mllm, source, target, specs: Sequence[PatchSpec], metric=None, 
     The residual stream is patched with forwards resumed at the patched
     layer (:mod:`mechmod.interventions.resume`, where
     :func:`core.tails_exact`), each spec from its own first position, over
-    one clean record of the target in segments.
+    one clean record of the target in segments. Writes of a target
+    position's own activations are left out (:func:`changed`); a spec left
+    with none gets the clean target's metric without a forward.
     Returns (per spec the metric of the patched answer logits
     [n_layers, B, ...], source logits [B, V], the clean target's logits
     [B, V], per spec its alignment)."""
@@ -203,21 +248,26 @@ def patch_groups(mllm, source, target, specs: Sequence[PatchSpec], metric=None, 
         raise MechmodError("patch_groups: the specs must share component and layers")
     component, layers = specs[0].component, specs[0].layer_list(mllm.n_layers)
     aligns = [align_positions(source, target, s.positions) for s in specs]
-    src_logits, acts = source_activations(mllm, source, component, layers, aligns, backend)
+    writes = [changed(a, source, target, mllm.image_token_id) for a in aligns]
+    src_logits, acts = source_activations(mllm, source, component, layers, writes, backend)
     chunk = chunk or chunk_for(target.batch_size, max_rows)
     cached = tails_exact(mllm, backend)
     resumed = cached and component == "resid"
-    starts = [tail_start(target, a, mllm.image_token_id) if cached else 0 for a in aligns]
-    tails = [c for c in starts if c]
-    cut_of = starts if resumed else [min(tails) if c else 0 for c in starts]  # full forwards: one prefix cache
-    parts = {cut: [k for k, c in enumerate(cut_of) if c == cut] for cut in sorted(set(cut_of))}
+    live = [k for k, w in enumerate(writes) if w.valid.any()]
+    starts = {k: tail_start(target, writes[k], mllm.image_token_id) if cached else 0 for k in live}
+    tails = [c for c in starts.values() if c]
+    cut_of = starts if resumed else {k: min(tails) if c else 0 for k, c in starts.items()}  # one prefix cache
+    parts = {cut: [k for k, c in cut_of.items() if c == cut] for cut in sorted(set(cut_of.values()))}
     rec = record(mllm, target.inputs, list(parts)) if resumed else None
+    tgt_logits = rec.logits if resumed else forward(mllm, target.inputs, backend=backend)[0]
     out: dict[tuple[int, int], torch.Tensor] = {}
     for cut, part in parts.items():
         settings = [(k, l) for k in part for l in layers]
-        out.update(zip(settings, _sweep(mllm, target.inputs, rec, cut, settings, component, acts, aligns, metric,
+        out.update(zip(settings, _sweep(mllm, target.inputs, rec, cut, settings, component, acts, writes, metric,
                                         chunk, backend)))
-    tgt_logits = rec.logits if resumed else forward(mllm, target.inputs, backend=backend)[0]
+    if len(live) < len(specs):
+        clean = (metric or (lambda x, more: x))(tgt_logits, continuation(mllm, target.inputs, (), backend))
+        out.update(((k, l), clean) for k in range(len(specs)) if k not in live for l in layers)
     return [torch.stack([out[k, l] for l in layers]) for k in range(len(specs))], src_logits, tgt_logits, aligns
 
 

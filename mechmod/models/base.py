@@ -18,6 +18,7 @@ it is index ``T - 1`` in every row.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -100,6 +101,12 @@ class Adapter:
         return value
 
 
+def pixel_digest(image) -> str:
+    """A digest of a PIL image's size and RGB pixels (what the processor sees)."""
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    return hashlib.blake2b(repr(rgb.size).encode() + rgb.tobytes(), digest_size=16).hexdigest()
+
+
 @dataclass(frozen=True)
 class Encoded:
     """A batch of prompts ready for ``model(**inputs)``.
@@ -107,12 +114,14 @@ class Encoded:
     ``answer_index`` [B]: the position whose next-token distribution is the
     answer (the last one, left padding). ``spans``: bool masks [B, T] for
     ``image``, ``description``, ``question``, ``template`` (chat format and
-    padding excluded) and ``last``."""
+    padding excluded) and ``last``. ``image_digests``: per row a digest of
+    the pixels of its image (None: no image); equal digests, same image."""
 
     inputs: dict[str, torch.Tensor]
     answer_index: torch.Tensor
     spans: dict[str, torch.Tensor]
     prompts: tuple[str, ...]
+    image_digests: tuple[str | None, ...] = ()
 
     def __post_init__(self):
         ids = self.inputs["input_ids"]
@@ -221,8 +230,9 @@ class MLLM:
         bos = self.tokenizer.bos_token
         if bos and all(p.startswith(bos) for p in prompts):  # the chat template wrote BOS (Gemma): not twice
             kw["add_special_tokens"] = False
+        rgb = [im.convert("RGB") if im is not None else None for im in images]
         if with_image:
-            kw["images"] = [[im.convert("RGB")] for im in images]  # one image per prompt (Gemma 3 needs the nesting)
+            kw["images"] = [[im] for im in rgb]  # one image per prompt (Gemma 3 needs the nesting)
         try:
             batch = self.processor(**kw)
         except (ValueError, TypeError) as err:
@@ -233,7 +243,8 @@ class MLLM:
         ids = inputs["input_ids"]
         spans = self._spans(ids.cpu(), prompts, pieces)
         answer_index = torch.full((ids.shape[0],), ids.shape[1] - 1, dtype=torch.long)
-        return Encoded(inputs=inputs, answer_index=answer_index, spans=spans, prompts=tuple(prompts))
+        return Encoded(inputs=inputs, answer_index=answer_index, spans=spans, prompts=tuple(prompts),
+                       image_digests=tuple(None if im is None else pixel_digest(im) for im in rgb))
 
     def tail(self, prompt: str, description: str = "", question: str = "") -> tuple[list[int], list[str]]:
         """The prompt's tokens after the image placeholder (all of them for a
