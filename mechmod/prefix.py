@@ -167,8 +167,7 @@ def _trace_group(mllm, prefixes, prompt_lists, batch_size, backend, attention, l
     rows = []  # (image slot in this group, tail ids, what each tail token is)
     for slot, prompts in enumerate(prompt_lists):
         for desc, question in prompts:
-            text = " ".join(x for x in (desc or "", question) if x)
-            rows.append((slot, *mllm.tail(mllm.prompt(text, with_image=True), desc or "", question)))
+            rows.append((slot, *mllm.tail(mllm.case_prompt(desc, question, with_image=True), desc or "", question)))
     pad = mllm.tokenizer.pad_token_id if mllm.tokenizer.pad_token_id is not None else 0
     for start in range(0, len(rows), batch_size):
         part = rows[start : start + batch_size]

@@ -196,6 +196,53 @@ def _traced_shared(mllm, sub: pd.DataFrame, images, vis_keys, batch_size: int, b
 
 
 @dataclass(frozen=True)
+class CleanRuns:
+    """The clean runs of a group of cases: vision-only once per (image,
+    question) in ``vis_keys`` order, text-only once per (description,
+    question) in ``txt_keys`` order, multimodal per case; answer logits
+    [N, V], the multimodal residuals [N, L+1, d] and span attention mass
+    [N, L, 3] (None without attention)."""
+
+    vis_keys: list[tuple[str, str]]
+    txt_keys: list[tuple[str, str]]
+    v_logits: torch.Tensor
+    t_logits: torch.Tensor
+    m_logits: torch.Tensor
+    m_resid: torch.Tensor
+    m_mass: torch.Tensor | None
+
+    def rows(self, sub: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Per case of ``sub``, its vision-only and its text-only row."""
+        v_idx = {k: i for i, k in enumerate(self.vis_keys)}
+        t_idx = {k: i for i, k in enumerate(self.txt_keys)}
+        return (np.array([v_idx[k] for k in zip(sub["image_path"], sub["question"])], dtype=int),
+                np.array([t_idx[k] for k in zip(sub["description"], sub["question"])], dtype=int))
+
+
+def clean_runs(mllm, sub: pd.DataFrame, images, batch_size: int, backend: str, share_prefix: bool,
+               attention: bool = False, prefixes: dict | None = None) -> CleanRuns:
+    """The clean runs of the cases ``sub`` (columns image_path, description,
+    question; ``images``: image by path), the image prompts over one cached
+    prefix per image with ``share_prefix`` (``prefixes``: those built ahead,
+    by image path)."""
+    vis_keys = list(dict.fromkeys(zip(sub["image_path"], sub["question"])))
+    txt_keys = list(dict.fromkeys(zip(sub["description"], sub["question"])))
+    with torch.no_grad():
+        t_logits, _, _ = _traced(mllm, [None] * len(txt_keys), [d for d, _ in txt_keys],
+                                 [q for _, q in txt_keys], batch_size, backend, keep_resid=False)
+        if share_prefix:
+            v_logits, m_logits, m_resid, m_mass = _traced_shared(mllm, sub, images, vis_keys, batch_size, backend,
+                                                                 attention, prefixes or {})
+        else:
+            v_logits, _, _ = _traced(mllm, [images[p] for p, _ in vis_keys], [None] * len(vis_keys),
+                                     [q for _, q in vis_keys], batch_size, backend, keep_resid=False)
+            m_logits, m_resid, m_mass = _traced(mllm, [images[p] for p in sub["image_path"]], list(sub["description"]),
+                                                list(sub["question"]), batch_size, backend, keep_resid=True,
+                                                attention=attention)
+    return CleanRuns(vis_keys, txt_keys, v_logits, t_logits, m_logits, m_resid, m_mass)
+
+
+@dataclass(frozen=True)
 class _Readout:
     """Answer-level readout of final logits over a label set."""
 
@@ -236,21 +283,11 @@ def _label_logit(lens_logits: torch.Tensor, labels: LabelSet, answers: list[str]
 
 def _score_group(mllm, lens, sub: pd.DataFrame, images, labels: LabelSet, options: ScoreOptions,
                  prefixes: dict) -> list[dict]:
-    bs, backend = options.batch_size, options.backend
-    vis_keys = list(dict.fromkeys(zip(sub["image_path"], sub["question"])))
-    txt_keys = list(dict.fromkeys(zip(sub["description"], sub["question"])))
+    bs = options.batch_size
+    runs = clean_runs(mllm, sub, images, bs, options.backend, options.share_prefix, options.attention, prefixes)
+    vis_keys, txt_keys, v_logits, t_logits = runs.vis_keys, runs.txt_keys, runs.v_logits, runs.t_logits
+    m_logits, m_resid, m_mass = runs.m_logits, runs.m_resid, runs.m_mass
     with torch.no_grad():
-        t_logits, _, _ = _traced(mllm, [None] * len(txt_keys), [d for d, _ in txt_keys],
-                                 [q for _, q in txt_keys], bs, backend, keep_resid=False)
-        if options.share_prefix:
-            v_logits, m_logits, m_resid, m_mass = _traced_shared(mllm, sub, images, vis_keys, bs, backend,
-                                                                 options.attention, prefixes)
-        else:
-            v_logits, _, _ = _traced(mllm, [images[p] for p, _ in vis_keys], [None] * len(vis_keys),
-                                     [q for _, q in vis_keys], bs, backend, keep_resid=False)
-            m_logits, m_resid, m_mass = _traced(mllm, [images[p] for p in sub["image_path"]], list(sub["description"]),
-                                                list(sub["question"]), bs, backend, keep_resid=True,
-                                                attention=options.attention)
         top_ids, diff_parts = [], []
         ans_v, ans_t = list(sub["answer_vision"]), list(sub["answer_text"])
         for s in range(0, len(sub), bs):  # one lens matmul per batch, reduced where it ran
@@ -264,10 +301,7 @@ def _score_group(mllm, lens, sub: pd.DataFrame, images, labels: LabelSet, option
     t_cont = reencoded(mllm, [None] * len(txt_keys), [d for d, _ in txt_keys], [q for _, q in txt_keys], bs)
     v, t = _readout(v_logits, labels, v_cont), _readout(t_logits, labels, t_cont)
     m = _readout(m_logits, labels, reencoded(mllm, m_images, list(sub["description"]), list(sub["question"]), bs))
-    v_idx = {k: i for i, k in enumerate(vis_keys)}
-    t_idx = {k: i for i, k in enumerate(txt_keys)}
-    vi = np.array([v_idx[k] for k in zip(sub["image_path"], sub["question"])])
-    ti = np.array([t_idx[k] for k in zip(sub["description"], sub["question"])])
+    vi, ti = runs.rows(sub)
 
     dh, degenerate = relative_uncertainty(t.u[options.uncertainty][ti], v.u[options.uncertainty][vi])
     sampled = {}

@@ -16,12 +16,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mechmod.backends.tl_backend import bridged
 from mechmod.decoding import reencoded
 from mechmod.errors import MechmodError
 from mechmod.following import follow_outcome
 from mechmod.names import PATCH_DIRECTIONS
 from mechmod.phrase_answers import answer_set
-from mechmod.tracing import trace
+from mechmod.scoring import clean_runs
 from mechmod.uncertainty import entropy, relative_uncertainty
 
 # direction -> what the source prompt is
@@ -59,17 +60,6 @@ def batches(df: pd.DataFrame, size: int) -> Iterator[pd.DataFrame]:
         yield df.iloc[s : s + size]
 
 
-def _logits(mllm, images, paths, descs, questions, bs, backend, keep_resid=False):
-    out, resid = [], []
-    for s in range(0, len(questions), bs):
-        tr = trace(mllm, encode(mllm, images, paths[s : s + bs], descs[s : s + bs], questions[s : s + bs]),
-                   backend=backend, keep_resid=keep_resid)
-        out.append(tr.logits)
-        if keep_resid:
-            resid.append(tr.resid)
-    return torch.cat(out), (torch.cat(resid) if keep_resid else None)
-
-
 @dataclass(frozen=True)
 class Baseline:
     """Clean answers, one row per case (the input table's columns plus
@@ -83,21 +73,20 @@ class Baseline:
 
 def baseline(mllm, dataset_dir, cases: pd.DataFrame, batch_size: int = 8, backend: str = "nnsight",
              keep_resid: bool = False) -> Baseline:
-    """Clean vision-only, text-only and multimodal runs of ``cases``."""
+    """Clean vision-only, text-only and multimodal runs of ``cases``
+    (:func:`mechmod.scoring.clean_runs`: the image prompts over one cached
+    prefix per image, as the behavioural run, but with the TransformerLens
+    backend or on a model its bridge has booted on)."""
     images = Images(dataset_dir)
     cases = cases.reset_index(drop=True)
+    share = backend != "transformer_lens" and not bridged(mllm)
     parts, resid = [], None
     for cand, sub in cases.groupby(cases["candidates"].map(tuple), sort=False):
         labels = answer_set(mllm.tokenizer, list(cand))  # MC2's phrases: mechmod.phrase_answers
-        vk = list(dict.fromkeys(zip(sub["image_path"], sub["question"])))
-        tk = list(dict.fromkeys(zip(sub["description"], sub["question"])))
-        v, _ = _logits(mllm, images, [p for p, _ in vk], [None] * len(vk), [q for _, q in vk], batch_size, backend)
-        t, _ = _logits(mllm, images, [None] * len(tk), [d for d, _ in tk], [q for _, q in tk], batch_size, backend)
-        m, r = _logits(mllm, images, list(sub["image_path"]), list(sub["description"]), list(sub["question"]),
-                       batch_size, backend, keep_resid)
-        vi = [vk.index(k) for k in zip(sub["image_path"], sub["question"])]
-        ti = [tk.index(k) for k in zip(sub["description"], sub["question"])]
-        h_v, h_t = entropy(v).numpy()[vi], entropy(t).numpy()[ti]
+        runs = clean_runs(mllm, sub, images, batch_size, backend, share)
+        vk, tk = runs.vis_keys, runs.txt_keys
+        vi, ti = runs.rows(sub)
+        h_v, h_t = entropy(runs.v_logits).numpy()[vi], entropy(runs.t_logits).numpy()[ti]
         dh, _ = relative_uncertainty(h_t, h_v)
         part = sub.copy()
         # a top-1 piece that does not decide the answer is written on (mechmod.answers)
@@ -105,15 +94,15 @@ def baseline(mllm, dataset_dir, cases: pd.DataFrame, batch_size: int = 8, backen
         t_more = reencoded(mllm, [None] * len(tk), [d for d, _ in tk], [q for _, q in tk], batch_size)
         m_more = reencoded(mllm, [images[p] for p in sub["image_path"]], list(sub["description"]),
                            list(sub["question"]), batch_size)
-        part["y_v"] = np.asarray(labels.predict(v, v_more), dtype=object)[vi]
-        part["y_t"] = np.asarray(labels.predict(t, t_more), dtype=object)[ti]
-        part["y_m"] = labels.predict(m, m_more)
+        part["y_v"] = np.asarray(labels.predict(runs.v_logits, v_more), dtype=object)[vi]
+        part["y_t"] = np.asarray(labels.predict(runs.t_logits, t_more), dtype=object)[ti]
+        part["y_m"] = labels.predict(runs.m_logits, m_more)
         part["h_v"], part["h_t"], part["dh_rel"] = h_v, h_t, dh
         part["follow"] = follow_outcome(part["y_m"], part["y_v"], part["y_t"])
         parts.append(part)
         if keep_resid:
-            resid = torch.zeros(len(cases), *r.shape[1:]) if resid is None else resid
-            resid[torch.tensor(sub.index.to_numpy())] = r
+            resid = torch.zeros(len(cases), *runs.m_resid.shape[1:]) if resid is None else resid
+            resid[torch.tensor(sub.index.to_numpy())] = runs.m_resid.float().cpu()
     table = pd.concat(parts).sort_index()
     ctrl = table[table["control"] == "image_irrelevant"].set_index(["image_id", "dt"])["y_m"]
     key = list(zip(table["image_id"], table["dt"]))

@@ -90,7 +90,7 @@ def run_patching(mllm, dataset_dir, cases: pd.DataFrame, config: PatchStudyConfi
         pairs_n[direction] = len(pairs)
         for cand, sub in pairs.groupby(pairs["candidates"].map(tuple), sort=False):
             labels = label_sets[cand]
-            for b in batches(sub, cfg.batch_size):
+            for b in batches(by_length(mllm, sub), cfg.batch_size):
                 src = encode(mllm, images, b["src_image_path"], b["src_description"], b["src_question"])
                 tgt = encode(mllm, images, b["image_path"], b["description"], b["question"])
                 a_src, a_tgt = list(b["a_src"]), list(b["a_tgt"])
@@ -127,6 +127,16 @@ def run_patching(mllm, dataset_dir, cases: pd.DataFrame, config: PatchStudyConfi
     units = pd.concat(unit_rows, ignore_index=True) if unit_rows else pd.DataFrame()
     summary = _summary(base, bp, pairs_n, curves, units, cfg)
     return PatchStudy(layers=layers, units=units, summary=summary)
+
+
+def by_length(mllm, pairs: pd.DataFrame) -> pd.DataFrame:
+    """``pairs`` sorted by the length of their target prompts (stable): a
+    batch of one padded length has its text after every row's image, so a
+    patch of the text computes the text alone
+    (:func:`mechmod.interventions.patching.tail_start`)."""
+    length = [len(mllm.tail(mllm.case_prompt(d, q, with_image=True))[0])
+              for d, q in zip(pairs["description"], pairs["question"])]
+    return pairs.iloc[np.argsort(length, kind="stable")]
 
 
 _LAYER_COLUMNS = ["direction", "component", "positions", "case_id", "group_id", "dv", "dt", "dh_rel", "a_src",

@@ -209,6 +209,10 @@ class MLLM:
         image = self.adapter.image_placeholder if with_image else ""
         return self.adapter.prompt_format.format(image=image, text=text)
 
+    def case_prompt(self, description: str | None, question: str, with_image: bool) -> str:
+        """The chat prompt of one case: its description (if any) then its question."""
+        return self.prompt(" ".join(p for p in (description or "", question) if p), with_image)
+
     def encode(self, images: Sequence[Any | None], descriptions: Sequence[str | None],
                questions: Sequence[str], device: str | torch.device | None = None) -> Encoded:
         """Inputs for a batch of cases, on ``device`` (default the model's;
@@ -224,8 +228,7 @@ class MLLM:
             raise MechmodError("encode: a batch mixes prompts with and without an image; encode them separately")
         with_image = has_img[0]
         pieces = [(d or "", q) for d, q in zip(descriptions, questions)]
-        texts = [" ".join(p for p in (d, q) if p) for d, q in pieces]
-        prompts = [self.prompt(t, with_image) for t in texts]
+        prompts = [self.case_prompt(d, q, with_image) for d, q in pieces]
         kw: dict[str, Any] = {"text": prompts, "return_tensors": "pt", "padding": True}
         bos = self.tokenizer.bos_token
         if bos and all(p.startswith(bos) for p in prompts):  # the chat template wrote BOS (Gemma): not twice
