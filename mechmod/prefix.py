@@ -35,7 +35,7 @@ from mechmod.tracing import SPANS, ResidualTrace, span_mass, trace_at
 
 _PROBE_QUESTION = "?"
 #: cache layers whose update concatenates into a new tensor (never writes into the rows it holds)
-_CONCATENATING = (DynamicLayer, DynamicSlidingWindowLayer)
+CONCATENATING = (DynamicLayer, DynamicSlidingWindowLayer)
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def cache_rows(cache, slots: torch.Tensor):
     rows = copy.copy(cache)
     rows.layers = [copy.copy(layer) for layer in cache.layers]
     slot = int(slots[0])
-    if bool((slots == slot).all()) and all(type(layer) in _CONCATENATING for layer in rows.layers):
+    if bool((slots == slot).all()) and all(type(layer) in CONCATENATING for layer in rows.layers):
         for layer in rows.layers:
             layer.keys = layer.keys[slot : slot + 1].expand(len(slots), -1, -1, -1)
             layer.values = layer.values[slot : slot + 1].expand(len(slots), -1, -1, -1)

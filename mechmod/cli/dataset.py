@@ -123,10 +123,10 @@ def mc2_cmd(files, coco_dirs, out, seed, progress) -> None:
 @click.option("--hashes/--no-hashes", default=False, show_default=True, help="Also verify every image digest.")
 def check_cmd(directory, hashes) -> None:
     """Validate a dataset directory and print a summary."""
-    from mechmod.data.schema import load_cases
+    from mechmod.data.schema import load_cases, read_manifest
 
     df = load_cases(directory, verify_hashes=hashes)
-    man = df.attrs["manifest"]
+    man = read_manifest(directory)
     tasks = ", ".join(f"{k}={v}" for k, v in df["task"].value_counts().sort_index().items())
     click.echo(f"{directory}: ok ({man['format']}), {len(df)} cases, {df['group_id'].nunique()} groups, "
                f"{df['image_path'].nunique()} images; tasks {tasks}")

@@ -319,7 +319,9 @@ def validate_table(table, where: str, root: Path | None = None, check_files: boo
             raise MechmodError(f"{where}: image_path {rel!r} does not exist in the dataset directory")
 
 
-def _read_manifest(d: Path) -> dict:
+def read_manifest(d: str | os.PathLike) -> dict:
+    """A dataset directory's manifest, checked for format, files, digests and n_cases."""
+    d = Path(d)
     mpath = d / MANIFEST
     if not d.is_dir():
         raise MechmodError(f"{d}: not a directory (expected a mechmod dataset directory)")
@@ -344,7 +346,7 @@ def _read_manifest(d: Path) -> dict:
 def validate_dir(d: str | os.PathLike, verify_hashes: bool = False) -> dict:
     """Validate a dataset directory (see :func:`load_cases`); returns the manifest."""
     load_cases(d, verify_hashes=verify_hashes)
-    return _read_manifest(Path(d))
+    return read_manifest(Path(d))
 
 
 def load_cases(d: str | os.PathLike, verify_hashes: bool = False):
@@ -358,7 +360,7 @@ def load_cases(d: str | os.PathLike, verify_hashes: bool = False):
     import pyarrow.parquet as pq
 
     d = Path(d)
-    man = _read_manifest(d)
+    man = read_manifest(d)
     cpath = d / CASES
     if not cpath.is_file():
         raise MechmodError(f"{cpath}: missing (listed in {d / MANIFEST})")
@@ -388,8 +390,7 @@ def load_cases(d: str | os.PathLike, verify_hashes: bool = False):
                 raise MechmodError(f"{d / rel}: content does not match the digest in manifest.json")
     df = table.to_pandas()
     df["candidates"] = df["candidates"].map(list)
-    df.attrs["manifest"] = man
-    return df
+    return df  # the manifest stays out of df.attrs: pandas deep-copies attrs in every operation
 
 
 def open_image(d: str | os.PathLike, rel: str, max_pixels: int = MAX_PIXELS):

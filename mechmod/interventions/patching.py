@@ -217,10 +217,13 @@ def patch_setter(component: str, acts: Sequence[dict[int, torch.Tensor]], aligns
     return setter
 
 
-def tail_start(target, align: Alignment, image_token_id: int) -> int:
+def tail_start(target, align: Alignment, image_token_id: int, inside_images: bool = False) -> int:
     """The first target position ``align`` writes, where every image token
-    comes before it (0 otherwise: the patch needs the whole prompt)."""
+    comes before it or ``inside_images`` (0 otherwise: the patch needs the
+    whole prompt)."""
     first = int(align.tgt[align.valid].min()) if align.valid.any() else 0
+    if inside_images:
+        return first
     images = torch.nonzero((target.inputs["input_ids"] == image_token_id).any(0)).flatten()
     return first if images.numel() == 0 or first > int(images.max()) else 0
 
@@ -237,8 +240,9 @@ def patch_groups(mllm, source, target, specs: Sequence[PatchSpec], metric=None, 
     :func:`core.tails_exact`: one cache from the earliest such position).
     The residual stream is patched with forwards resumed at the patched
     layer (:mod:`mechmod.interventions.resume`, where
-    :func:`core.tails_exact`), each spec from its own first position, over
-    one clean record of the target in segments. Writes of a target
+    :func:`core.tails_exact`), each spec from its own first written
+    position (even inside an image, where image tokens attend causally),
+    over one clean record of the target in segments. Writes of a target
     position's own activations are left out (:func:`changed`); a spec left
     with none gets the clean target's metric without a forward.
     Returns (per spec the metric of the patched answer logits
@@ -254,7 +258,8 @@ def patch_groups(mllm, source, target, specs: Sequence[PatchSpec], metric=None, 
     cached = tails_exact(mllm, backend)
     resumed = cached and component == "resid"
     live = [k for k, w in enumerate(writes) if w.valid.any()]
-    starts = {k: tail_start(target, writes[k], mllm.image_token_id) if cached else 0 for k in live}
+    inside = resumed and mllm.adapter.causal_image  # resume.record cuts inside images there
+    starts = {k: tail_start(target, writes[k], mllm.image_token_id, inside) if cached else 0 for k in live}
     tails = [c for c in starts.values() if c]
     cut_of = starts if resumed else {k: min(tails) if c else 0 for k, c in starts.items()}  # one prefix cache
     parts = {cut: [k for k, c in cut_of.items() if c == cut] for cut in sorted(set(cut_of.values()))}

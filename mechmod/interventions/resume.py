@@ -6,15 +6,18 @@ l+1.. , the final norm and the unembedding at the answer position: no
 vision tower, no projector, no layer up to l.
 
 :func:`record` runs the clean batch once, in segments split at ``cuts``
-(each over the KV cache of the ones before it, the first holding every
-image token), with plain forward hooks keeping each decoder layer's call
+(each from the decoder's input, over the KV cache of the ones before it),
+with plain forward hooks keeping each decoder layer's call
 (its arguments after the hidden states: mask, position embeddings, cache)
 and output per segment, and the clean cache before each segment.
 :func:`sweep_resumed` is :func:`mechmod.interventions.core.sweep` for
-edits at ``resid`` sites from one cut on: each chunk of settings of one
-layer replays the segments from that cut, the batch stacked once per
-setting, over the clean cache of the positions before it (the tail trick
-of :func:`mechmod.interventions.core.sweep_tail`).
+edits at ``resid`` sites from one cut on: each chunk of settings replays
+the segments from that cut over the clean cache of the positions before
+it (the tail trick of :func:`mechmod.interventions.core.sweep_tail`), the
+batch stacked once per setting, each setting joining the stack after its
+own layer (:func:`resume`): a chunk of settings at every layer runs each
+decoder layer once, not once per setting, which on small models saves
+more than the compute (per-call overhead dominates there).
 
 Equal to the full forward within float rounding where
 :func:`mechmod.interventions.core.tails_exact`
@@ -23,6 +26,7 @@ Equal to the full forward within float rounding where
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
@@ -33,7 +37,7 @@ from mechmod.backends import Edit, unembed
 from mechmod.decoding import Continuation
 from mechmod.errors import MechmodError
 from mechmod.interventions.core import continuation, tails_exact
-from mechmod.prefix import cache_kwarg, cache_rows
+from mechmod.prefix import CONCATENATING, cache_kwarg, cache_rows
 
 S = TypeVar("S")
 
@@ -75,25 +79,54 @@ def _recording(mllm, calls: list, outputs: list) -> list:
     return handles
 
 
+class _Embedded(Exception):
+    """Stops a forward at the first decoder layer (:func:`embeddings`)."""
+
+
+def embeddings(mllm, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The first decoder layer's input for ``inputs`` [B, T, D]: the token
+    embeddings with every image's features in place (the vision tower runs,
+    no decoder layer does)."""
+    got = {}
+
+    def stop(module, args, kwargs):
+        got["h"] = args[0] if args else kwargs["hidden_states"]
+        raise _Embedded
+
+    handle = mllm.layers[0].register_forward_pre_hook(stop, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            mllm.model(**inputs, use_cache=False, logits_to_keep=1)
+    except _Embedded:
+        return got["h"]
+    finally:
+        handle.remove()
+    raise MechmodError(f"{mllm.name}: the forward never reached decoder layer 0")  # pragma: no cover
+
+
 def record(mllm, inputs: Mapping[str, torch.Tensor], cuts: Sequence[int] = (0,)) -> Record:
     """One clean forward of ``inputs`` in segments starting at ``cuts``,
     keeping every decoder layer's call and output per segment (see the
-    module docstring); every image token must come before the second cut."""
+    module docstring). The segments run from the decoder's input
+    (:func:`embeddings`, the vision tower once), so a cut may fall inside an
+    image where image tokens attend causally (``Adapter.causal_image``);
+    elsewhere every image token must come before the second cut."""
     ids = inputs["input_ids"]
     B, T = ids.shape
     cuts = tuple(sorted({0, *(int(c) for c in cuts)}))
-    if cuts[-1] >= T or (len(cuts) > 1 and (ids[:, cuts[1]:] == mllm.image_token_id).any()):
-        raise MechmodError(f"record: cuts {cuts} must leave every image token in the first segment and the answer "
-                           "in the last")
-    per_token = {k for k, v in inputs.items() if isinstance(v, torch.Tensor) and v.shape[:2] == (B, T)}
+    inside = len(cuts) > 1 and bool((ids[:, cuts[1]:] == mllm.image_token_id).any())
+    if cuts[-1] >= T or (inside and not mllm.adapter.causal_image):
+        raise MechmodError(f"record: cuts {cuts} must leave every image token in the first segment ({mllm.family}'s "
+                           "image tokens attend both ways) and the answer in the last")
+    emb = embeddings(mllm, inputs)
+    per_token = {k for k, v in inputs.items() if isinstance(v, torch.Tensor) and v.shape[:2] == (B, T)
+                 and k != "input_ids"}
     key, rows = cache_kwarg(mllm.model), torch.arange(B, device=mllm.device)
     calls, outputs, caches, cache = [], [], [], None
     for start, end in zip(cuts, cuts[1:] + (T,)):
-        if cache is None:
-            part = {k: v[:, :end] if k in per_token else v for k, v in inputs.items()}
-        else:
-            part = {k: v[:, :end] if k == "attention_mask" else v[:, start:end] for k, v in inputs.items()
-                    if k in per_token}
+        part = {k: inputs[k][:, :end] if k == "attention_mask" else inputs[k][:, start:end] for k in per_token}
+        part["inputs_embeds"] = emb[:, start:end]
+        if cache is not None:
             part[key] = cache_rows(cache, rows)
         caches.append(cache)
         calls.append([None] * mllm.n_layers)
@@ -103,8 +136,8 @@ def record(mllm, inputs: Mapping[str, torch.Tensor], cuts: Sequence[int] = (0,))
             with torch.no_grad():
                 out = mllm.model(**part, use_cache=True, logits_to_keep=1)
         finally:
-            for h in handles:
-                h.remove()
+            for handle in handles:
+                handle.remove()
         cache = getattr(out, key)
     return Record(cuts=cuts, calls=calls, outputs=outputs, caches=caches, logits=out.logits[:, -1].float().cpu())
 
@@ -124,23 +157,51 @@ def _stacked(x, B: int, n: int, cache):
     return x
 
 
-def resume(mllm, rec: Record, cut: int, layer: int, h: torch.Tensor) -> torch.Tensor:
-    """Decoder layers ``layer``+1.. , the final norm and the unembedding on
-    ``h`` ([n*B, T - cut, D], n stacked copies of the recorded batch's
-    positions from ``cut`` at the output of ``layer``), segment by segment
-    over the clean cache of the positions before ``cut``; the answer logits
-    [n*B, V] float32 on CPU."""
-    B = rec.batch_size
-    n, first = h.shape[0] // B, rec.cuts.index(cut)
-    rows = torch.arange(B, device=mllm.device).repeat(n)
-    cache = cache_rows(rec.caches[first], rows) if first else DynamicCache(config=mllm.model.config)
-    sizes = [int(out[layer].shape[1]) for out in rec.outputs[first:]]
+def _stacked_cache(cache, B: int, counts: Sequence[int]):
+    """A shallow copy of ``cache`` whose layer i holds its ``B`` rows
+    ``counts[i]`` times (the stack that reaches decoder layer i); a layer
+    kept once is shared, as :func:`mechmod.prefix.cache_rows` does (its
+    update concatenates into a new tensor, never writing the record's)."""
+    out = copy.copy(cache)
+    out.layers = [copy.copy(layer) for layer in cache.layers]
+    for layer, n in zip(out.layers, counts):
+        if n > 1 or (n == 1 and type(layer) not in CONCATENATING):
+            layer.batch_select_indices(torch.arange(B, device=layer.keys.device).repeat(n))
+    return out
+
+
+def resume(mllm, rec: Record, cut: int, entries: Sequence[tuple[int, torch.Tensor]]) -> torch.Tensor:
+    """Decoder layers after each entry's, the final norm and the unembedding:
+    entry k = (layer l_k, h_k [B, T - cut, D]: the recorded batch's positions
+    from ``cut`` at the output of l_k), segment by segment over the clean
+    cache of the positions before ``cut``. The entries run stacked along dim
+    0, each joining the stack after its own layer, so that every decoder
+    layer runs once for all the entries that reach it. Returns the answer
+    logits [len(entries) * B, V] float32 on CPU, entry k in rows
+    ``k*B:(k+1)*B``."""
+    B, L = rec.batch_size, mllm.n_layers
+    first = rec.cuts.index(cut)
+    order = sorted(range(len(entries)), key=lambda k: entries[k][0])  # stacking order
+    sizes = [int(out[0].shape[1]) for out in rec.outputs[first:]]
+    parts = [entries[k][1].split(sizes, dim=1) for k in range(len(entries))]
+    counts = [sum(entries[k][0] < i for k in order) for i in range(L)]
+    cache = _stacked_cache(rec.caches[first], B, counts) if first else DynamicCache(config=mllm.model.config)
     with torch.no_grad():
-        for calls, x in zip(rec.calls[first:], h.split(sizes, dim=1)):
-            for i in range(layer + 1, mllm.n_layers):
-                args, kwargs = calls[i]
-                x = _hidden(mllm.layers[i](x, *_stacked(args, B, n, cache), **_stacked(kwargs, B, n, cache)))
-        return unembed(mllm, x[:, -1]).float().cpu()
+        for seg, calls in enumerate(rec.calls[first:]):
+            x = None
+            for i in range(entries[order[0]][0] + 1, L + 1):
+                joining = [parts[k][seg] for k in order if entries[k][0] == i - 1]
+                if joining:
+                    x = torch.cat(([] if x is None else [x]) + joining)
+                if i < L:
+                    args, kwargs = calls[i]
+                    n = counts[i]
+                    x = _hidden(mllm.layers[i](x, *_stacked(args, B, n, cache), **_stacked(kwargs, B, n, cache)))
+        logits = unembed(mllm, x[:, -1]).float().cpu()
+    out = torch.empty_like(logits)
+    for j, k in enumerate(order):
+        out[k * B : (k + 1) * B] = logits[j * B : (j + 1) * B]
+    return out
 
 
 def _layer_of(edits: Sequence[Edit]) -> int:
@@ -158,7 +219,7 @@ def sweep_resumed(mllm, inputs: Mapping[str, torch.Tensor], rec: Record, cut: in
     """:func:`mechmod.interventions.core.sweep` for settings that each edit one
     ``resid`` site at positions ``cut`` (one of ``rec.cuts``) and later,
     resumed from ``rec`` (:func:`record` of ``inputs``): ``chunk`` settings
-    of one layer share one replay. ``rec_setter`` gives a setting's edits on
+    share one stacked replay (:func:`resume`). ``rec_setter`` gives a setting's edits on
     the positions from ``cut`` (prompt position p is p - ``cut``),
     ``setter`` on the whole prompt (for the metric's continuation, a full
     forward as in :func:`core.sweep`)."""
@@ -172,20 +233,19 @@ def sweep_resumed(mllm, inputs: Mapping[str, torch.Tensor], rec: Record, cut: in
     B, first = rec.batch_size, rec.cuts.index(cut)
     chunk = len(settings) if chunk is None else max(1, int(chunk))
     metric = metric or (lambda x, more: x)
-    by_layer: dict[int, list[int]] = {}
-    for i, s in enumerate(settings):
-        by_layer.setdefault(_layer_of(rec_setter(s, slice(0, B))), []).append(i)
-    out: dict[int, torch.Tensor] = {}
-    for layer, members in by_layer.items():
-        clean = torch.cat([o[layer] for o in rec.outputs[first:]], dim=1)
-        for start in range(0, len(members), chunk):
-            part = members[start : start + chunk]
-            h = torch.cat([clean] * len(part))
-            for j, i in enumerate(part):
-                for _, fn in rec_setter(settings[i], slice(j * B, (j + 1) * B)):
-                    h = fn(h)
-            logits = resume(mllm, rec, cut, layer, h)
-            out.update((i, metric(logits[j * B : (j + 1) * B],
-                                  continuation(mllm, inputs, setter(settings[i], slice(0, B)), backend)))
-                       for j, i in enumerate(part))
-    return torch.stack([out[i] for i in range(len(settings))])
+    layers = [_layer_of(rec_setter(s, slice(0, B))) for s in settings]
+    clean = {layer: torch.cat([o[layer] for o in rec.outputs[first:]], dim=1) for layer in set(layers)}
+    out = []
+    for start in range(0, len(settings), chunk):
+        part = range(start, min(start + chunk, len(settings)))
+        entries = []
+        for i in part:
+            h = clean[layers[i]].clone()
+            for _, fn in rec_setter(settings[i], slice(0, B)):
+                h = fn(h)
+            entries.append((layers[i], h))
+        logits = resume(mllm, rec, cut, entries)
+        out.extend(metric(logits[j * B : (j + 1) * B],
+                          continuation(mllm, inputs, setter(settings[i], slice(0, B)), backend))
+                   for j, i in enumerate(part))
+    return torch.stack(out)

@@ -70,6 +70,9 @@ class Adapter:
     # image ("rope deltas") on the model after a forward; the tail of a
     # cached prefix needs them (mechmod.prefix)
     rope_deltas_path: str | None = None
+    # whether image tokens attend causally, like text (False: Gemma 3's image
+    # blocks attend both ways, so no forward may start inside an image)
+    causal_image: bool = True
     builtin: dict[str, str] = field(default_factory=dict)  # short name -> hub id
 
     def module(self, model: nn.Module, path: str) -> nn.Module:
@@ -104,7 +107,7 @@ class Adapter:
 def pixel_digest(image) -> str:
     """A digest of a PIL image's size and RGB pixels (what the processor sees)."""
     rgb = image if image.mode == "RGB" else image.convert("RGB")
-    return hashlib.blake2b(repr(rgb.size).encode() + rgb.tobytes(), digest_size=16).hexdigest()
+    return hashlib.sha256(repr(rgb.size).encode() + rgb.tobytes()).hexdigest()
 
 
 @dataclass(frozen=True)

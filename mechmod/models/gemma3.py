@@ -13,6 +13,7 @@ ADAPTER = Adapter(
     description="Gemma 3: SigLIP-400M (256 image tokens) + Gemma-3 LM",
     post_attn_norm_path="post_attention_layernorm",  # Gemma norms each module's output before the residual add
     post_mlp_norm_path="post_feedforward_layernorm",
+    causal_image=False,  # an image's tokens attend to each other both ways
     builtin={
         "gemma-3-4b": "google/gemma-3-4b-it",
         "gemma-3-12b": "google/gemma-3-12b-it",
