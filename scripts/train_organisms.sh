@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Train the organism v2 family: a base from scratch, then three fine-tunes
 # from it on one data stream (same seed, same steps) that differ by the
-# planted text weight W only:
-#   organism (W = 1), organism-text (W = 1.6), organism-vision (W = 0.4)
-# (W = 2.5 put organism-text's balance point beyond the observed dHrel range).
+# planted text weight W only, read from mechmod.models.organism.VARIANTS
+# (organism W = 1, organism-text 1.6, organism-vision 0.4 when written;
+# W = 2.5 put organism-text's balance point beyond the observed dHrel range).
 # Checkpoints are saved as the runs go (--save-every); run the script again
 # to resume: a finished stage (organism.json without "partial") is skipped,
 # an unfinished one continues from its last saved step (--resume).
@@ -40,7 +40,8 @@ else
   "$PY" -m mechmod organism train --out "$OUT/base" --seed "$SEED" --steps "$STEPS" --no-card "${COMMON[@]}" \
     "${EXTRA[@]}" 2>&1 | tee -a "$OUT/base.log"
 fi
-for pair in organism:1 organism-text:1.6 organism-vision:0.4; do
+VARIANTS=$("$PY" -c 'from mechmod.models.organism import VARIANTS; print(" ".join(f"{k}:{w:g}" for k, w in VARIANTS.items()))')
+for pair in $VARIANTS; do
   name=${pair%%:*} w=${pair##*:}
   if finished "$OUT/$name"; then
     echo "$name: done"
