@@ -10,8 +10,8 @@ paired with the image. :func:`trace_shared` runs
    prefixes have the same length and tensor shapes), keeping the KV cache
    (and so the vision tower runs once per image);
 2. the tails of all prompts of those images in batches, right-padded, over
-   the cache rows of their image (:func:`cache_rows`: a view where a batch
-   shows one image, else gathered); right padding
+   the cache rows of their image (:func:`cache_rows`: copied once into a
+   buffer with room for the tail, which the tail fills in place); right padding
    is exact without any mask: pads come after the answer and a causal
    model's answer position never sees them.
 
@@ -65,23 +65,56 @@ def image_prefix(mllm, image, device: str | torch.device | None = None) -> Prefi
     return Prefix(inputs=inputs, length=P)
 
 
-def cache_rows(cache, slots: torch.Tensor):
-    """A cache holding the prefix rows ``slots``. The layers are copied
-    shallowly: selecting and the tail's updates rebind their tensors, so
-    the shared prefix cache is never written.
+class _Room(DynamicLayer):
+    """A cache layer whose prefix rows were copied, once, into a buffer with
+    room for the tail: the tail's update writes its keys and values there in
+    place, and the attention reads the whole buffer (no gather followed by a
+    concatenation: one copy of the prefix rows instead of two)."""
 
-    Where every row shows one image (one slot), each layer's keys and
-    values are that row expanded over the batch: a view, nothing copied.
-    The tail forward's cache update (``DynamicLayer.update``) concatenates
-    the prefix's and the tail's keys into a new tensor, the one K (and V)
-    that the attention kernel (sdpa, eager, the answer-row kernel) reads,
-    so nothing writes into the view; the view saves the gather, not that
-    concatenation, which a kernel reading one K tensor needs. Rows of
-    several images need one tensor whose rows point into different prefix
-    rows, which no strided view expresses, and a cache layer that updates
-    in place (``StaticLayer``'s ``index_copy_``) cannot take a view whose
-    rows share memory: those are gathered (one copy per layer)."""
+    def __init__(self, layer: DynamicLayer, slots: torch.Tensor, room: int):
+        super().__init__()
+        B, (_, H, P, D) = len(slots), layer.keys.shape
+        self.device, self.is_initialized, self.filled = layer.keys.device, True, P
+        self.buffers = []
+        for src in (layer.keys, layer.values):
+            buf = src.new_empty(B, H, P + room, D)
+            for slot in slots.unique().tolist():  # one image's prefix row broadcast to its rows
+                rows = torch.nonzero(slots == slot).flatten()
+                buf[rows, :, :P] = src[slot : slot + 1].expand(len(rows), -1, -1, -1)
+            self.buffers.append(buf)
+        self.keys, self.values = (b[:, :, :P] for b in self.buffers)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        n = key_states.shape[-2]
+        if self.filled + n > self.buffers[0].shape[-2]:
+            return super().update(key_states, value_states, *args, **kwargs)
+        for buf, new in zip(self.buffers, (key_states, value_states)):
+            buf[:, :, self.filled : self.filled + n] = new
+        self.filled += n
+        self.keys, self.values = (b[:, :, : self.filled] for b in self.buffers)
+        return self.keys, self.values
+
+
+def cache_rows(cache, slots: torch.Tensor, room: int = 0):
+    """A cache holding the prefix rows ``slots``; the shared prefix cache is
+    never written.
+
+    With ``room`` (the length of the tail about to run) and plain dynamic
+    layers, each layer's rows are copied once into a buffer with room for
+    the tail, which the tail's update fills in place (:class:`_Room`): one
+    copy of the prefix rows, read by the attention kernel as one K (and V)
+    tensor. Otherwise the layers are copied shallowly (selecting and the
+    tail's updates rebind their tensors): where every row shows one image
+    (one slot), each layer's keys and values are that row expanded over the
+    batch, a view, and the tail's update (``DynamicLayer.update``)
+    concatenates prefix and tail into a new tensor; rows of several images
+    are gathered first (a cache layer that updates in place, such as
+    ``StaticLayer``'s ``index_copy_``, cannot take a view whose rows share
+    memory), then concatenated: two copies."""
     rows = copy.copy(cache)
+    if room and all(type(layer) is DynamicLayer for layer in cache.layers):
+        rows.layers = [_Room(layer, slots, room) for layer in cache.layers]
+        return rows
     rows.layers = [copy.copy(layer) for layer in cache.layers]
     slot = int(slots[0])
     if bool((slots == slot).all()) and all(type(layer) in CONCATENATING for layer in rows.layers):
@@ -180,7 +213,7 @@ def _trace_group(mllm, prefixes, prompt_lists, batch_size, backend, attention, l
         tail_inputs = {
             "input_ids": ids.to(mllm.device),
             "attention_mask": torch.ones(len(part), P + S, dtype=torch.long, device=mllm.device),
-            key: cache_rows(cache, slots),
+            key: cache_rows(cache, slots, room=S),
             "use_cache": True,
         }
         if deltas is not None:  # M-RoPE: text positions continue from the image's, offset per prefix

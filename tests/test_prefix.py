@@ -82,3 +82,41 @@ def test_one_image_batch_reads_the_prefix_cache_as_a_view(mllm):
     for a, b, shared in zip(view.layers, gathered.layers, cache.layers):
         assert a.keys.stride(0) == 0 and a.keys.data_ptr() == shared.keys.data_ptr()
         assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+
+
+def test_tail_rows_fill_a_buffer_with_room(mllm):
+    """With room for the tail, each plain layer copies its prefix rows once
+    into a buffer that the tail's update fills in place: the tail's logits
+    equal those over gathered, concatenated rows, and the shared cache stays
+    as it was."""
+    from transformers.cache_utils import DynamicLayer
+
+    from mechmod.prefix import _Room, cache_kwarg, cache_rows, image_prefix
+
+    prefix = image_prefix(mllm, _images()[1])
+    inputs = {k: torch.cat([v, v]) if k != "image_grid_thw" and v.shape[0] == 1 else v
+              for k, v in prefix.inputs.items()}
+    if "image_grid_thw" in inputs:
+        return  # M-RoPE: the tail needs the prefix's rope deltas (covered through trace_shared above)
+    with torch.no_grad():
+        cache = getattr(mllm.model(**inputs, use_cache=True, logits_to_keep=1), cache_kwarg(mllm.model))
+    before = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
+    tail, _ = mllm.tail(mllm.case_prompt("The circle is blue.", "What color is the circle?", with_image=True))
+    slots = torch.tensor([0, 1, 0])
+    ids = torch.tensor([tail] * 3)
+    logits = []
+    for room in (len(tail), 0):
+        rows = cache_rows(cache, slots, room=room)
+        plain = all(type(layer) is DynamicLayer for layer in cache.layers)
+        assert all(isinstance(layer, _Room) for layer in rows.layers) == (plain and room > 0)
+        mask = torch.ones(3, prefix.length + len(tail), dtype=torch.long)
+        with torch.no_grad():
+            out = mllm.model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1,
+                             **{cache_kwarg(mllm.model): rows})
+        logits.append(out.logits[:, -1])
+        if room and plain:  # the tail filled the buffer: the attention read it whole, in place
+            assert all(layer.keys.data_ptr() == layer.buffers[0].data_ptr() and layer.keys.is_contiguous()
+                       for layer in rows.layers)
+    torch.testing.assert_close(logits[0], logits[1], atol=1e-5, rtol=0)
+    for layer, (k, v) in zip(cache.layers, before):
+        assert torch.equal(layer.keys, k) and torch.equal(layer.values, v)
