@@ -19,7 +19,11 @@ for the undecided rows only, a few tokens at most. Three ways to build one:
   tensors are passed whole, which needs no per-family slicing;
 - :func:`reencoded`: the undecided rows' prompts encoded again (no cache
   or batch kept, e.g. after :func:`mechmod.tracing.trace`), then as
-  :func:`reforward`.
+  :func:`reforward`;
+- :func:`over_prefixes`: prompts that show an image, over shared image
+  prefixes (:func:`mechmod.prefix.trace_shared`): each step runs an image's
+  prefix once for all its undecided rows, then their text tails with the
+  written tokens.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from mechmod.prefix import cache_kwarg, cache_rows, rope_deltas
+from mechmod.prefix import Prefix, cache_kwarg, cache_rows, rope_deltas, trace_shared
 
 Continuation = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``(rows [b] long, written [b, k] long) -> next-token logits [b, V]``:
@@ -147,4 +151,30 @@ def over_cache(mllm, inputs: Mapping[str, torch.Tensor], cache) -> Continuation:
                                  + deltas.reshape(-1, 1)[rows.to(deltas.device)]).to(device)
         with torch.no_grad():
             return mllm.model(**x, logits_to_keep=1).logits[:, -1]
+    return step
+
+
+def over_prefixes(mllm, images: Sequence, descriptions: Sequence, questions: Sequence, batch_size: int = 8,
+                  prefixes: Sequence[Prefix | None] | None = None) -> Continuation:
+    """A :data:`Continuation` for prompts that show an image (row i =
+    ``images[i]``, ``descriptions[i]`` or None, ``questions[i]``), over
+    shared image prefixes: per step, the undecided rows are grouped by image
+    (the same image object), each image's prefix runs once (``prefixes``:
+    row i's prebuilt one, or None) and each row's text tail runs with its
+    written tokens (:func:`mechmod.prefix.trace_shared`)."""
+    def step(rows: torch.Tensor, written: torch.Tensor) -> torch.Tensor:
+        groups: dict[int, list[int]] = {}  # image -> positions in ``rows``
+        for j, r in enumerate(rows.tolist()):
+            groups.setdefault(id(images[r]), []).append(j)
+        heads = [int(rows[js[0]]) for js in groups.values()]
+        traces = trace_shared(
+            mllm, [images[r] for r in heads],
+            [[(descriptions[int(rows[j])], questions[int(rows[j])], written[j].tolist()) for j in js]
+             for js in groups.values()],
+            batch_size=batch_size, prefixes=None if prefixes is None else [prefixes[r] for r in heads])
+        out = [None] * len(rows)
+        for js, tr in zip(groups.values(), traces):
+            for i, j in enumerate(js):
+                out[j] = tr.logits[i]
+        return torch.stack(out).float().cpu()
     return step

@@ -162,7 +162,8 @@ def trace_shared(mllm, images: Sequence[Any], prompts_per_image: Sequence[Sequen
                  batch_size: int = 8, backend: str = "hooks", attention: bool = False,
                  prefixes: Sequence[Prefix | None] | None = None) -> list[ResidualTrace]:
     """For each image, trace its prompts ``(description or None, question)``
-    over one shared prefix. Returns one ResidualTrace per image (rows in
+    (or ``(description, question, written token ids)``: the answer position
+    is then after the written tokens) over one shared prefix. Returns one ResidualTrace per image (rows in
     the order given); with ``attention`` its ``span_attention`` holds the
     answer position's attention mass on the image, description and
     question tokens per layer. ``prefixes``: the images' prefixes where
@@ -199,8 +200,10 @@ def _trace_group(mllm, prefixes, prompt_lists, batch_size, backend, attention, l
     image_keys = (inputs["input_ids"] == mllm.image_token_id).cpu()  # [images, P]
     rows = []  # (image slot in this group, tail ids, what each tail token is)
     for slot, prompts in enumerate(prompt_lists):
-        for desc, question in prompts:
-            rows.append((slot, *mllm.tail(mllm.case_prompt(desc, question, with_image=True), desc or "", question)))
+        for desc, question, *written in prompts:
+            ids, kinds = mllm.tail(mllm.case_prompt(desc, question, with_image=True), desc or "", question)
+            extra = [int(t) for t in written[0]] if written else []  # tokens written after the prompt
+            rows.append((slot, ids + extra, kinds + ["written"] * len(extra)))
     pad = mllm.tokenizer.pad_token_id if mllm.tokenizer.pad_token_id is not None else 0
     for start in range(0, len(rows), batch_size):
         part = rows[start : start + batch_size]

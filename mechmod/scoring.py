@@ -31,7 +31,7 @@ import torch
 
 from mechmod.answers import LabelSet
 from mechmod.data import open_image
-from mechmod.decoding import Continuation, reencoded
+from mechmod.decoding import Continuation, over_prefixes, reencoded
 from mechmod.dynamics import NO_LAYER, commit_layer, count_oscillations_batch, counted, first_counted_layer, \
     last_sign_change, layer_votes
 from mechmod.errors import MechmodError
@@ -242,6 +242,25 @@ def clean_runs(mllm, sub: pd.DataFrame, images, batch_size: int, backend: str, s
     return CleanRuns(vis_keys, txt_keys, v_logits, t_logits, m_logits, m_resid, m_mass)
 
 
+def continuations(mllm, sub: pd.DataFrame, images, runs: CleanRuns, batch_size: int, share_prefix: bool,
+                  prefixes: dict | None = None) -> tuple[Continuation, Continuation, Continuation]:
+    """The :data:`~mechmod.decoding.Continuation` of ``runs``' vision-only,
+    text-only and multimodal rows, for answers their first token does not
+    decide (:mod:`mechmod.answers`): the image prompts over shared image
+    prefixes with ``share_prefix`` (``prefixes``: those built ahead, by image
+    path), else encoded again."""
+    vis_keys, txt_keys = runs.vis_keys, runs.txt_keys
+    v_paths, m_paths = [p for p, _ in vis_keys], list(sub["image_path"])
+    v_args = ([images[p] for p in v_paths], [None] * len(vis_keys), [q for _, q in vis_keys])
+    m_args = ([images[p] for p in m_paths], list(sub["description"]), list(sub["question"]))
+    t_cont = reencoded(mllm, [None] * len(txt_keys), [d for d, _ in txt_keys], [q for _, q in txt_keys], batch_size)
+    if not share_prefix:
+        return reencoded(mllm, *v_args, batch_size), t_cont, reencoded(mllm, *m_args, batch_size)
+    prefixes = prefixes or {}
+    return (over_prefixes(mllm, *v_args, batch_size, [prefixes.get(p) for p in v_paths]), t_cont,
+            over_prefixes(mllm, *m_args, batch_size, [prefixes.get(p) for p in m_paths]))
+
+
 @dataclass(frozen=True)
 class _Readout:
     """Answer-level readout of final logits over a label set."""
@@ -296,11 +315,8 @@ def _score_group(mllm, lens, sub: pd.DataFrame, images, labels: LabelSet, option
             diff_parts.append((_label_logit(ll, labels, ans_t[s : s + bs])
                                - _label_logit(ll, labels, ans_v[s : s + bs])).float().cpu())
         top_ids, diff = torch.cat(top_ids), torch.cat(diff_parts).numpy()
-    v_images, m_images = [images[p] for p, _ in vis_keys], [images[p] for p in sub["image_path"]]
-    v_cont = reencoded(mllm, v_images, [None] * len(vis_keys), [q for _, q in vis_keys], bs)
-    t_cont = reencoded(mllm, [None] * len(txt_keys), [d for d, _ in txt_keys], [q for _, q in txt_keys], bs)
-    v, t = _readout(v_logits, labels, v_cont), _readout(t_logits, labels, t_cont)
-    m = _readout(m_logits, labels, reencoded(mllm, m_images, list(sub["description"]), list(sub["question"]), bs))
+    v_cont, t_cont, m_cont = continuations(mllm, sub, images, runs, bs, options.share_prefix, prefixes)
+    v, t, m = _readout(v_logits, labels, v_cont), _readout(t_logits, labels, t_cont), _readout(m_logits, labels, m_cont)
     vi, ti = runs.rows(sub)
 
     dh, degenerate = relative_uncertainty(t.u[options.uncertainty][ti], v.u[options.uncertainty][vi])

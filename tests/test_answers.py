@@ -14,7 +14,8 @@ from PIL import Image
 
 from mechmod.answers import (COMMON_ANSWER_WORDS, COMMON_ANSWER_WORDS_VERSION, MAX_NEW_TOKENS, MIN_PREFIX, OTHER,
                              RULE_TEXT, LabelSet)
-from mechmod.decoding import extend_inputs, greedy, model_next_logits, over_cache, reencoded, reforward
+from mechmod.decoding import (extend_inputs, greedy, model_next_logits, over_cache, over_prefixes, reencoded,
+                              reforward)
 from mechmod.errors import MechmodError
 from mechmod.prefix import cache_kwarg
 from mechmod.models import load_model
@@ -182,8 +183,8 @@ def tiny(request, tiny_dir):
 def test_cache_continuation_equals_a_full_reforward(tiny):
     """Left-padded rows, M-RoPE (Qwen2-VL) and token types (Gemma 3): the
     undecided rows continued over the prompt's KV cache give the logits of
-    the whole batch run again with the written tokens appended, and of
-    their prompts encoded anew."""
+    the whole batch run again with the written tokens appended, of their
+    prompts encoded anew, and of their text tails over each image's prefix."""
     images = [Image.new("RGB", (64, 32), (200, 30, 30)), Image.new("RGB", (32, 32), (30, 30, 200))]
     enc = tiny.encode(images, ["the circle is red .", None], ["what color is the circle ?"] * 2)
     with torch.no_grad():
@@ -191,6 +192,10 @@ def test_cache_continuation_equals_a_full_reforward(tiny):
     cached = over_cache(tiny, enc.inputs, getattr(out, cache_kwarg(tiny.model)))
     full = reforward(enc.inputs, model_next_logits(tiny.model), tiny.tokenizer.pad_token_id)
     again = reencoded(tiny, images, ["the circle is red .", None], ["what color is the circle ?"] * 2, batch_size=1)
+    shared = over_prefixes(tiny, images, ["the circle is red .", None], ["what color is the circle ?"] * 2)
+    one_image = over_prefixes(tiny, [images[1]] * 2, ["the circle is red .", None], ["what color is the circle ?"] * 2)
+    enc1 = tiny.encode([images[1]] * 2, ["the circle is red .", None], ["what color is the circle ?"] * 2)
+    full1 = reforward(enc1.inputs, model_next_logits(tiny.model), tiny.tokenizer.pad_token_id)
 
     def ids(text, n):
         got = tiny.tokenizer.encode(text, add_special_tokens=False)[:n]
@@ -203,4 +208,6 @@ def test_cache_continuation_equals_a_full_reforward(tiny):
         got = cached(rows, w)
         torch.testing.assert_close(got, full(rows, w), atol=1e-4, rtol=0)
         torch.testing.assert_close(again(rows, w), got, atol=1e-4, rtol=0)  # the rows' prompts encoded anew
+        torch.testing.assert_close(shared(rows, w), got, atol=1e-4, rtol=0)  # over each image's prefix
+        torch.testing.assert_close(one_image(rows, w), full1(rows, w), atol=1e-4, rtol=0)  # one prefix, two rows
         torch.testing.assert_close(cached(rows, w), got, atol=0, rtol=0)  # the prompt's cache was not written

@@ -114,7 +114,7 @@ WRITES = {
 
 
 def _fake_reencoded(mllm, images, descriptions, questions, batch_size=8, next_logits=None):
-    """decoding.reencoded's stand-in: each prompt's row writes WRITES[its kind][its question]."""
+    """decoding.reencoded's (and over_prefixes') stand-in: each prompt's row writes WRITES[its kind][its question]."""
     texts = []
     for image, d, q in zip(images, descriptions, questions):
         kind = "text" if image is None else "vision" if d is None else "multimodal"
@@ -140,6 +140,7 @@ def test_mc2_dataset_scored_end_to_end(qwen, tmp_path, monkeypatch):
     first = _first_tokens(qwen, out, cases)
     assert not any(c in first for c in "\n.!?"), f"the tiny model's first tokens {first!r} would end the phrases"
     monkeypatch.setattr(scoring, "reencoded", _fake_reencoded)
+    monkeypatch.setattr(scoring, "over_prefixes", _fake_reencoded)
     rows = mechmod.score(qwen, cases, out, batch_size=2).set_index("case_id")
     assert (rows["status"] == "ok").all(), rows["error"].tolist()
     r0, r1, same = (rows.loc[f"mc2-evaluate_final_text_error1-{i:05d}"] for i in range(3))
@@ -162,7 +163,8 @@ def test_the_run_report_states_both_answer_rules():
 def test_intervention_baseline_reads_phrases_the_same_way(qwen, tmp_path, monkeypatch):
     src, coco = _fake(tmp_path, WORD_RECORDS)
     out = load_mc2(src, tmp_path / "mc2", coco, progress=False, report=lambda line: None)
-    monkeypatch.setattr(intervention_cases, "reencoded", _fake_reencoded)
+    monkeypatch.setattr(scoring, "reencoded", _fake_reencoded)  # the baseline continues as the run does
+    monkeypatch.setattr(scoring, "over_prefixes", _fake_reencoded)
     table = intervention_cases.baseline(qwen, out, load_cases(out), batch_size=2).table.set_index("case_id")
     r0, r1 = (table.loc[f"mc2-evaluate_final_text_error1-{i:05d}"] for i in range(2))
     assert (r0.y_v, r0.y_t, r0.y_m, r0.follow) == ("red", "a blue circle", "a blue circle", "text")

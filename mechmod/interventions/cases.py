@@ -17,12 +17,11 @@ import pandas as pd
 import torch
 
 from mechmod.backends.tl_backend import bridged
-from mechmod.decoding import reencoded
 from mechmod.errors import MechmodError
 from mechmod.following import follow_outcome
 from mechmod.names import PATCH_DIRECTIONS
 from mechmod.phrase_answers import answer_set
-from mechmod.scoring import clean_runs
+from mechmod.scoring import clean_runs, continuations
 from mechmod.uncertainty import entropy, relative_uncertainty
 
 # direction -> what the source prompt is
@@ -84,16 +83,12 @@ def baseline(mllm, dataset_dir, cases: pd.DataFrame, batch_size: int = 8, backen
     for cand, sub in cases.groupby(cases["candidates"].map(tuple), sort=False):
         labels = answer_set(mllm.tokenizer, list(cand))  # MC2's phrases: mechmod.phrase_answers
         runs = clean_runs(mllm, sub, images, batch_size, backend, share)
-        vk, tk = runs.vis_keys, runs.txt_keys
         vi, ti = runs.rows(sub)
         h_v, h_t = entropy(runs.v_logits).numpy()[vi], entropy(runs.t_logits).numpy()[ti]
         dh, _ = relative_uncertainty(h_t, h_v)
         part = sub.copy()
         # a top-1 piece that does not decide the answer is written on (mechmod.answers)
-        v_more = reencoded(mllm, [images[p] for p, _ in vk], [None] * len(vk), [q for _, q in vk], batch_size)
-        t_more = reencoded(mllm, [None] * len(tk), [d for d, _ in tk], [q for _, q in tk], batch_size)
-        m_more = reencoded(mllm, [images[p] for p in sub["image_path"]], list(sub["description"]),
-                           list(sub["question"]), batch_size)
+        v_more, t_more, m_more = continuations(mllm, sub, images, runs, batch_size, share)
         part["y_v"] = np.asarray(labels.predict(runs.v_logits, v_more), dtype=object)[vi]
         part["y_t"] = np.asarray(labels.predict(runs.t_logits, t_more), dtype=object)[ti]
         part["y_m"] = labels.predict(runs.m_logits, m_more)
