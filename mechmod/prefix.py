@@ -74,7 +74,7 @@ class _Room(DynamicLayer):
     def __init__(self, layer: DynamicLayer, slots: torch.Tensor, room: int):
         super().__init__()
         B, (_, H, P, D) = len(slots), layer.keys.shape
-        self.device, self.is_initialized, self.filled = layer.keys.device, True, P
+        self.device, self.is_initialized = layer.keys.device, True
         self.buffers = []
         for src in (layer.keys, layer.values):
             buf = src.new_empty(B, H, P + room, D)
@@ -85,13 +85,12 @@ class _Room(DynamicLayer):
         self.keys, self.values = (b[:, :, :P] for b in self.buffers)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        n = key_states.shape[-2]
-        if self.filled + n > self.buffers[0].shape[-2]:
+        filled, n = self.keys.shape[-2], key_states.shape[-2]
+        if filled + n > self.buffers[0].shape[-2]:  # no room left: concatenate, as DynamicLayer does
             return super().update(key_states, value_states, *args, **kwargs)
         for buf, new in zip(self.buffers, (key_states, value_states)):
-            buf[:, :, self.filled : self.filled + n] = new
-        self.filled += n
-        self.keys, self.values = (b[:, :, : self.filled] for b in self.buffers)
+            buf[:, :, filled : filled + n] = new
+        self.keys, self.values = (b[:, :, : filled + n] for b in self.buffers)
         return self.keys, self.values
 
 
@@ -163,11 +162,11 @@ def trace_shared(mllm, images: Sequence[Any], prompts_per_image: Sequence[Sequen
                  prefixes: Sequence[Prefix | None] | None = None) -> list[ResidualTrace]:
     """For each image, trace its prompts ``(description or None, question)``
     (or ``(description, question, written token ids)``: the answer position
-    is then after the written tokens) over one shared prefix. Returns one ResidualTrace per image (rows in
-    the order given); with ``attention`` its ``span_attention`` holds the
-    answer position's attention mass on the image, description and
-    question tokens per layer. ``prefixes``: the images' prefixes where
-    already built (mechmod.loader; None: built here)."""
+    is then after the written tokens) over one shared prefix. Returns one
+    ResidualTrace per image (rows in the order given); with ``attention``
+    its ``span_attention`` holds the answer position's attention mass on the
+    image, description and question tokens per layer. ``prefixes``: the
+    images' prefixes where already built (mechmod.loader; None: built here)."""
     if len(images) != len(prompts_per_image):
         raise MechmodError(f"trace_shared: {len(images)} images but {len(prompts_per_image)} prompt lists")
     built = prefixes or [None] * len(images)

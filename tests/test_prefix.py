@@ -87,8 +87,9 @@ def test_one_image_batch_reads_the_prefix_cache_as_a_view(mllm):
 def test_tail_rows_fill_a_buffer_with_room(mllm):
     """With room for the tail, each plain layer copies its prefix rows once
     into a buffer that the tail's update fills in place: the tail's logits
-    equal those over gathered, concatenated rows, and the shared cache stays
-    as it was."""
+    (and a further token's, concatenated once the room is used up) equal
+    those over gathered, concatenated rows, and the shared cache stays as
+    it was."""
     from transformers.cache_utils import DynamicLayer
 
     from mechmod.prefix import _Room, cache_kwarg, cache_rows, image_prefix
@@ -117,6 +118,12 @@ def test_tail_rows_fill_a_buffer_with_room(mllm):
         if room and plain:  # the tail filled the buffer: the attention read it whole, in place
             assert all(layer.keys.data_ptr() == layer.buffers[0].data_ptr() and layer.keys.is_contiguous()
                        for layer in rows.layers)
-    torch.testing.assert_close(logits[0], logits[1], atol=1e-5, rtol=0)
+        mask = torch.ones(3, prefix.length + len(tail) + 1, dtype=torch.long)  # one more token: no room left
+        with torch.no_grad():
+            out = mllm.model(input_ids=ids[:, -1:], attention_mask=mask, use_cache=True, logits_to_keep=1,
+                             **{cache_kwarg(mllm.model): rows})
+        logits.append(out.logits[:, -1])
+    for a, b in zip(logits[:2], logits[2:]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     for layer, (k, v) in zip(cache.layers, before):
         assert torch.equal(layer.keys, k) and torch.equal(layer.values, v)

@@ -130,9 +130,10 @@ def run_patching(mllm, dataset_dir, cases: pd.DataFrame, config: PatchStudyConfi
 
 
 def by_length(mllm, pairs: pd.DataFrame) -> pd.DataFrame:
-    """``pairs`` sorted by the length of their target prompts (stable): a
-    batch of one padded length has its text after every row's image, so a
-    patch of the text computes the text alone
+    """``pairs`` sorted by the length of their target prompts (stable), so
+    that a batch carries little padding; where a cut cannot fall inside an
+    image (Gemma 3), a batch of one length also has its text after every
+    row's image, so a patch of the text computes the text alone
     (:func:`mechmod.interventions.patching.tail_start`)."""
     length = [len(mllm.tail(mllm.case_prompt(d, q, with_image=True))[0])
               for d, q in zip(pairs["description"], pairs["question"])]
