@@ -12,12 +12,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+import plotly.io
 import pytest
 
 from mechmod import report
 from mechmod.dynamics import count_oscillations_batch, counted_votes
 from mechmod.errors import MechmodError
-from mechmod.report.registry import Figure, LeftOut
+from mechmod.report.html import Page
+from mechmod.report.registry import Figure, LeftOut, Panel
 
 DATA = Path(__file__).parent / "data" / "report"
 
@@ -169,3 +171,16 @@ def test_write_study_writes_json_parquet_and_the_page(real, tmp_path):
     ids = [f.id for f in report.figures("patch")]
     assert all(f'data-figure="{i}"' in html for i in ids) and "left-out" not in html.split("</style>", 1)[1]
     assert report.lines("patch", summary)[0].startswith("V->C  resid")
+
+
+def test_every_figure_gets_the_reports_white_template():
+    """The renderer stamps plotly's white template on each figure's JSON (the
+    figures themselves carry none, which keeps building them cheap)."""
+    page = Page("demo")
+    for title in ("a", "b"):
+        fig = go.Figure(go.Scatter(x=[0, 1], y=[1, 0]))
+        fig.update_layout(title=title)
+        page.add_panel(Panel(Figure("demo", title, title, "", lambda s: fig), title, fig))
+    html = page.render()
+    white = json.dumps(plotly.io.templates["plotly_white"].layout.plot_bgcolor)
+    assert html.count(f'"plot_bgcolor":{white}') == 2 and html.count('"text":"a"') == 1

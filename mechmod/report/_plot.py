@@ -21,7 +21,6 @@ def layout(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:
         title=title,
         xaxis_title=x,
         yaxis_title=y,
-        template="plotly_white",
         height=380,
         margin=dict(l=60, r=20, t=50, b=50),
     )

@@ -99,7 +99,7 @@ def _before_after(summary: Mapping[str, Any], metrics: tuple[str, ...], title: s
             fig.add_trace(go.Scatter(x=[f"after, {s}"] * len(pts), y=pts, mode="markers", showlegend=False,
                                      marker=dict(color="black", size=7, symbol="circle-open"),
                                      hovertemplate="seed value %{y:.3f}"), row=1, col=j)
-    fig.update_layout(title=title, template="plotly_white", height=380, margin=dict(l=60, r=20, t=70, b=50))
+    fig.update_layout(title=title, height=380, margin=dict(l=60, r=20, t=70, b=50))
     fig.update_yaxes(title_text=y, col=1)
     return fig
 

@@ -56,7 +56,7 @@ def windows(summary: Mapping[str, Any]) -> dict[str, go.Figure]:
             _band(fig, x, s["flip_rate"], s["flip_rate_lo"], s["flip_rate_hi"], region, color, 1, True)
             _band(fig, x, s["delta_logit_diff"], s["delta_logit_diff_lo"], s["delta_logit_diff_hi"], region, color, 2,
                   False)
-        fig.update_layout(template="plotly_white", height=380, margin=dict(l=60, r=20, t=70, b=50),
+        fig.update_layout(height=380, margin=dict(l=60, r=20, t=70, b=50),
                           title=f"Attention knockout {flow}")
         fig.update_xaxes(title_text="first layer of the window")
         fig.update_yaxes(range=[0, 1], col=1)
@@ -95,7 +95,7 @@ def tfr_vs_alpha(summary: Mapping[str, Any]) -> go.Figure:
                        (3, [p["mean_logit_diff"] for p in per])):
             fig.add_trace(go.Scatter(x=a, y=y, mode="lines+markers", name=name, line=dict(color=color),
                                      showlegend=col == 1), row=1, col=col)
-    fig.update_layout(template="plotly_white", height=380, margin=dict(l=60, r=20, t=70, b=50), title="Head scaling")
+    fig.update_layout(height=380, margin=dict(l=60, r=20, t=70, b=50), title="Head scaling")
     fig.update_xaxes(title_text="alpha")
     return fig
 

@@ -63,7 +63,7 @@ def _by_layer(summary: Mapping[str, Any], value: str) -> go.Figure:
                                  name=f"{c['positions']} ({c['component']})", legendgroup=f"{c['positions']}{c['component']}",
                                  showlegend=col == 1), row=1, col=col)
     fig.update_layout(title=f"{'Flip rate to the source answer' if value == 'flip_rate' else 'Normalised LD restoration'} by patched layer",
-                      template="plotly_white", height=380, margin=dict(l=60, r=20, t=70, b=50))
+                      height=380, margin=dict(l=60, r=20, t=70, b=50))
     fig.update_xaxes(title_text="layer")
     fig.update_yaxes(title_text=value.replace("_", " "), col=1)
     return fig

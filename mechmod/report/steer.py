@@ -65,7 +65,7 @@ def balance_vs_alpha(summary: Mapping[str, Any]) -> go.Figure:
                       row=1, col=1)
         fig.add_trace(go.Scatter(x=a, y=[p["tfr"] for p in per], mode="lines+markers", name=f"layer {layer}",
                                  line=dict(color=color), showlegend=False), row=1, col=2)
-    fig.update_layout(template="plotly_white", height=380, margin=dict(l=60, r=20, t=70, b=50),
+    fig.update_layout(height=380, margin=dict(l=60, r=20, t=70, b=50),
                       title="Preference steering: alpha * (mean text-following - mean vision-following residual)")
     fig.update_xaxes(title_text="alpha")
     fig.update_yaxes(title_text="balance point (dHrel)", col=1)
