@@ -170,19 +170,20 @@ def test_batched_sweep_equals_naive_per_example_per_layer_loop(mllm, component):
 
 
 def test_backends_agree(mllm):
+    """hooks (the studies' default), nnsight and TransformerLens give equal patches and knock-outs."""
     source, target = vision(mllm), conflict(mllm)
+    others = ("nnsight", "transformer_lens")
     for spec in (PatchSpec("resid", ("question", "last")), PatchSpec("attn", "last"), PatchSpec("mlp", "question")):
-        a = patch_layers(mllm, source, target, spec, backend="nnsight")[0]
-        b = patch_layers(mllm, source, target, spec, backend="transformer_lens")[0]
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+        a = patch_layers(mllm, source, target, spec, backend="hooks")[0]
+        for backend in others:
+            torch.testing.assert_close(a, patch_layers(mllm, source, target, spec, backend=backend)[0], atol=1e-4, rtol=0)
     us = H.units(mllm)
-    for mode in ("zero",):
-        a = H.knockout_units(mllm, target, us, mode, backend="nnsight")
-        b = H.knockout_units(mllm, target, us, mode, backend="transformer_lens")
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
-    a = H.patch_units(mllm, source, target, us, backend="nnsight")[0]
-    b = H.patch_units(mllm, source, target, us, backend="transformer_lens")[0]
-    torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    a = H.knockout_units(mllm, target, us, "zero", backend="hooks")
+    for backend in others:
+        torch.testing.assert_close(a, H.knockout_units(mllm, target, us, "zero", backend=backend), atol=1e-4, rtol=0)
+    a = H.patch_units(mllm, source, target, us, backend="hooks")[0]
+    for backend in others:
+        torch.testing.assert_close(a, H.patch_units(mllm, source, target, us, backend=backend)[0], atol=1e-4, rtol=0)
 
 
 def test_head_knockout_matches_a_plain_hook_and_mean_of_self_is_identity(mllm):

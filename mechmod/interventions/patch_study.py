@@ -42,7 +42,7 @@ class PatchStudyConfig:
     dh_bins: int = 4
     radius: float = 0.5  # half-width of the ambiguous region around the baseline's balance point
     t_min: float = 2.0
-    backend: str = "nnsight"
+    backend: str = "hooks"  # plain forward hooks: the fastest, equal to nnsight and transformer_lens
 
     def __post_init__(self):
         bad = ([d for d in self.directions if d not in DIRECTIONS] + [c for c in self.components if c not in COMPONENTS]
@@ -117,11 +117,12 @@ def run_patching(mllm, dataset_dir, cases: pd.DataFrame, config: PatchStudyConfi
     for (d, c, g), sub in layers.groupby(["direction", "component", "positions"], sort=False):
         wide_f = sub.pivot(index="case_id", columns="layer", values="flipped")
         wide_r = sub.pivot(index="case_id", columns="layer", values="restoration")
-        dh = sub.drop_duplicates("case_id").set_index("case_id").loc[wide_f.index, "dh_rel"]
+        first = sub.drop_duplicates("case_id")  # (a Series: set_index on the wide frame copies every column)
+        dh = pd.Series(first["dh_rel"].to_numpy(float), index=first["case_id"]).loc[wide_f.index].to_numpy()
         curves.append(summarize_curve(d, c, g, list(wide_f.columns), wide_f.to_numpy(bool), wide_r.to_numpy(float),
-                                      dh.to_numpy(float), cfg.dh_bins).to_dict())
+                                      dh, cfg.dh_bins).to_dict())
         curves[-1]["flip_rate_by_region"] = None if bp.estimate is None else flip_rates_by_region(
-            wide_f.to_numpy(bool), region(dh.to_numpy(float), bp.estimate, cfg.radius))
+            wide_f.to_numpy(bool), region(dh, bp.estimate, cfg.radius))
     if cfg.units and cfg.knockouts:
         unit_rows.extend(_knockouts(mllm, base, images, label_sets, cfg))
     units = pd.concat(unit_rows, ignore_index=True) if unit_rows else pd.DataFrame()
