@@ -78,9 +78,7 @@ class _Room(DynamicLayer):
         self.buffers = []
         for src in (layer.keys, layer.values):
             buf = src.new_empty(B, H, P + room, D)
-            for slot in slots.unique().tolist():  # one image's prefix row broadcast to its rows
-                rows = torch.nonzero(slots == slot).flatten()
-                buf[rows, :, :P] = src[slot : slot + 1].expand(len(rows), -1, -1, -1)
+            _copy_rows(buf[:, :, :P], src, slots)
             self.buffers.append(buf)
         self.keys, self.values = (b[:, :, :P] for b in self.buffers)
 
@@ -94,13 +92,38 @@ class _Room(DynamicLayer):
         return self.keys, self.values
 
 
+def _copy_rows(dst: torch.Tensor, src: torch.Tensor, slots: torch.Tensor) -> None:
+    """``dst[i] = src[slots[i]]``, one copy: a broadcast where ``slots``
+    stacks the whole of ``src`` several times (a stacked replay), else one
+    broadcast per distinct slot (one image's prefix row to its rows)."""
+    n, rest = divmod(len(slots), len(src))
+    if rest == 0 and torch.equal(slots.cpu(), torch.arange(len(src)).repeat(n)):
+        dst.view(n, *src.shape[:1], *dst.shape[1:]).copy_(src.expand(n, *src.shape))
+        return
+    for slot in slots.unique().tolist():
+        rows = torch.nonzero(slots == slot).flatten()
+        dst[rows] = src[slot : slot + 1].expand(len(rows), -1, -1, -1)
+
+
+def with_room(layer, slots: torch.Tensor, room: int) -> DynamicLayer | None:
+    """Cache layer ``layer``'s rows ``slots`` copied once into a buffer with
+    room for ``room`` more tokens, which their update fills in place
+    (:class:`_Room`); None for a layer of another kind than a plain dynamic
+    one (sliding windows, static layers)."""
+    return _Room(layer, slots, room) if type(layer) in _ROOMY else None
+
+
+#: the cache layers :class:`_Room` can take the rows of
+_ROOMY = (DynamicLayer, _Room)
+
+
 def cache_rows(cache, slots: torch.Tensor, room: int = 0):
     """A cache holding the prefix rows ``slots``; the shared prefix cache is
     never written.
 
     With ``room`` (the length of the tail about to run) and plain dynamic
     layers, each layer's rows are copied once into a buffer with room for
-    the tail, which the tail's update fills in place (:class:`_Room`): one
+    the tail, which the tail's update fills in place (:func:`with_room`): one
     copy of the prefix rows, read by the attention kernel as one K (and V)
     tensor. Otherwise the layers are copied shallowly (selecting and the
     tail's updates rebind their tensors): where every row shows one image
@@ -111,7 +134,7 @@ def cache_rows(cache, slots: torch.Tensor, room: int = 0):
     ``StaticLayer``'s ``index_copy_``, cannot take a view whose rows share
     memory), then concatenated: two copies."""
     rows = copy.copy(cache)
-    if room and all(type(layer) is DynamicLayer for layer in cache.layers):
+    if room and all(type(layer) in _ROOMY for layer in cache.layers):
         rows.layers = [_Room(layer, slots, room) for layer in cache.layers]
         return rows
     rows.layers = [copy.copy(layer) for layer in cache.layers]

@@ -127,3 +127,27 @@ def test_tail_rows_fill_a_buffer_with_room(mllm):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     for layer, (k, v) in zip(cache.layers, before):
         assert torch.equal(layer.keys, k) and torch.equal(layer.values, v)
+
+
+@pytest.mark.parametrize("slots", [[0, 1, 0], [2, 2, 2, 2], [0, 1, 2, 0, 1, 2, 0, 1, 2], [1, 0, 1, 0]])
+def test_rows_copied_into_a_buffer_with_room_are_the_selected_rows(slots):
+    """with_room copies row slots[i] of each cache tensor into buffer row i
+    (a stacked replay's pattern 0..B-1 repeated, one image's row broadcast,
+    and mixed slots alike), leaves the room after them, and refuses layers
+    it cannot take (None)."""
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    from mechmod.prefix import with_room
+
+    layer = DynamicLayer()
+    keys, values = torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4)
+    layer.update(keys, values)
+    slots = torch.tensor(slots)
+    roomy = with_room(layer, slots, room=2)
+    torch.testing.assert_close(roomy.keys, keys[slots], rtol=0, atol=0)
+    torch.testing.assert_close(roomy.values, values[slots], rtol=0, atol=0)
+    assert roomy.buffers[0].shape == (len(slots), 2, 7, 4)
+    new = torch.randn(len(slots), 2, 2, 4)
+    k, _ = roomy.update(new, new)
+    torch.testing.assert_close(k, torch.cat([keys[slots], new], dim=2), rtol=0, atol=0)
+    assert with_room(DynamicSlidingWindowLayer(sliding_window=4), slots, room=2) is None

@@ -37,7 +37,7 @@ from mechmod.backends import Edit, unembed
 from mechmod.decoding import Continuation
 from mechmod.errors import MechmodError
 from mechmod.interventions.core import continuation, tails_exact
-from mechmod.prefix import CONCATENATING, cache_kwarg, cache_rows
+from mechmod.prefix import CONCATENATING, cache_kwarg, cache_rows, with_room
 
 S = TypeVar("S")
 
@@ -127,7 +127,7 @@ def record(mllm, inputs: Mapping[str, torch.Tensor], cuts: Sequence[int] = (0,))
         part = {k: inputs[k][:, :end] if k == "attention_mask" else inputs[k][:, start:end] for k in per_token}
         part["inputs_embeds"] = emb[:, start:end]
         if cache is not None:
-            part[key] = cache_rows(cache, rows)
+            part[key] = cache_rows(cache, rows, room=end - start)
         caches.append(cache)
         calls.append([None] * mllm.n_layers)
         outputs.append([None] * mllm.n_layers)
@@ -157,16 +157,23 @@ def _stacked(x, B: int, n: int, cache):
     return x
 
 
-def _stacked_cache(cache, B: int, counts: Sequence[int]):
+def _stacked_cache(cache, B: int, counts: Sequence[int], room: int):
     """A shallow copy of ``cache`` whose layer i holds its ``B`` rows
-    ``counts[i]`` times (the stack that reaches decoder layer i); a layer
-    kept once is shared, as :func:`mechmod.prefix.cache_rows` does (its
-    update concatenates into a new tensor, never writing the record's)."""
+    ``counts[i]`` times (the stack that reaches decoder layer i), copied
+    once into a buffer with room for the ``room`` positions replayed where
+    the layer allows (:func:`mechmod.prefix.with_room`); else selected, or,
+    kept once, shared as :func:`mechmod.prefix.cache_rows` does (its update
+    concatenates into a new tensor, never writing the record's)."""
     out = copy.copy(cache)
-    out.layers = [copy.copy(layer) for layer in cache.layers]
-    for layer, n in zip(out.layers, counts):
-        if n > 1 or (n == 1 and type(layer) not in CONCATENATING):
-            layer.batch_select_indices(torch.arange(B, device=layer.keys.device).repeat(n))
+    out.layers = []
+    for layer, n in zip(cache.layers, counts):
+        slots = torch.arange(B, device=layer.keys.device).repeat(n)
+        stacked = with_room(layer, slots, room) if n else None
+        if stacked is None:
+            stacked = copy.copy(layer)
+            if n > 1 or (n == 1 and type(layer) not in CONCATENATING):
+                stacked.batch_select_indices(slots)
+        out.layers.append(stacked)
     return out
 
 
@@ -185,7 +192,8 @@ def resume(mllm, rec: Record, cut: int, entries: Sequence[tuple[int, torch.Tenso
     sizes = [int(out[0].shape[1]) for out in rec.outputs[first:]]
     parts = [entries[k][1].split(sizes, dim=1) for k in range(len(entries))]
     counts = [sum(entries[k][0] < i for k in order) for i in range(L)]
-    cache = _stacked_cache(rec.caches[first], B, counts) if first else DynamicCache(config=mllm.model.config)
+    cache = (_stacked_cache(rec.caches[first], B, counts, room=sum(sizes)) if first
+             else DynamicCache(config=mllm.model.config))
     with torch.no_grad():
         for seg, calls in enumerate(rec.calls[first:]):
             x = None

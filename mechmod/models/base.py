@@ -249,8 +249,9 @@ class MLLM:
         ids = inputs["input_ids"]
         spans = self._spans(ids.cpu(), prompts, pieces)
         answer_index = torch.full((ids.shape[0],), ids.shape[1] - 1, dtype=torch.long)
+        digests = {id(im): pixel_digest(im) for im in images if im is not None}  # an image shown twice: hashed once
         return Encoded(inputs=inputs, answer_index=answer_index, spans=spans, prompts=tuple(prompts),
-                       image_digests=tuple(None if im is None else pixel_digest(im) for im in rgb))
+                       image_digests=tuple(None if im is None else digests[id(im)] for im in images))
 
     def tail(self, prompt: str, description: str = "", question: str = "") -> tuple[list[int], list[str]]:
         """The prompt's tokens after the image placeholder (all of them for a
