@@ -157,6 +157,15 @@ def test_identity_writes_are_left_out_and_change_nothing(mllm):
             torch.testing.assert_close(out[layer, i], _hooked(mllm, s1, t1, layer, *pos), atol=1e-4, rtol=0)
 
 
+def test_same_image_by_object_then_by_pixels():
+    from mechmod.models.base import same_image
+
+    red = img(RED)
+    assert same_image(red, red) and same_image(red, img(RED)) and same_image(red, red.convert("RGBA"))
+    assert not same_image(red, img(BLUE)) and not same_image(red, None) and not same_image(None, None)
+    assert not same_image(red, red.resize((red.width + 1, red.height)))
+
+
 @pytest.mark.parametrize("component", ["resid", "mlp"])
 def test_batched_sweep_equals_naive_per_example_per_layer_loop(mllm, component):
     colors, descs = (RED, BLUE), ("The circle is red .", "The circle has the same color as a banana .")

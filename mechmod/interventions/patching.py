@@ -43,6 +43,7 @@ import torch
 from mechmod.errors import MechmodError
 from mechmod.interventions.core import Site, chunk_for, continuation, forward, sweep, sweep_tail, tails_exact
 from mechmod.interventions.resume import record, sweep_resumed
+from mechmod.models.base import same_image
 from mechmod.names import PATCH_COMPONENTS as COMPONENTS, POSITION_GROUPS, SPANS
 
 STUDY_GROUPS = ("image", "description", "question", "last")
@@ -141,16 +142,15 @@ def shared_prefix(source, target, i: int, image_token_id: int) -> tuple[int, int
     """Row i's shared prefix: (its first source position, its first target
     position, its length). From their first non-pad positions the two rows
     hold the same tokens for ``length`` positions, an image among them only
-    where both rows show the same image (equal ``image_digests``); a causal
+    where both rows show the same image (:func:`mechmod.models.base.same_image`); a causal
     model computes the same activations there in both runs."""
     s0, t0 = _content_start(source, i), _content_start(target, i)
     a, b = source.inputs["input_ids"][i, s0:].cpu(), target.inputs["input_ids"][i, t0:].cpu()
     n = min(a.numel(), b.numel())
     differ = torch.nonzero(a[:n] != b[:n]).flatten()
     n = int(differ[0]) if differ.numel() else n
-    digests = (source.image_digests[i] if source.image_digests else None,
-               target.image_digests[i] if target.image_digests else None)
-    if digests[0] is None or digests[0] != digests[1]:
+    shown = [enc.images[i] if enc.images else None for enc in (source, target)]
+    if not same_image(*shown):
         image = torch.nonzero(a[:n] == image_token_id).flatten()
         n = int(image[0]) if image.numel() else n
     return s0, t0, n

@@ -110,6 +110,14 @@ def pixel_digest(image) -> str:
     return hashlib.sha256(repr(rgb.size).encode() + rgb.tobytes()).hexdigest()
 
 
+def same_image(a, b) -> bool:
+    """Whether two PIL images (or None) show the same pixels: the same
+    object, else equal :func:`pixel_digest` (hashed only then)."""
+    if a is None or b is None:
+        return False
+    return a is b or pixel_digest(a) == pixel_digest(b)
+
+
 @dataclass(frozen=True)
 class Encoded:
     """A batch of prompts ready for ``model(**inputs)``.
@@ -117,14 +125,14 @@ class Encoded:
     ``answer_index`` [B]: the position whose next-token distribution is the
     answer (the last one, left padding). ``spans``: bool masks [B, T] for
     ``image``, ``description``, ``question``, ``template`` (chat format and
-    padding excluded) and ``last``. ``image_digests``: per row a digest of
-    the pixels of its image (None: no image); equal digests, same image."""
+    padding excluded) and ``last``. ``images``: per row the image it shows
+    (None: none), compared by :func:`same_image`."""
 
     inputs: dict[str, torch.Tensor]
     answer_index: torch.Tensor
     spans: dict[str, torch.Tensor]
     prompts: tuple[str, ...]
-    image_digests: tuple[str | None, ...] = ()
+    images: tuple[Any, ...] = ()
 
     def __post_init__(self):
         ids = self.inputs["input_ids"]
@@ -249,9 +257,8 @@ class MLLM:
         ids = inputs["input_ids"]
         spans = self._spans(ids.cpu(), prompts, pieces)
         answer_index = torch.full((ids.shape[0],), ids.shape[1] - 1, dtype=torch.long)
-        digests = {id(im): pixel_digest(im) for im in images if im is not None}  # an image shown twice: hashed once
         return Encoded(inputs=inputs, answer_index=answer_index, spans=spans, prompts=tuple(prompts),
-                       image_digests=tuple(None if im is None else digests[id(im)] for im in images))
+                       images=tuple(images))
 
     def tail(self, prompt: str, description: str = "", question: str = "") -> tuple[list[int], list[str]]:
         """The prompt's tokens after the image placeholder (all of them for a
