@@ -10,10 +10,15 @@ paired with the image. :func:`trace_shared` runs
    prefixes have the same length and tensor shapes), keeping the KV cache
    (and so the vision tower runs once per image);
 2. the tails of all prompts of those images in batches, right-padded, over
-   the cache rows of their image (:func:`cache_rows`: copied once into a
-   buffer with room for the tail, which the tail fills in place); right padding
-   is exact without any mask: pads come after the answer and a causal
-   model's answer position never sees them.
+   their image's prefix: where the attention allows
+   (:func:`shares_attention`), the prefix keys and values stay as the prefix
+   forward left them, once per image, and the attention splits into the
+   prefix part and each row's tail part
+   (:mod:`mechmod.backends.shared_prefix`: no copy); else the cache rows of
+   each image are copied once into a buffer with room for the tail, which
+   the tail fills in place (:func:`cache_rows`). Right padding is exact
+   without any mask: pads come after the answer and a causal model's
+   answer position never sees them.
 
 The answer-position residuals of every layer are read by
 :func:`mechmod.tracing.trace_at`. Cached and uncached results agree to
@@ -24,12 +29,17 @@ from __future__ import annotations
 
 import copy
 import inspect
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
+from mechmod.backends.answer_attention import WEIGHTED_KERNELS
+from mechmod.backends.shared_prefix import SharedPrefixLayer, SlotPlan, shared_prefix
+from mechmod.backends.sites import attention_implementation
+from mechmod.backends.tl_backend import bridged
 from mechmod.errors import MechmodError
 from mechmod.tracing import SPANS, ResidualTrace, span_mass, trace_at
 
@@ -117,11 +127,15 @@ def with_room(layer, slots: torch.Tensor, room: int) -> DynamicLayer | None:
 _ROOMY = (DynamicLayer, _Room)
 
 
-def cache_rows(cache, slots: torch.Tensor, room: int = 0):
+def cache_rows(cache, slots: torch.Tensor, room: int = 0, shared: bool = False):
     """A cache holding the prefix rows ``slots``; the shared prefix cache is
     never written.
 
-    With ``room`` (the length of the tail about to run) and plain dynamic
+    With ``shared`` and plain dynamic layers, nothing is copied: each layer
+    is a :class:`~mechmod.backends.shared_prefix.SharedPrefixLayer` over the
+    prefix cache's own tensors, to be run inside
+    :class:`~mechmod.backends.shared_prefix.shared_prefix` (see
+    :func:`shares_attention`). With ``room`` (the length of the tail about to run) and plain dynamic
     layers, each layer's rows are copied once into a buffer with room for
     the tail, which the tail's update fills in place (:func:`with_room`): one
     copy of the prefix rows, read by the attention kernel as one K (and V)
@@ -134,6 +148,10 @@ def cache_rows(cache, slots: torch.Tensor, room: int = 0):
     ``StaticLayer``'s ``index_copy_``, cannot take a view whose rows share
     memory), then concatenated: two copies."""
     rows = copy.copy(cache)
+    if shared and all(type(layer) is DynamicLayer for layer in cache.layers):
+        plan = SlotPlan(slots)
+        rows.layers = [SharedPrefixLayer(layer, plan) for layer in cache.layers]
+        return rows
     if room and all(type(layer) in _ROOMY for layer in cache.layers):
         rows.layers = [_Room(layer, slots, room) for layer in cache.layers]
         return rows
@@ -146,6 +164,16 @@ def cache_rows(cache, slots: torch.Tensor, room: int = 0):
     else:
         rows.batch_select_indices(slots)
     return rows
+
+
+def shares_attention(mllm, backend: str) -> bool:
+    """Whether tails may attend over a shared prefix without copying it
+    (:mod:`mechmod.backends.shared_prefix`): the model runs sdpa or eager
+    attention (mechmod's kernel takes over for the tails) through the hooks
+    or nnsight backend (the TransformerLens bridge computes attention
+    itself)."""
+    return (backend != "transformer_lens" and not bridged(mllm)
+            and attention_implementation(mllm) in WEIGHTED_KERNELS)
 
 
 def cache_kwarg(model) -> str:
@@ -227,6 +255,7 @@ def _trace_group(mllm, prefixes, prompt_lists, batch_size, backend, attention, l
             extra = [int(t) for t in written[0]] if written else []  # tokens written after the prompt
             rows.append((slot, ids + extra, kinds + ["written"] * len(extra)))
     pad = mllm.tokenizer.pad_token_id if mllm.tokenizer.pad_token_id is not None else 0
+    share = shares_attention(mllm, backend)
     for start in range(0, len(rows), batch_size):
         part = rows[start : start + batch_size]
         S = max(len(t) for _, t, _ in part)
@@ -238,13 +267,14 @@ def _trace_group(mllm, prefixes, prompt_lists, batch_size, backend, attention, l
         tail_inputs = {
             "input_ids": ids.to(mllm.device),
             "attention_mask": torch.ones(len(part), P + S, dtype=torch.long, device=mllm.device),
-            key: cache_rows(cache, slots, room=S),
+            key: cache_rows(cache, slots, room=S, shared=share),
             "use_cache": True,
         }
         if deltas is not None:  # M-RoPE: text positions continue from the image's, offset per prefix
             tail_inputs["position_ids"] = (torch.arange(P, P + S, device=deltas.device)[None, :]
                                            + deltas.reshape(-1, 1)[slots.to(deltas.device)]).to(mllm.device)
-        tr = trace_at(mllm, tail_inputs, positions.to(mllm.device), backend=backend, attention=attention)
+        with shared_prefix(mllm) if share else nullcontext():
+            tr = trace_at(mllm, tail_inputs, positions.to(mllm.device), backend=backend, attention=attention)
         for r, (slot, _, kinds) in enumerate(part):
             logits_out[slot].append(tr.logits[r : r + 1])
             resid_out[slot].append(tr.resid[r : r + 1])

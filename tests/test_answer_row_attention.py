@@ -1,8 +1,9 @@
 """The answer position's attention row under sdpa
 (mechmod.backends.answer_attention) is eager attention's row, per head,
 within 1e-5 in float32 on every family's tiny model, over cached image
-prefixes (Qwen's M-RoPE tails) too; flash attention is refused; a run's
-attention-mass columns equal the eager path's."""
+prefixes too (Qwen's M-RoPE tails; tails attending over a shared prefix);
+flash attention is refused; a run's attention-mass columns equal the eager
+path's."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from transformers.cache_utils import DynamicLayer
 from transformers.models.gemma3.modeling_gemma3 import eager_attention_forward
 
 from mechmod import prefix
 from mechmod.backends import Site, answer_rows, eager_attention, run
 from mechmod.backends.answer_attention import answer_row
+from mechmod.backends.shared_prefix import SharedPrefixLayer
 from mechmod.backends.sites import attention_implementation
 from mechmod.errors import MechmodError
 from mechmod.models import load_model
@@ -69,6 +72,18 @@ def test_answer_rows_equal_eager_per_head_under_an_sdpa_forward(mllm):
                                 for l in rec.rows)
 
 
+def _copied(layer):
+    """A shared-prefix cache layer as a plain one: each row's prefix copied
+    before its tail keys (other layers as they are)."""
+    if not isinstance(layer, SharedPrefixLayer):
+        return layer
+    plain = DynamicLayer()
+    slots = layer.plan.slots
+    plain.update(torch.cat([layer.prefix_keys[slots], layer.keys], dim=2),
+                 torch.cat([layer.prefix_values[slots], layer.values], dim=2))
+    return plain
+
+
 def test_answer_rows_over_a_cached_prefix_equal_eager(mllm, monkeypatch):
     """The tails run over a cached image prefix (Qwen: M-RoPE positions
     offset by the image's rope deltas): each tail forward's rows equal eager
@@ -78,6 +93,7 @@ def test_answer_rows_over_a_cached_prefix_equal_eager(mllm, monkeypatch):
     def both(m, inputs, positions, backend="nnsight", attention=False):
         key = prefix.cache_kwarg(m.model)
         ours, eager = (dict(inputs, **{key: copy.deepcopy(inputs[key])}) for _ in range(2))  # a tail extends its cache
+        eager[key].layers = [_copied(layer) for layer in eager[key].layers]  # eager reads one K/V tensor per row
         with answer_rows(m, positions) as rec:
             run(m, ours)
         _assert_rows_equal(rec.rows, _eager_rows(m, eager, positions))

@@ -8,6 +8,9 @@ output and, in each decoder layer of the language model, computes the eager
 weights of the answer query only from what the kernel receives (post-RoPE
 query and keys, the cache's keys included, the mask, the scaling,
 soft-capping and sliding window): GQA keys repeated, a float32 softmax.
+Inside :class:`mechmod.backends.shared_prefix`, a layer attending over a
+shared image prefix splits its attention there instead of calling sdpa, and
+its answer row comes from the same scores.
 The TransformerLens bridge reimplements attention in its own components for
 most families, so it keeps reading ``pattern`` under eager attention."""
 
@@ -20,11 +23,9 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from mechmod.backends.sites import attention_implementation
+from mechmod.backends.shared_prefix import split_attention, take_pending
+from mechmod.backends.sites import KERNEL, attention_implementation, attention_kernel
 from mechmod.errors import MechmodError
-
-#: the name the function is registered under in transformers' interfaces
-KERNEL = "mechmod_answer_row"
 #: kernels whose forward the answer-row kernel reproduces (sdpa's; eager computes the same maths)
 WEIGHTED_KERNELS = ("sdpa", "eager", KERNEL)
 
@@ -62,16 +63,27 @@ def answer_row(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None
 
 def answer_row_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
                          **kwargs):
-    """The registered kernel: sdpa's output; in a decoder layer of a model
-    inside :class:`answer_rows`, that layer's answer row recorded there.
-    Returns no weights (like sdpa)."""
-    out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                    is_causal=is_causal, **kwargs)
+    """The registered kernel: sdpa's output, or the split attention of a
+    layer over a shared prefix (:func:`mechmod.backends.shared_prefix.split_attention`);
+    in a decoder layer of a model inside :class:`answer_rows`, that layer's
+    answer row recorded there. Returns no weights (like sdpa)."""
     rows = _ACTIVE.get()
     layer = rows.layers.get(id(module)) if rows is not None else None
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    shared = take_pending(key)
+    if shared is not None:
+        if kwargs.get("sliding_window") is not None or kwargs.get("softcap") is not None:
+            raise MechmodError("shared-prefix attention has no sliding window or soft-capping; run without prefix "
+                               "sharing (--no-share-prefix)")
+        out, row = split_attention(query, shared, attention_mask, scale, rows.positions if rows else None,
+                                   want_row=layer is not None)
+        if layer is not None:
+            rows.rows[layer] = row
+        return out, None
+    out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                    is_causal=is_causal, **kwargs)
     if layer is not None:
         causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         rows.rows[layer] = answer_row(query, key, attention_mask, scale, rows.positions, causal,
                                       kwargs.get("sliding_window"), kwargs.get("softcap"))
     return out, None
@@ -90,7 +102,7 @@ class answer_rows:
     positions (None: the last one, as in left-padded prompts)."""
 
     def __init__(self, mllm, positions: torch.Tensor | None = None):
-        self.mllm, self.positions = mllm, positions
+        self.mllm, self.positions, self.kernel = mllm, positions, attention_kernel(mllm)
         adapter = mllm.adapter
         self.layers = {id(adapter.module(layer, adapter.attn_path)): i for i, layer in enumerate(mllm.layers)}
         self.rows: dict[int, torch.Tensor] = {}
@@ -102,17 +114,13 @@ class answer_rows:
                 f"attention mass: {self.mllm.name} runs {kernel} attention, which computes no attention weights; "
                 "load the model with sdpa or eager attention (model.set_attn_implementation('sdpa')) or run "
                 "without attention mass (--no-attention)")
-        model = self.mllm.model
-        self.before = getattr(model.config, "_attn_implementation", None) or "sdpa"
-        if self.before != KERNEL:
-            model.set_attn_implementation(KERNEL)
+        self.kernel.__enter__()
         self.token = _ACTIVE.set(self)
         return self
 
     def __exit__(self, *exc):
         _ACTIVE.reset(self.token)
-        if self.before != KERNEL:
-            self.mllm.model.set_attn_implementation(self.before)
+        self.kernel.__exit__(*exc)
         return False
 
     def weights(self) -> torch.Tensor:

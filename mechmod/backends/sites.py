@@ -73,6 +73,30 @@ def attention_implementation(mllm) -> str:
     return getattr(text, "_attn_implementation", None) or getattr(config, "_attn_implementation", None) or "sdpa"
 
 
+#: mechmod's attention kernel, registered in transformers' AttentionInterface by
+#: mechmod.backends.answer_attention: sdpa's forward, the answer row of attention mass
+#: (answer_rows), tails over a shared prefix (mechmod.backends.shared_prefix)
+KERNEL = "mechmod_answer_row"
+
+
+class attention_kernel:
+    """While inside, ``mllm`` runs :data:`KERNEL` (restored on exit)."""
+
+    def __init__(self, mllm):
+        self.model = mllm.model
+
+    def __enter__(self):
+        self.before = getattr(self.model.config, "_attn_implementation", None) or "sdpa"
+        if self.before != KERNEL:
+            self.model.set_attn_implementation(KERNEL)
+        return self
+
+    def __exit__(self, *exc):
+        if self.before != KERNEL:
+            self.model.set_attn_implementation(self.before)
+        return False
+
+
 class Plan:
     """One forward's edits and reads, grouped by site in forward order;
     :meth:`apply` runs them on a site's tensor, :meth:`results` returns the

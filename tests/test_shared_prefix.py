@@ -1,0 +1,108 @@
+"""Tails attending over a shared prefix without copying it
+(mechmod.backends.shared_prefix): the split attention equals sdpa over each
+row's concatenated prefix and tail keys, its answer row equals eager's, and
+in every family whose cache allows it trace_shared takes that path, with
+what full prompts give (tests/test_prefix.py checks the values)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers.cache_utils import DynamicLayer
+
+from mechmod.backends.answer_attention import answer_row
+from mechmod.backends.shared_prefix import SharedPrefixLayer, SlotPlan, split_attention
+from mechmod.errors import MechmodError
+from mechmod.models import load_model
+from tests.tiny_families import ALL_FAMILIES
+
+
+def _case(slots, S=5, Sk=5, H=4, H_kv=2, P=7, d=8, images=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    prefix = DynamicLayer()
+    prefix.update(torch.randn(images, H_kv, P, d, generator=g), torch.randn(images, H_kv, P, d, generator=g))
+    layer = SharedPrefixLayer(prefix, SlotPlan(torch.tensor(slots)))
+    B = len(slots)
+    layer.keys, layer.values = torch.randn(B, H_kv, Sk, d, generator=g), torch.randn(B, H_kv, Sk, d, generator=g)
+    query = torch.randn(B, H, S, d, generator=g)
+    full_k = torch.cat([prefix.keys[layer.plan.slots], layer.keys], dim=2)
+    full_v = torch.cat([prefix.values[layer.plan.slots], layer.values], dim=2)
+    return query, layer, full_k, full_v
+
+
+def _causal_mask(B, S, P, Sk):
+    mask = torch.ones(B, 1, S, P + Sk, dtype=torch.bool)
+    mask[..., P:] = torch.arange(Sk)[None, :] <= torch.arange(Sk - S, Sk)[:, None]
+    return mask
+
+
+@pytest.mark.parametrize("slots", [[0, 0, 1, 1, 1], [2, 0, 2, 1], [1], [0, 2, 2]])
+@pytest.mark.parametrize("with_mask", [True, False])
+@pytest.mark.parametrize("S", [5, 1])  # a tail, and one written token after a cached tail
+def test_split_attention_equals_sdpa_over_the_concatenated_keys(slots, with_mask, S):
+    """Rows of several images, in any order (consecutive slots read the
+    prefix as a view, others gather it), GQA, causal by mask or by None."""
+    query, layer, k, v = _case(slots, S=S)
+    B, H, _, d = query.shape
+    P, Sk = layer.prefix_length, layer.keys.shape[2]
+    mask = _causal_mask(B, S, P, Sk)
+    G = H // k.shape[1]
+    ref = F.scaled_dot_product_attention(query, k.repeat_interleave(G, 1), v.repeat_interleave(G, 1), attn_mask=mask,
+                                         scale=0.3)
+    positions = torch.tensor([S - 1 - (i % S) for i in range(B)])
+    out, row = split_attention(query, layer, mask if with_mask else None, 0.3, positions, want_row=True)
+    torch.testing.assert_close(out, ref.transpose(1, 2), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(row, answer_row(query, k, mask, 0.3, positions), atol=1e-6, rtol=1e-5)
+    assert split_attention(query, layer, None, 0.3)[1] is None
+
+
+def test_a_padded_tail_key_is_masked_and_a_masked_prefix_is_refused():
+    query, layer, k, v = _case([0, 1], S=3, Sk=3)
+    P = layer.prefix_length
+    mask = _causal_mask(2, 3, P, 3)
+    mask[1, :, :, -1] = False  # row 1's last key: padding seen by nobody
+    G = query.shape[1] // k.shape[1]
+    ref = F.scaled_dot_product_attention(query, k.repeat_interleave(G, 1), v.repeat_interleave(G, 1), attn_mask=mask)
+    out, _ = split_attention(query, layer, mask, query.shape[-1] ** -0.5)
+    torch.testing.assert_close(out[1, :2], ref.transpose(1, 2)[1, :2], atol=1e-6, rtol=1e-5)
+    mask[0, :, :, 0] = False
+    with pytest.raises(MechmodError, match="masked from its image prefix"):
+        split_attention(query, layer, mask, 1.0)
+
+
+def test_a_shared_layer_refuses_to_run_outside_its_context():
+    _, layer, _, _ = _case([0])
+    with pytest.raises(MechmodError, match="outside"):
+        layer.update(torch.zeros(1, 2, 1, 8), torch.zeros(1, 2, 1, 8))
+
+
+@pytest.fixture(scope="module", params=ALL_FAMILIES)
+def mllm(request, tiny_dir):
+    return load_model(str(tiny_dir(request.param)))
+
+
+def test_tails_share_the_prefix_where_the_cache_allows(mllm, monkeypatch):
+    """Families whose decoder caches are plain dynamic layers run their
+    tails over SharedPrefixLayers (nothing copied, the model's kernel
+    restored after); Gemma 3's sliding-window layers keep the copied rows."""
+    from PIL import Image
+
+    import mechmod.prefix as prefix
+    from mechmod.backends.sites import attention_implementation
+
+    seen = []
+    original = prefix.cache_rows
+
+    def spy(*args, **kwargs):
+        rows = original(*args, **kwargs)
+        seen.append({type(layer) for layer in rows.layers})
+        return rows
+
+    monkeypatch.setattr(prefix, "cache_rows", spy)
+    image = Image.new("RGB", (64, 64), (200, 30, 30))
+    prefix.trace_shared(mllm, [image], [[(None, "What color is the circle?"), ("The circle is blue.", "What?")]],
+                        attention=True)
+    shared = [SharedPrefixLayer in kinds for kinds in seen]
+    assert seen and (all(shared) if mllm.family != "gemma3" else not any(shared))
+    assert attention_implementation(mllm) == "sdpa"
