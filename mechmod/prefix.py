@@ -256,8 +256,11 @@ def _trace_group(mllm, prefixes, prompt_lists, batch_size, backend, attention, l
             rows.append((slot, ids + extra, kinds + ["written"] * len(extra)))
     pad = mllm.tokenizer.pad_token_id if mllm.tokenizer.pad_token_id is not None else 0
     share = shares_attention(mllm, backend)
-    for start in range(0, len(rows), batch_size):
-        part = rows[start : start + batch_size]
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][1]))  # batches of similar lengths: little padding
+    done: list[tuple] = [()] * len(rows)  # per row: its logits, residuals and span attention mass
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        part = [rows[i] for i in batch]
         S = max(len(t) for _, t, _ in part)
         ids = torch.full((len(part), S), pad, dtype=torch.long)
         for r, (_, t, _) in enumerate(part):
@@ -275,11 +278,16 @@ def _trace_group(mllm, prefixes, prompt_lists, batch_size, backend, attention, l
                                            + deltas.reshape(-1, 1)[slots.to(deltas.device)]).to(mllm.device)
         with shared_prefix(mllm) if share else nullcontext():
             tr = trace_at(mllm, tail_inputs, positions.to(mllm.device), backend=backend, attention=attention)
-        for r, (slot, _, kinds) in enumerate(part):
-            logits_out[slot].append(tr.logits[r : r + 1])
-            resid_out[slot].append(tr.resid[r : r + 1])
+        for r, (i, (slot, _, kinds)) in enumerate(zip(batch, part)):
+            mass = None
             if attention:
                 keys = {name: torch.cat([image_keys[slot] if name == "image" else torch.zeros(P, dtype=torch.bool),
                                          torch.tensor([k == name for k in kinds] + [False] * (S - len(kinds)))])
                         for name in SPANS}
-                mass_out[slot].append(span_mass(tr.attn[r : r + 1], {n: m[None] for n, m in keys.items()}))
+                mass = span_mass(tr.attn[r : r + 1], {n: m[None] for n, m in keys.items()})
+            done[i] = (tr.logits[r : r + 1], tr.resid[r : r + 1], mass)
+    for (slot, _, _), (logits, resid, mass) in zip(rows, done):
+        logits_out[slot].append(logits)
+        resid_out[slot].append(resid)
+        if mass is not None:
+            mass_out[slot].append(mass)
