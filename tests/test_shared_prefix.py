@@ -106,3 +106,21 @@ def test_tails_share_the_prefix_where_the_cache_allows(mllm, monkeypatch):
     shared = [SharedPrefixLayer in kinds for kinds in seen]
     assert seen and (all(shared) if mllm.family != "gemma3" else not any(shared))
     assert attention_implementation(mllm) == "sdpa"
+
+
+def test_backends_agree_over_a_shared_prefix(mllm):
+    """hooks and nnsight both run the tails over the shared prefix: equal
+    logits, residuals and attention mass (the TransformerLens backend runs
+    whole prompts: its bridge computes attention itself)."""
+    from PIL import Image
+
+    from mechmod.prefix import trace_shared
+
+    images = [Image.new("RGB", (64, 64), (200, 30, 30)), Image.new("RGB", (64, 64), (30, 30, 200))]
+    prompts = [[(None, "What color is the circle?"), ("The circle is blue.", "What color is the circle?")]] * 2
+    a, b = (trace_shared(mllm, images, prompts, batch_size=3, backend=backend, attention=True)
+            for backend in ("hooks", "nnsight"))
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x.logits, y.logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(x.resid, y.resid, atol=1e-5, rtol=0)
+        torch.testing.assert_close(x.span_attention, y.span_attention, atol=1e-6, rtol=0)
