@@ -120,11 +120,12 @@ def with_room(layer, slots: torch.Tensor, room: int) -> DynamicLayer | None:
     room for ``room`` more tokens, which their update fills in place
     (:class:`_Room`); None for a layer of another kind than a plain dynamic
     one (sliding windows, static layers)."""
-    return _Room(layer, slots, room) if type(layer) in _ROOMY else None
+    return _Room(layer, slots, room) if type(layer) in PLAIN_LAYERS else None
 
 
-#: the cache layers :class:`_Room` can take the rows of
-_ROOMY = (DynamicLayer, _Room)
+#: cache layers holding plain keys and values, whose rows :class:`_Room` can
+#: copy and a SharedPrefixLayer can attend over (not sliding windows)
+PLAIN_LAYERS = (DynamicLayer, _Room)
 
 
 def cache_rows(cache, slots: torch.Tensor, room: int = 0, shared: bool = False):
@@ -148,11 +149,11 @@ def cache_rows(cache, slots: torch.Tensor, room: int = 0, shared: bool = False):
     ``StaticLayer``'s ``index_copy_``, cannot take a view whose rows share
     memory), then concatenated: two copies."""
     rows = copy.copy(cache)
-    if shared and all(type(layer) is DynamicLayer for layer in cache.layers):
+    if shared and all(type(layer) in PLAIN_LAYERS for layer in cache.layers):
         plan = SlotPlan(slots)
         rows.layers = [SharedPrefixLayer(layer, plan) for layer in cache.layers]
         return rows
-    if room and all(type(layer) in _ROOMY for layer in cache.layers):
+    if room and all(type(layer) in PLAIN_LAYERS for layer in cache.layers):
         rows.layers = [_Room(layer, slots, room) for layer in cache.layers]
         return rows
     rows.layers = [copy.copy(layer) for layer in cache.layers]

@@ -57,17 +57,25 @@ def test_split_attention_equals_sdpa_over_the_concatenated_keys(slots, with_mask
     assert split_attention(query, layer, None, 0.3)[1] is None
 
 
-def test_a_padded_tail_key_is_masked_and_a_masked_prefix_is_refused():
-    query, layer, k, v = _case([0, 1], S=3, Sk=3)
+def test_padded_keys_are_masked_in_the_tail_and_in_the_prefix():
+    """A right pad in a row's tail and left pads in an image's prefix (a
+    stacked replay of left-padded rows: each row its own 'image', several
+    copies of it) are hidden as sdpa hides them; queries of one image that
+    would see different prefix keys are refused."""
+    query, layer, k, v = _case([0, 1, 0, 1], S=3, Sk=3)
     P = layer.prefix_length
-    mask = _causal_mask(2, 3, P, 3)
-    mask[1, :, :, -1] = False  # row 1's last key: padding seen by nobody
+    mask = _causal_mask(4, 3, P, 3)
+    mask[1, :, :, -1] = False  # row 1's last tail key: padding seen by nobody
+    mask[[0, 2], :, :, :2] = False  # image 0's first two prefix keys: left pads, in both its rows
     G = query.shape[1] // k.shape[1]
     ref = F.scaled_dot_product_attention(query, k.repeat_interleave(G, 1), v.repeat_interleave(G, 1), attn_mask=mask)
-    out, _ = split_attention(query, layer, mask, query.shape[-1] ** -0.5)
+    out, row = split_attention(query, layer, mask, query.shape[-1] ** -0.5, want_row=True)
+    torch.testing.assert_close(out[[0, 2, 3]], ref.transpose(1, 2)[[0, 2, 3]], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(out[1, :2], ref.transpose(1, 2)[1, :2], atol=1e-6, rtol=1e-5)
-    mask[0, :, :, 0] = False
-    with pytest.raises(MechmodError, match="masked from its image prefix"):
+    torch.testing.assert_close(row, answer_row(query, k, mask, query.shape[-1] ** -0.5), atol=1e-6, rtol=1e-5)
+    assert float(row[0, :, :2].abs().max()) == 0.0
+    mask[2, :, :, 2] = False  # one of image 0's rows only
+    with pytest.raises(MechmodError, match="different parts of its prefix"):
         split_attention(query, layer, mask, 1.0)
 
 

@@ -97,10 +97,12 @@ def split_attention(query: torch.Tensor, layer: SharedPrefixLayer, mask: torch.T
     """Attention of ``query`` [B, H, S, d] (post-RoPE) over ``layer``'s prefix
     then its tail keys (the last S of them are the queries' own), with
     ``mask`` as sdpa receives it (bool [B or 1, 1 or H, S, P + S_k], True =
-    attend) or None (causal). Returns (output [B, S, H, d] in the query's
-    dtype, as transformers' kernels return it; with ``want_row`` the
-    eager weights [B, H, P + S_k] (float32) of query row
-    ``answer_positions[b]`` (None: the last), else None)."""
+    attend) or None (causal). In the prefix the mask may hide keys (a
+    left-padded row's pads) but the same ones from every query of an
+    image's rows. Returns (output [B, S, H, d] in the query's dtype, as
+    transformers' kernels return it; with ``want_row`` the eager weights
+    [B, H, P + S_k] (float32) of query row ``answer_positions[b]`` (None:
+    the last), else None)."""
     plan, P = layer.plan, layer.prefix_length
     B, H, S, d = query.shape
     tk, tv = layer.keys.float(), layer.values.float()
@@ -109,14 +111,13 @@ def split_attention(query: torch.Tensor, layer: SharedPrefixLayer, mask: torch.T
     q = query.float().reshape(B, H_kv, G, S, d)
     # each row's queries against its own tail keys, causal (or as the mask says)
     st = torch.matmul(q.reshape(B, H_kv, G * S, d), tk.transpose(2, 3)).reshape(B, H_kv, G, S, Sk) * scaling
+    hidden = None  # prefix keys hidden from an image's rows [images, P]
     if mask is None:
         allowed = (torch.arange(Sk, device=dev)[None, :] <= torch.arange(Sk - S, Sk, device=dev)[:, None])[None, None]
     else:
         if mask.dtype != torch.bool:
             raise MechmodError("shared-prefix attention takes sdpa's boolean mask; load the model with sdpa attention")
-        if not bool(mask[..., :P].all()):
-            raise MechmodError("shared-prefix attention: a tail query is masked from its image prefix; run without "
-                               "prefix sharing (--no-share-prefix)")
+        hidden = _prefix_keys_hidden(mask[..., :P], plan, B)
         tail = mask[..., P:]
         allowed = tail.reshape(tail.shape[0], H_kv, G, S, Sk) if tail.shape[1] == H else tail[:, :, None]
     st = st.masked_fill(~allowed, float("-inf"))
@@ -129,7 +130,9 @@ def split_attention(query: torch.Tensor, layer: SharedPrefixLayer, mask: torch.T
     stacked[plan.image, plan.rank] = q
     stacked = stacked.permute(0, 2, 3, 1, 4, 5).reshape(n, H_kv, G * w * S, d)
     sp = torch.matmul(stacked, plan.prefix(layer.prefix_keys).float().transpose(2, 3)) * scaling
-    mp = sp.amax(-1, keepdim=True)
+    if hidden is not None:
+        sp = sp.masked_fill(hidden[:, None, None, :], float("-inf"))
+    mp = sp.amax(-1, keepdim=True).clamp(min=torch.finfo(sp.dtype).min)  # every key hidden: weights 0, not NaN
     ep = torch.exp(sp - mp)
     lp, op = ep.sum(-1, keepdim=True), torch.matmul(ep, plan.prefix(layer.prefix_values).float())
 
@@ -150,6 +153,21 @@ def split_attention(query: torch.Tensor, layer: SharedPrefixLayer, mask: torch.T
     row_t = st[r, :, :, at]  # [B, H_kv, G, S_k]
     row = torch.softmax(torch.cat([row_p, row_t], dim=-1), dim=-1)
     return out, row.reshape(B, H, P + Sk)
+
+
+def _prefix_keys_hidden(prefix_mask: torch.Tensor, plan: SlotPlan, B: int) -> torch.Tensor | None:
+    """From the mask's prefix part [B or 1, 1 or H, S, P]: per image present
+    the prefix keys hidden from its rows [images, P] (None: none hidden);
+    refused where queries of one image would see different keys."""
+    if bool(prefix_mask.all()):
+        return None
+    rows = prefix_mask[:, 0, -1].expand(B, -1)  # [B, P]: each row's last query's view
+    per_image = torch.zeros(plan.n_images, rows.shape[1], dtype=torch.bool, device=rows.device)
+    per_image[plan.image] = rows
+    if not (bool((prefix_mask == rows[:, None, None, :]).all()) and bool((per_image[plan.image] == rows).all())):
+        raise MechmodError("shared-prefix attention: queries of one image see different parts of its prefix; run "
+                           "without prefix sharing (--no-share-prefix)")
+    return ~per_image
 
 
 _ACTIVE: ContextVar["shared_prefix | None"] = ContextVar("mechmod_shared_prefix", default=None)

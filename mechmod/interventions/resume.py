@@ -27,6 +27,7 @@ Equal to the full forward within float rounding where
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
@@ -34,10 +35,13 @@ import torch
 from transformers.cache_utils import Cache, DynamicCache
 
 from mechmod.backends import Edit, unembed
+from mechmod.backends.answer_attention import WEIGHTED_KERNELS
+from mechmod.backends.shared_prefix import SharedPrefixLayer, SlotPlan, shared_prefix
+from mechmod.backends.sites import attention_implementation
 from mechmod.decoding import Continuation
 from mechmod.errors import MechmodError
 from mechmod.interventions.core import continuation, tails_exact
-from mechmod.prefix import CONCATENATING, cache_kwarg, cache_rows, with_room
+from mechmod.prefix import CONCATENATING, PLAIN_LAYERS, cache_kwarg, cache_rows, with_room
 
 S = TypeVar("S")
 
@@ -157,17 +161,24 @@ def _stacked(x, B: int, n: int, cache):
     return x
 
 
-def _stacked_cache(cache, B: int, counts: Sequence[int], room: int):
+def _stacked_cache(cache, B: int, counts: Sequence[int], room: int, shared: bool):
     """A shallow copy of ``cache`` whose layer i holds its ``B`` rows
-    ``counts[i]`` times (the stack that reaches decoder layer i), copied
-    once into a buffer with room for the ``room`` positions replayed where
-    the layer allows (:func:`mechmod.prefix.with_room`); else selected, or,
-    kept once, shared as :func:`mechmod.prefix.cache_rows` does (its update
-    concatenates into a new tensor, never writing the record's)."""
+    ``counts[i]`` times (the stack that reaches decoder layer i): with
+    ``shared``, plain layers attend over the record's rows without copying
+    them (a :class:`~mechmod.backends.shared_prefix.SharedPrefixLayer`, each
+    recorded row its own prefix, to run inside ``shared_prefix``); else the
+    rows are copied once into a buffer with room for the ``room`` positions
+    replayed where the layer allows (:func:`mechmod.prefix.with_room`), else
+    selected, or, kept once, shared as :func:`mechmod.prefix.cache_rows`
+    does (its update concatenates into a new tensor, never writing the
+    record's)."""
     out = copy.copy(cache)
-    out.layers = []
+    out.layers, plans = [], {}
     for layer, n in zip(cache.layers, counts):
         slots = torch.arange(B, device=layer.keys.device).repeat(n)
+        if n and shared and type(layer) in PLAIN_LAYERS:
+            out.layers.append(SharedPrefixLayer(layer, plans.setdefault(n, SlotPlan(slots))))
+            continue
         stacked = with_room(layer, slots, room) if n else None
         if stacked is None:
             stacked = copy.copy(layer)
@@ -181,20 +192,22 @@ def resume(mllm, rec: Record, cut: int, entries: Sequence[tuple[int, torch.Tenso
     """Decoder layers after each entry's, the final norm and the unembedding:
     entry k = (layer l_k, h_k [B, T - cut, D]: the recorded batch's positions
     from ``cut`` at the output of l_k), segment by segment over the clean
-    cache of the positions before ``cut``. The entries run stacked along dim
-    0, each joining the stack after its own layer, so that every decoder
-    layer runs once for all the entries that reach it. Returns the answer
-    logits [len(entries) * B, V] float32 on CPU, entry k in rows
-    ``k*B:(k+1)*B``."""
+    cache of the positions before ``cut`` (attended without copies where
+    the model runs sdpa or eager attention: :mod:`mechmod.backends.shared_prefix`).
+    The entries run stacked along dim 0, each joining the stack after its
+    own layer, so that every decoder layer runs once for all the entries
+    that reach it. Returns the answer logits [len(entries) * B, V] float32
+    on CPU, entry k in rows ``k*B:(k+1)*B``."""
     B, L = rec.batch_size, mllm.n_layers
     first = rec.cuts.index(cut)
     order = sorted(range(len(entries)), key=lambda k: entries[k][0])  # stacking order
     sizes = [int(out[0].shape[1]) for out in rec.outputs[first:]]
     parts = [entries[k][1].split(sizes, dim=1) for k in range(len(entries))]
     counts = [sum(entries[k][0] < i for k in order) for i in range(L)]
-    cache = (_stacked_cache(rec.caches[first], B, counts, room=sum(sizes)) if first
+    share = bool(first) and attention_implementation(mllm) in WEIGHTED_KERNELS
+    cache = (_stacked_cache(rec.caches[first], B, counts, room=sum(sizes), shared=share) if first
              else DynamicCache(config=mllm.model.config))
-    with torch.no_grad():
+    with torch.no_grad(), shared_prefix(mllm) if share else nullcontext():
         for seg, calls in enumerate(rec.calls[first:]):
             x = None
             for i in range(entries[order[0]][0] + 1, L + 1):
