@@ -259,6 +259,21 @@ class LabelSet:
         names = np.array(self.labels + [OTHER], dtype=object)
         return names[owner.numpy()]  # -1 indexes OTHER
 
+    def _first_states(self, logits: torch.Tensor) -> tuple[torch.Tensor, list[int | None]]:
+        """Per row its top-1 token and what it gives (:meth:`_state`: a label
+        index, -1 for other, None while it may still begin a label)."""
+        top = logits.argmax(dim=-1).cpu()
+        state: list[int | None] = [int(i) for i in self._index(logits.shape[-1])[top]]
+        for r, tid in enumerate(top.tolist()):
+            if state[r] < 0 and tid not in self._special:
+                state[r] = self._state(self.tokenizer.decode([tid]), final=False)
+        return top, state
+
+    def undecided(self, logits: torch.Tensor) -> list[bool]:
+        """[B, V] -> per row whether its top-1 token leaves the answer open
+        (:meth:`predict` writes on there)."""
+        return [s is None for s in self._first_states(logits)[1]]
+
     def predict(self, logits: torch.Tensor, continuation: Continuation | None = None,
                 max_new_tokens: int = MAX_NEW_TOKENS) -> list[str]:
         """[B, V] next-token logits -> one label (or 'other') per row: the
@@ -266,11 +281,7 @@ class LabelSet:
         Rows whose top-1 token may still begin a label are written on by
         ``continuation`` (:mod:`mechmod.decoding`), up to ``max_new_tokens``
         more tokens; without one they are 'other'."""
-        top = logits.argmax(dim=-1).cpu()
-        state: list[int | None] = [int(i) for i in self._index(logits.shape[-1])[top]]
-        for r, tid in enumerate(top.tolist()):
-            if state[r] < 0 and tid not in self._special:
-                state[r] = self._state(self.tokenizer.decode([tid]), final=False)
+        top, state = self._first_states(logits)
         pending = [r for r, s in enumerate(state) if s is None]
         if pending and continuation is not None:
             written = greedy(continuation, top, pending, lambda ids: self._state(self.tokenizer.decode(ids), False)

@@ -21,9 +21,10 @@ for the undecided rows only, a few tokens at most. Three ways to build one:
   or batch kept, e.g. after :func:`mechmod.tracing.trace`), then as
   :func:`reforward`;
 - :func:`over_prefixes`: prompts that show an image, over shared image
-  prefixes (:func:`mechmod.prefix.trace_shared`): each step runs an image's
-  prefix once for all its undecided rows, then their text tails with the
-  written tokens.
+  prefixes (:func:`mechmod.prefix.trace_shared`): each step runs the
+  undecided rows' text tails with the written tokens over their image's
+  prefix forward kept from the prompts' run, or, where none was kept, runs
+  that prefix once for all the image's undecided rows first.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from mechmod.prefix import Prefix, cache_kwarg, cache_rows, rope_deltas, trace_shared
+from mechmod.prefix import KeptPrefix, Prefix, cache_kwarg, cache_rows, rope_deltas, trace_shared
 
 Continuation = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``(rows [b] long, written [b, k] long) -> next-token logits [b, V]``:
@@ -155,13 +156,15 @@ def over_cache(mllm, inputs: Mapping[str, torch.Tensor], cache) -> Continuation:
 
 
 def over_prefixes(mllm, images: Sequence, descriptions: Sequence, questions: Sequence, batch_size: int = 8,
-                  prefixes: Sequence[Prefix | None] | None = None) -> Continuation:
+                  prefixes: Sequence[Prefix | None] | None = None,
+                  kept: Sequence[KeptPrefix | None] | None = None) -> Continuation:
     """A :data:`Continuation` for prompts that show an image (row i =
     ``images[i]``, ``descriptions[i]`` or None, ``questions[i]``), over
     shared image prefixes: per step, the undecided rows are grouped by image
-    (the same image object), each image's prefix runs once (``prefixes``:
-    row i's prebuilt one, or None) and each row's text tail runs with its
-    written tokens (:func:`mechmod.prefix.trace_shared`)."""
+    (the same image object); each image's prefix forward kept from the
+    prompts' run serves again (``kept``: row i's, or None), else runs once
+    (``prefixes``: row i's prebuilt inputs, or None), and each row's text
+    tail runs with its written tokens (:func:`mechmod.prefix.trace_shared`)."""
     def step(rows: torch.Tensor, written: torch.Tensor) -> torch.Tensor:
         groups: dict[int, list[int]] = {}  # image -> positions in ``rows``
         for j, r in enumerate(rows.tolist()):
@@ -171,7 +174,8 @@ def over_prefixes(mllm, images: Sequence, descriptions: Sequence, questions: Seq
             mllm, [images[r] for r in heads],
             [[(descriptions[int(rows[j])], questions[int(rows[j])], written[j].tolist()) for j in js]
              for js in groups.values()],
-            batch_size=batch_size, prefixes=None if prefixes is None else [prefixes[r] for r in heads])
+            batch_size=batch_size, prefixes=None if prefixes is None else [prefixes[r] for r in heads],
+            reuse=None if kept is None else [kept[r] for r in heads])
         out = [None] * len(rows)
         for js, tr in zip(groups.values(), traces):
             for i, j in enumerate(js):

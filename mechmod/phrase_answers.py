@@ -103,6 +103,11 @@ class PhraseSet:
         text, ended = self.phrase(ids)
         return self.label_of_text(text) if ended or final or len(ids) >= PHRASE_TOKENS else None
 
+    def undecided(self, logits: torch.Tensor) -> list[bool]:
+        """[B, V] -> per row whether its top-1 token leaves the phrase open
+        (:meth:`predict` writes on there)."""
+        return [not self.phrase([int(t)])[1] for t in logits.argmax(dim=-1).cpu()]
+
     def predict(self, logits: torch.Tensor, continuation: Continuation | None = None,
                 max_new_tokens: int = PHRASE_TOKENS - 1) -> list[str]:
         """[B, V] next-token logits -> the answer (or 'other') of the phrase

@@ -31,7 +31,7 @@ import copy
 import inspect
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
@@ -209,46 +209,97 @@ def _cat_prefixes(prefixes: Sequence[Prefix]) -> dict[str, torch.Tensor]:
     return out
 
 
+@dataclass(frozen=True)
+class KeptPrefix:
+    """One image's prefix forward, kept for tails run later (the written-on
+    answers of its undecided rows): its KV cache (batch of 1, its own
+    copy), its rope deltas (M-RoPE; else None) and which prefix positions
+    are image tokens [1, P]."""
+
+    cache: Any
+    deltas: torch.Tensor | None
+    image_keys: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for layer in self.cache.layers for t in (layer.keys, layer.values))
+
+
+#: at most this much of kept prefix caches per :func:`trace_shared` call (the rest is computed again)
+KEEP_BYTES = 2 * 2**30
+
+
 def trace_shared(mllm, images: Sequence[Any], prompts_per_image: Sequence[Sequence[tuple[str | None, str]]],
                  batch_size: int = 8, backend: str = "hooks", attention: bool = False,
-                 prefixes: Sequence[Prefix | None] | None = None) -> list[ResidualTrace]:
+                 prefixes: Sequence[Prefix | None] | None = None, reuse: Sequence[KeptPrefix | None] | None = None,
+                 keep: Callable[[torch.Tensor], bool] | None = None,
+                 kept: dict[int, KeptPrefix] | None = None) -> list[ResidualTrace]:
     """For each image, trace its prompts ``(description or None, question)``
     (or ``(description, question, written token ids)``: the answer position
     is then after the written tokens) over one shared prefix. Returns one
     ResidualTrace per image (rows in the order given); with ``attention``
     its ``span_attention`` holds the answer position's attention mass on the
     image, description and question tokens per layer. ``prefixes``: the
-    images' prefixes where already built (mechmod.loader; None: built here)."""
+    images' prefixes where already built (mechmod.loader; None: built here).
+    ``reuse``: per image a :class:`KeptPrefix` to run its tails over (no
+    prefix forward), or None. With ``keep`` (an image's rows' logits [n, V]
+    -> whether its prefix will serve again), ``kept[i]`` gets image i's
+    prefix where it says so, up to :data:`KEEP_BYTES` in all."""
     if len(images) != len(prompts_per_image):
         raise MechmodError(f"trace_shared: {len(images)} images but {len(prompts_per_image)} prompt lists")
+    reuse = reuse or [None] * len(images)
     built = prefixes or [None] * len(images)
-    prefixes = [p if p is not None else image_prefix(mllm, im) for p, im in zip(built, images)]
-    groups: dict[tuple, list[int]] = {}
-    for i, p in enumerate(prefixes):
-        groups.setdefault(p.key, []).append(i)
+    fresh = [i for i in range(len(images)) if reuse[i] is None]
+    prefixes = {i: built[i] if built[i] is not None else image_prefix(mllm, images[i]) for i in fresh}
     logits: list[list[torch.Tensor]] = [[] for _ in images]
     resid: list[list[torch.Tensor]] = [[] for _ in images]
     mass: list[list[torch.Tensor]] = [[] for _ in images]
+    for i, prefix in enumerate(reuse):
+        if prefix is not None:
+            _tails(mllm, prefix.cache, prefix.deltas, prefix.image_keys, [prompts_per_image[i]], batch_size, backend,
+                   attention, [logits[i]], [resid[i]], [mass[i]])
+    groups: dict[tuple, list[int]] = {}
+    for i in fresh:
+        groups.setdefault(prefixes[i].key, []).append(i)
+    budget = KEEP_BYTES
     for members in groups.values():
         for start in range(0, len(members), batch_size):
             chunk = members[start : start + batch_size]
-            _trace_group(mllm, [prefixes[i] for i in chunk], [prompts_per_image[i] for i in chunk],
-                         batch_size, backend, attention, [logits[i] for i in chunk], [resid[i] for i in chunk],
-                         [mass[i] for i in chunk])
+            cache, deltas, image_keys = _prefix_forward(mllm, [prefixes[i] for i in chunk])
+            _tails(mllm, cache, deltas, image_keys, [prompts_per_image[i] for i in chunk], batch_size, backend,
+                   attention, [logits[i] for i in chunk], [resid[i] for i in chunk], [mass[i] for i in chunk])
+            for slot, i in enumerate(chunk):
+                if keep is not None and kept is not None and keep(torch.cat(logits[i])):
+                    prefix = _kept(cache, deltas, image_keys, slot)
+                    if prefix.nbytes <= budget:
+                        kept[i], budget = prefix, budget - prefix.nbytes
     return [ResidualTrace(logits=torch.cat(lg), resid=torch.cat(rs), span_attention=torch.cat(ms) if ms else None)
             for lg, rs, ms in zip(logits, resid, mass)]
 
 
-def _trace_group(mllm, prefixes, prompt_lists, batch_size, backend, attention, logits_out, resid_out, mass_out) -> None:
-    """Prefixes of a few same-shaped images in one forward, then their tails."""
+def _prefix_forward(mllm, prefixes: Sequence[Prefix]):
+    """The prefixes of a few same-shaped images in one forward: (their KV
+    cache, rope deltas or None, image-token positions [images, P])."""
     inputs = {k: v.to(mllm.device, non_blocking=True) for k, v in _cat_prefixes(prefixes).items()}
     with torch.no_grad():
         out = mllm.model(**inputs, use_cache=True, logits_to_keep=1)
+    return getattr(out, cache_kwarg(mllm.model)), rope_deltas(mllm), (inputs["input_ids"] == mllm.image_token_id).cpu()
+
+
+def _kept(cache, deltas, image_keys, slot: int) -> KeptPrefix:
+    """Image ``slot``'s prefix out of a group's cache, copied (the group's is freed)."""
+    own = copy.copy(cache)
+    own.layers = [copy.copy(layer) for layer in cache.layers]
+    own.batch_select_indices(torch.tensor([slot], device=cache.layers[0].keys.device))
+    return KeptPrefix(own, None if deltas is None else deltas[slot : slot + 1].clone(), image_keys[slot : slot + 1])
+
+
+def _tails(mllm, cache, deltas, image_keys, prompt_lists, batch_size, backend, attention, logits_out, resid_out,
+           mass_out) -> None:
+    """The tails of each image's prompts (image i = slot i of ``cache``),
+    batched by length, their results appended to the images' lists."""
     key = cache_kwarg(mllm.model)
-    cache = getattr(out, key)
-    P = prefixes[0].length
-    deltas = rope_deltas(mllm)
-    image_keys = (inputs["input_ids"] == mllm.image_token_id).cpu()  # [images, P]
+    P = image_keys.shape[1]
     rows = []  # (image slot in this group, tail ids, what each tail token is)
     for slot, prompts in enumerate(prompt_lists):
         for desc, question, *written in prompts:

@@ -20,7 +20,7 @@ streams :func:`score_cases` chunks to disk.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -38,7 +38,7 @@ from mechmod.errors import MechmodError
 from mechmod.following import follow_outcome
 from mechmod.lenses import LogitLens, TunedLens, Unembed
 from mechmod.phrase_answers import PhraseSet, answer_set
-from mechmod.prefix import trace_shared
+from mechmod.prefix import KeptPrefix, trace_shared
 from mechmod.tracing import SPANS, span_mass, trace
 from mechmod.uncertainty import (LOGIT_MEASURES, UNCERTAINTY_MEASURES, prompt_generator, relative_uncertainty,
                                   sample_labels, sampled_entropy)
@@ -172,10 +172,12 @@ def _traced(mllm, images, descriptions, questions, batch_size: int, backend: str
 
 
 def _traced_shared(mllm, sub: pd.DataFrame, images, vis_keys, batch_size: int, backend: str, attention: bool,
-                   prefixes: dict):
+                   prefixes: dict, undecided=None):
     """Vision-only and multimodal prompts over one cached prefix per image
     (mechmod.prefix; ``prefixes``: those built ahead, by image path): returns (vision logits in vis_keys order, multimodal
-    logits, residuals and span attention masses in ``sub`` order)."""
+    logits, residuals and span attention masses in ``sub`` order, and by
+    image path the prefix forwards kept for the images with a row that
+    ``undecided`` (logits [n, V] -> per row) says will be written on)."""
     paths = list(dict.fromkeys(sub["image_path"]))
     prompts: dict[str, list] = {p: [] for p in paths}
     where_v, where_m = [], []  # (image path, row in its prompt list)
@@ -185,14 +187,16 @@ def _traced_shared(mllm, sub: pd.DataFrame, images, vis_keys, batch_size: int, b
     for p, d, q in zip(sub["image_path"], sub["description"], sub["question"]):
         where_m.append((p, len(prompts[p])))
         prompts[p].append((d, q))
+    kept: dict[int, KeptPrefix] = {}
+    keep = None if undecided is None else (lambda logits: any(undecided(logits)))
     traces = dict(zip(paths, trace_shared(mllm, [images[p] for p in paths], [prompts[p] for p in paths],
                                           batch_size=batch_size, backend=backend, attention=attention,
-                                          prefixes=[prefixes.get(p) for p in paths])))
+                                          prefixes=[prefixes.get(p) for p in paths], keep=keep, kept=kept)))
     v_logits = torch.stack([traces[p].logits[i] for p, i in where_v])
     m_logits = torch.stack([traces[p].logits[i] for p, i in where_m])
     m_resid = torch.stack([traces[p].resid[i] for p, i in where_m])
     m_mass = torch.stack([traces[p].span_attention[i] for p, i in where_m]) if attention else None
-    return v_logits, m_logits, m_resid, m_mass
+    return v_logits, m_logits, m_resid, m_mass, {paths[i]: prefix for i, prefix in kept.items()}
 
 
 @dataclass(frozen=True)
@@ -201,7 +205,8 @@ class CleanRuns:
     question) in ``vis_keys`` order, text-only once per (description,
     question) in ``txt_keys`` order, multimodal per case; answer logits
     [N, V], the multimodal residuals [N, L+1, d] and span attention mass
-    [N, L, 3] (None without attention)."""
+    [N, L, 3] (None without attention); ``kept``: by image path, the prefix
+    forwards kept for the continuation of undecided rows."""
 
     vis_keys: list[tuple[str, str]]
     txt_keys: list[tuple[str, str]]
@@ -210,6 +215,7 @@ class CleanRuns:
     m_logits: torch.Tensor
     m_resid: torch.Tensor
     m_mass: torch.Tensor | None
+    kept: dict[str, KeptPrefix] = field(default_factory=dict)
 
     def rows(self, sub: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Per case of ``sub``, its vision-only and its text-only row."""
@@ -220,26 +226,30 @@ class CleanRuns:
 
 
 def clean_runs(mllm, sub: pd.DataFrame, images, batch_size: int, backend: str, share_prefix: bool,
-               attention: bool = False, prefixes: dict | None = None) -> CleanRuns:
+               attention: bool = False, prefixes: dict | None = None, labels=None) -> CleanRuns:
     """The clean runs of the cases ``sub`` (columns image_path, description,
     question; ``images``: image by path), the image prompts over one cached
     prefix per image with ``share_prefix`` (``prefixes``: those built ahead,
-    by image path)."""
+    by image path; with ``labels``, the prefix forwards of images with a row
+    whose first token leaves its answer open are kept for
+    :func:`continuations`)."""
     vis_keys = list(dict.fromkeys(zip(sub["image_path"], sub["question"])))
     txt_keys = list(dict.fromkeys(zip(sub["description"], sub["question"])))
     with torch.no_grad():
         t_logits, _, _ = _traced(mllm, [None] * len(txt_keys), [d for d, _ in txt_keys],
                                  [q for _, q in txt_keys], batch_size, backend, keep_resid=False)
         if share_prefix:
-            v_logits, m_logits, m_resid, m_mass = _traced_shared(mllm, sub, images, vis_keys, batch_size, backend,
-                                                                 attention, prefixes or {})
+            v_logits, m_logits, m_resid, m_mass, kept = _traced_shared(
+                mllm, sub, images, vis_keys, batch_size, backend, attention, prefixes or {},
+                None if labels is None else labels.undecided)
         else:
             v_logits, _, _ = _traced(mllm, [images[p] for p, _ in vis_keys], [None] * len(vis_keys),
                                      [q for _, q in vis_keys], batch_size, backend, keep_resid=False)
             m_logits, m_resid, m_mass = _traced(mllm, [images[p] for p in sub["image_path"]], list(sub["description"]),
                                                 list(sub["question"]), batch_size, backend, keep_resid=True,
                                                 attention=attention)
-    return CleanRuns(vis_keys, txt_keys, v_logits, t_logits, m_logits, m_resid, m_mass)
+            kept = {}
+    return CleanRuns(vis_keys, txt_keys, v_logits, t_logits, m_logits, m_resid, m_mass, kept)
 
 
 def continuations(mllm, sub: pd.DataFrame, images, runs: CleanRuns, batch_size: int, share_prefix: bool,
@@ -248,7 +258,8 @@ def continuations(mllm, sub: pd.DataFrame, images, runs: CleanRuns, batch_size: 
     text-only and multimodal rows, for answers their first token does not
     decide (:mod:`mechmod.answers`): the image prompts over shared image
     prefixes with ``share_prefix`` (``prefixes``: those built ahead, by image
-    path), else encoded again."""
+    path; the prefix forwards ``runs`` kept serve again), else encoded
+    again."""
     vis_keys, txt_keys = runs.vis_keys, runs.txt_keys
     v_paths, m_paths = [p for p, _ in vis_keys], list(sub["image_path"])
     v_args = ([images[p] for p in v_paths], [None] * len(vis_keys), [q for _, q in vis_keys])
@@ -257,8 +268,10 @@ def continuations(mllm, sub: pd.DataFrame, images, runs: CleanRuns, batch_size: 
     if not share_prefix:
         return reencoded(mllm, *v_args, batch_size), t_cont, reencoded(mllm, *m_args, batch_size)
     prefixes = prefixes or {}
-    return (over_prefixes(mllm, *v_args, batch_size, [prefixes.get(p) for p in v_paths]), t_cont,
-            over_prefixes(mllm, *m_args, batch_size, [prefixes.get(p) for p in m_paths]))
+    return (over_prefixes(mllm, *v_args, batch_size, [prefixes.get(p) for p in v_paths],
+                          [runs.kept.get(p) for p in v_paths]), t_cont,
+            over_prefixes(mllm, *m_args, batch_size, [prefixes.get(p) for p in m_paths],
+                          [runs.kept.get(p) for p in m_paths]))
 
 
 @dataclass(frozen=True)
@@ -303,7 +316,8 @@ def _label_logit(lens_logits: torch.Tensor, labels: LabelSet, answers: list[str]
 def _score_group(mllm, lens, sub: pd.DataFrame, images, labels: LabelSet, options: ScoreOptions,
                  prefixes: dict) -> list[dict]:
     bs = options.batch_size
-    runs = clean_runs(mllm, sub, images, bs, options.backend, options.share_prefix, options.attention, prefixes)
+    runs = clean_runs(mllm, sub, images, bs, options.backend, options.share_prefix, options.attention, prefixes,
+                      labels)
     vis_keys, txt_keys, v_logits, t_logits = runs.vis_keys, runs.txt_keys, runs.v_logits, runs.t_logits
     m_logits, m_resid, m_mass = runs.m_logits, runs.m_resid, runs.m_mass
     with torch.no_grad():

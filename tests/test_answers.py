@@ -211,3 +211,45 @@ def test_cache_continuation_equals_a_full_reforward(tiny):
         torch.testing.assert_close(shared(rows, w), got, atol=1e-4, rtol=0)  # over each image's prefix
         torch.testing.assert_close(one_image(rows, w), full1(rows, w), atol=1e-4, rtol=0)  # one prefix, two rows
         torch.testing.assert_close(cached(rows, w), got, atol=0, rtol=0)  # the prompt's cache was not written
+
+
+def test_a_kept_prefix_serves_the_continuation_without_its_forward(tiny, monkeypatch):
+    """trace_shared keeps the prefix forwards its ``keep`` asks for (each
+    image's own copy, up to KEEP_BYTES); over_prefixes continues over them
+    with the logits of a fresh prefix forward and runs none (M-RoPE deltas
+    kept with Qwen2-VL, sliding windows with Gemma 3)."""
+    import mechmod.prefix as prefix
+
+    images = [Image.new("RGB", (64, 32), (200, 30, 30)), Image.new("RGB", (32, 32), (30, 30, 200))]
+    descs, questions = ["the circle is red .", None], ["what color is the circle ?"] * 2
+    prompts = [[(d, q)] for d, q in zip(descs, questions)]
+    kept = {}
+    prefix.trace_shared(tiny, images, prompts, keep=lambda logits: True, kept=kept)
+    assert sorted(kept) == [0, 1] and all(k.cache.layers[0].keys.shape[0] == 1 for k in kept.values())
+    fresh = over_prefixes(tiny, images, descs, questions)
+    reused = over_prefixes(tiny, images, descs, questions, kept=[kept[0], kept[1]])
+    rows = torch.tensor([0, 1])
+    w = torch.tensor([tiny.tokenizer.encode(" blue .", add_special_tokens=False)[:2]] * 2)
+    want = fresh(rows, w)
+
+    def no_forward(*args):
+        raise AssertionError("a kept prefix ran its forward again")
+
+    with monkeypatch.context() as m:
+        m.setattr(prefix, "_prefix_forward", no_forward)
+        torch.testing.assert_close(reused(rows, w), want, atol=1e-5, rtol=0)
+    monkeypatch.setattr(prefix, "KEEP_BYTES", max(k.nbytes for k in kept.values()))  # room for one only
+    one = {}
+    prefix.trace_shared(tiny, images, prompts, keep=lambda logits: True, kept=one)
+    assert len(one) == 1
+    none = {}
+    prefix.trace_shared(tiny, images, prompts, keep=lambda logits: False, kept=none)
+    assert none == {}
+
+
+def test_undecided_rows_are_those_the_prediction_writes_on():
+    labels = LabelSet(PieceTokenizer(), ["blue", "black", "red"])
+    logits = torch.full((3, len(PIECES)), -9.0)
+    for r, piece in enumerate(["▁B", "▁Blue", "▁zz"]):
+        logits[r, PIECES.index(piece)] = 9.0
+    assert labels.undecided(logits) == [True, False, False]  # '▁B' may begin blue or black

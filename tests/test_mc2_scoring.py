@@ -113,7 +113,7 @@ WRITES = {
 }
 
 
-def _fake_reencoded(mllm, images, descriptions, questions, batch_size=8, next_logits=None):
+def _fake_reencoded(mllm, images, descriptions, questions, batch_size=8, *_):
     """decoding.reencoded's (and over_prefixes') stand-in: each prompt's row writes WRITES[its kind][its question]."""
     texts = []
     for image, d, q in zip(images, descriptions, questions):

@@ -82,7 +82,7 @@ def baseline(mllm, dataset_dir, cases: pd.DataFrame, batch_size: int = 8, backen
     parts, resid = [], None
     for cand, sub in cases.groupby(cases["candidates"].map(tuple), sort=False):
         labels = answer_set(mllm.tokenizer, list(cand))  # MC2's phrases: mechmod.phrase_answers
-        runs = clean_runs(mllm, sub, images, batch_size, backend, share)
+        runs = clean_runs(mllm, sub, images, batch_size, backend, share, labels=labels)
         vi, ti = runs.rows(sub)
         h_v, h_t = entropy(runs.v_logits).numpy()[vi], entropy(runs.t_logits).numpy()[ti]
         dh, _ = relative_uncertainty(h_t, h_v)
