@@ -24,7 +24,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from mechmod.backends.shared_prefix import split_attention, take_pending
-from mechmod.backends.sites import KERNEL, attention_implementation, attention_kernel
+from mechmod.backends.sites import KERNEL, attention_implementation, kernel_context
 from mechmod.errors import MechmodError
 #: kernels whose forward the answer-row kernel reproduces (sdpa's; eager computes the same maths)
 WEIGHTED_KERNELS = ("sdpa", "eager", KERNEL)
@@ -93,7 +93,7 @@ AttentionInterface.register(KERNEL, answer_row_attention)
 AttentionMaskInterface.register(KERNEL, sdpa_mask)
 
 
-class answer_rows:
+class answer_rows(kernel_context):
     """While inside, ``mllm`` runs :data:`KERNEL` (sdpa's forward) and each
     decoder layer records the answer position's attention weights in
     ``rows[layer]`` [B, heads, K] (float32); :meth:`weights` averages them
@@ -101,8 +101,11 @@ class answer_rows:
     ``positions`` [B]: the answer's index among the forward's query
     positions (None: the last one, as in left-padded prompts)."""
 
+    active = _ACTIVE
+
     def __init__(self, mllm, positions: torch.Tensor | None = None):
-        self.mllm, self.positions, self.kernel = mllm, positions, attention_kernel(mllm)
+        super().__init__(mllm)
+        self.mllm, self.positions = mllm, positions
         adapter = mllm.adapter
         self.layers = {id(adapter.module(layer, adapter.attn_path)): i for i, layer in enumerate(mllm.layers)}
         self.rows: dict[int, torch.Tensor] = {}
@@ -114,14 +117,7 @@ class answer_rows:
                 f"attention mass: {self.mllm.name} runs {kernel} attention, which computes no attention weights; "
                 "load the model with sdpa or eager attention (model.set_attn_implementation('sdpa')) or run "
                 "without attention mass (--no-attention)")
-        self.kernel.__enter__()
-        self.token = _ACTIVE.set(self)
-        return self
-
-    def __exit__(self, *exc):
-        _ACTIVE.reset(self.token)
-        self.kernel.__exit__(*exc)
-        return False
+        return super().__enter__()
 
     def weights(self) -> torch.Tensor:
         """[B, n_layers, K]: each layer's head-averaged answer row."""

@@ -29,7 +29,7 @@ from contextvars import ContextVar
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from mechmod.backends.sites import attention_kernel
+from mechmod.backends.sites import kernel_context
 from mechmod.errors import MechmodError
 
 
@@ -173,25 +173,18 @@ def _prefix_keys_hidden(prefix_mask: torch.Tensor, plan: SlotPlan, B: int) -> to
 _ACTIVE: ContextVar["shared_prefix | None"] = ContextVar("mechmod_shared_prefix", default=None)
 
 
-class shared_prefix:
+class shared_prefix(kernel_context):
     """While inside, a decoder layer whose cache layer is a
     :class:`SharedPrefixLayer` attends by :func:`split_attention`: the layer's
     update marks itself pending, and mechmod's kernel (which ``mllm`` runs
     meanwhile, :mod:`mechmod.backends.answer_attention`) takes it with the
     keys the update returned."""
 
+    active = _ACTIVE
+
     def __init__(self, mllm):
-        self.kernel, self.pending = attention_kernel(mllm), None
-
-    def __enter__(self):
-        self.kernel.__enter__()
-        self.token = _ACTIVE.set(self)
-        return self
-
-    def __exit__(self, *exc):
-        _ACTIVE.reset(self.token)
-        self.kernel.__exit__(*exc)
-        return False
+        super().__init__(mllm)
+        self.pending = None
 
 
 def take_pending(key: torch.Tensor) -> SharedPrefixLayer | None:

@@ -31,6 +31,7 @@ small: e.g. a gather of a few positions).
 from __future__ import annotations
 
 from collections import defaultdict
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -77,6 +78,27 @@ def attention_implementation(mllm) -> str:
 #: mechmod.backends.answer_attention: sdpa's forward, the answer row of attention mass
 #: (answer_rows), tails over a shared prefix (mechmod.backends.shared_prefix)
 KERNEL = "mechmod_answer_row"
+
+
+class kernel_context:
+    """Base of the contexts that run ``mllm`` on :data:`KERNEL` and, while
+    inside, publish themselves in their class's ContextVar ``active`` (the
+    kernel reads what they ask of it there)."""
+
+    active: ContextVar
+
+    def __init__(self, mllm):
+        self.kernel = attention_kernel(mllm)
+
+    def __enter__(self):
+        self.kernel.__enter__()
+        self.token = self.active.set(self)
+        return self
+
+    def __exit__(self, *exc):
+        self.active.reset(self.token)
+        self.kernel.__exit__(*exc)
+        return False
 
 
 class attention_kernel:
