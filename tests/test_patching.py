@@ -185,7 +185,8 @@ def test_backends_agree(mllm):
     for spec in (PatchSpec("resid", ("question", "last")), PatchSpec("attn", "last"), PatchSpec("mlp", "question")):
         a = patch_layers(mllm, source, target, spec, backend="hooks")[0]
         for backend in others:
-            torch.testing.assert_close(a, patch_layers(mllm, source, target, spec, backend=backend)[0], atol=1e-4, rtol=0)
+            b = patch_layers(mllm, source, target, spec, backend=backend)[0]
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
     us = H.units(mllm)
     a = H.knockout_units(mllm, target, us, "zero", backend="hooks")
     for backend in others:

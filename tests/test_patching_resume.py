@@ -118,3 +118,27 @@ def test_a_cut_inside_an_image_of_a_padded_row(mllm):
     got = sweep_resumed(mllm, target.inputs, rec, cut, settings, patch_setter("resid", acts, [writes], cut),
                         patch_setter("resid", acts, [writes]), chunk=3)
     torch.testing.assert_close(got, full, atol=1e-4, rtol=0)
+
+
+def test_a_cut_inside_a_rows_left_padding_replays_exactly(mllm):
+    """Rows of very unequal lengths, cut where the shorter row is still
+    padding (inside the longer row's image, where image tokens attend
+    causally): the short row's replayed pad queries see no key at all (its
+    shared-prefix attention gives them zeros, not NaN); the replay still
+    equals the clean forward (every layer's clean output resumed unchanged)."""
+    if not tails_exact(mllm, "hooks") or not mllm.adapter.causal_image:
+        return
+    from mechmod.interventions.resume import resume
+
+    red = Image.new("RGB", (224, 224), (200, 30, 30))
+    long = "A banana is red and the circle has the same color as the banana in the picture, which is red."
+    target = mllm.encode([red, red], ["Red.", long], [Q, Q])
+    pads = int((target.inputs["attention_mask"][0] == 0).sum())
+    assert pads >= 4 and bool(target.inputs["attention_mask"][1].all())  # the short row is left-padded
+    cut = pads - 2
+    rec = record(mllm, target.inputs, (cut,))
+    first = rec.cuts.index(cut)
+    outs = [torch.cat([o[layer] for o in rec.outputs[first:]], dim=1) for layer in range(mllm.n_layers)]
+    got = resume(mllm, rec, cut, [(layer, outs[layer]) for layer in range(mllm.n_layers - 1)])
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, rec.logits.repeat(mllm.n_layers - 1, 1), atol=1e-4, rtol=0)

@@ -60,8 +60,9 @@ def test_split_attention_equals_sdpa_over_the_concatenated_keys(slots, with_mask
 def test_padded_keys_are_masked_in_the_tail_and_in_the_prefix():
     """A right pad in a row's tail and left pads in an image's prefix (a
     stacked replay of left-padded rows: each row its own 'image', several
-    copies of it) are hidden as sdpa hides them; queries of one image that
-    would see different prefix keys are refused."""
+    copies of it) are hidden as sdpa hides them; where queries of one image
+    would see different prefix keys the split declines (None) and the keys
+    are copied."""
     query, layer, k, v = _case([0, 1, 0, 1], S=3, Sk=3)
     P = layer.prefix_length
     mask = _causal_mask(4, 3, P, 3)
@@ -74,9 +75,28 @@ def test_padded_keys_are_masked_in_the_tail_and_in_the_prefix():
     torch.testing.assert_close(out[1, :2], ref.transpose(1, 2)[1, :2], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(row, answer_row(query, k, mask, query.shape[-1] ** -0.5), atol=1e-6, rtol=1e-5)
     assert float(row[0, :, :2].abs().max()) == 0.0
-    mask[2, :, :, 2] = False  # one of image 0's rows only
-    with pytest.raises(MechmodError, match="different parts of its prefix"):
-        split_attention(query, layer, mask, 1.0)
+    mask[2, :, :, 2] = False  # one of image 0's rows only: the split cannot take it, the caller copies the keys
+    assert split_attention(query, layer, mask, 1.0) is None
+    assert split_attention(query, layer, torch.zeros(4, 1, 3, P + 3), 1.0) is None  # an additive mask
+    keys, values = layer.materialized()
+    assert torch.equal(keys, k) and torch.equal(values, v)
+
+
+def test_a_query_that_sees_no_key_gets_zeros_not_nan():
+    """A left pad inside a replayed segment: masked from every key (its own
+    prefix all pads), its output is 0, so no NaN reaches a later layer."""
+    query, layer, k, v = _case([0, 1], S=2, Sk=2)
+    P = layer.prefix_length
+    mask = _causal_mask(2, 2, P, 2)
+    mask[1, :, :, :P] = False  # row 1 (image 1): every prefix key a pad
+    mask[1, :, 0, P:] = False  # and its first query a pad too: it sees nothing
+    out, _ = split_attention(query, layer, mask, 1.0)
+    assert torch.isfinite(out).all() and float(out[1, 0].abs().max()) == 0.0
+    G = query.shape[1] // k.shape[1]
+    ref = F.scaled_dot_product_attention(query, k.repeat_interleave(G, 1), v.repeat_interleave(G, 1), attn_mask=mask,
+                                         scale=1.0)
+    torch.testing.assert_close(out[0], ref.transpose(1, 2)[0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out[1, 1], ref.transpose(1, 2)[1, 1], atol=1e-6, rtol=1e-5)
 
 
 def test_a_shared_layer_refuses_to_run_outside_its_context():
@@ -132,3 +152,32 @@ def test_backends_agree_over_a_shared_prefix(mllm):
         torch.testing.assert_close(x.logits, y.logits, atol=1e-5, rtol=0)
         torch.testing.assert_close(x.resid, y.resid, atol=1e-5, rtol=0)
         torch.testing.assert_close(x.span_attention, y.span_attention, atol=1e-6, rtol=0)
+
+
+def test_the_kernel_copies_the_keys_where_the_split_declines():
+    """mechmod's kernel, handed a shared layer whose mask the split cannot
+    take (queries of one image seeing different prefix keys), attends over
+    the layer's materialized keys: sdpa's output."""
+    from types import SimpleNamespace
+
+    from mechmod.backends.answer_attention import answer_row_attention
+    from mechmod.backends.shared_prefix import shared_prefix
+
+    query, layer, k, v = _case([0, 0], S=3, Sk=0)
+    P = layer.prefix_length
+    mask = _causal_mask(2, 3, P, 3)
+    mask[1, :, :, 0] = False  # row 1 hides a prefix key row 0 sees: one image, two views
+    config = SimpleNamespace(_attn_implementation="sdpa")
+    model = SimpleNamespace(config=config,
+                            set_attn_implementation=lambda name: setattr(config, "_attn_implementation", name))
+    G = query.shape[1] // k.shape[1]
+    module = SimpleNamespace(num_key_value_groups=G, is_causal=True, training=False)
+    new_k, new_v = torch.randn(2, k.shape[1], 3, k.shape[3]), torch.randn(2, k.shape[1], 3, k.shape[3])
+    with shared_prefix(SimpleNamespace(model=model)):
+        key, value = layer.update(new_k, new_v)
+        out, _ = answer_row_attention(module, query, key, value, mask, scaling=0.5)
+    assert config._attn_implementation == "sdpa"  # restored
+    full_k, full_v = torch.cat([k, new_k], dim=2), torch.cat([v, new_v], dim=2)
+    ref = F.scaled_dot_product_attention(query, full_k.repeat_interleave(G, 1), full_v.repeat_interleave(G, 1),
+                                         attn_mask=mask, scale=0.5)
+    torch.testing.assert_close(out, ref.transpose(1, 2), atol=1e-6, rtol=1e-5)

@@ -72,14 +72,14 @@ def answer_row_attention(module, query, key, value, attention_mask, dropout=0.0,
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     shared = take_pending(key)
     if shared is not None:
-        if kwargs.get("sliding_window") is not None or kwargs.get("softcap") is not None:
-            raise MechmodError("shared-prefix attention has no sliding window or soft-capping; run without prefix "
-                               "sharing (--no-share-prefix)")
-        out, row = split_attention(query, shared, attention_mask, scale, rows.positions if rows else None,
-                                   want_row=layer is not None)
-        if layer is not None:
-            rows.rows[layer] = row
-        return out, None
+        plain = kwargs.get("sliding_window") is None and kwargs.get("softcap") is None
+        split = split_attention(query, shared, attention_mask, scale, rows.positions if rows else None,
+                                want_row=layer is not None) if plain else None
+        if split is not None:
+            if layer is not None:
+                rows.rows[layer] = split[1]
+            return split[0], None
+        key, value = shared.materialized()  # a window, soft-capping or a mask the split cannot take: keys copied
     out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                     is_causal=is_causal, **kwargs)
     if layer is not None:

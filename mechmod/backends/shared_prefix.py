@@ -35,10 +35,10 @@ from mechmod.errors import MechmodError
 
 class SlotPlan:
     """Where each row of a tail batch reads its prefix: ``slots`` [B] (row ->
-    image of the prefix cache), the images present (``first``..: a slice
-    when they are consecutive, else gathered), each row's image among them
-    and its rank there (queries of one image are stacked, padded to the
-    most rows any image has)."""
+    image of the prefix cache), the images ``present`` (read as the slice
+    ``span`` where consecutive, else gathered), each row's ``image`` among
+    them and its ``rank`` there: the queries of one image are stacked,
+    padded to the most rows any image has (``width``)."""
 
     def __init__(self, slots: torch.Tensor):
         slots = slots.long()
@@ -81,6 +81,12 @@ class SharedPrefixLayer(DynamicLayer):
     def get_seq_length(self) -> int:
         return self.prefix_length + self.keys.shape[-2]
 
+    def materialized(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's prefix then tail keys and values, copied [B, H_kv, P + S_k, d]."""
+        slots = self.plan.slots.to(self.prefix_keys.device)
+        return (torch.cat([self.prefix_keys[slots], self.keys], dim=-2),
+                torch.cat([self.prefix_values[slots], self.values], dim=-2))
+
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         ctx = _ACTIVE.get()
         if ctx is None:
@@ -98,11 +104,13 @@ def split_attention(query: torch.Tensor, layer: SharedPrefixLayer, mask: torch.T
     then its tail keys (the last S of them are the queries' own), with
     ``mask`` as sdpa receives it (bool [B or 1, 1 or H, S, P + S_k], True =
     attend) or None (causal). In the prefix the mask may hide keys (a
-    left-padded row's pads) but the same ones from every query of an
-    image's rows. Returns (output [B, S, H, d] in the query's dtype, as
-    transformers' kernels return it; with ``want_row`` the eager weights
-    [B, H, P + S_k] (float32) of query row ``answer_positions[b]`` (None:
-    the last), else None)."""
+    left-padded row's pads), the same ones from every query of an image's
+    rows; where it does not (or the mask is additive), returns None: the
+    caller attends over :meth:`SharedPrefixLayer.materialized` keys instead. A query that sees
+    no key at all gets zeros, not NaN. Returns (output [B, S, H, d] in the
+    query's dtype, as transformers' kernels return it; with ``want_row``
+    the eager weights [B, H, P + S_k] (float32) of query row
+    ``answer_positions[b]`` (None: the last), else None)."""
     plan, P = layer.plan, layer.prefix_length
     B, H, S, d = query.shape
     tk, tv = layer.keys.float(), layer.values.float()
@@ -115,13 +123,14 @@ def split_attention(query: torch.Tensor, layer: SharedPrefixLayer, mask: torch.T
     if mask is None:
         allowed = (torch.arange(Sk, device=dev)[None, :] <= torch.arange(Sk - S, Sk, device=dev)[:, None])[None, None]
     else:
-        if mask.dtype != torch.bool:
-            raise MechmodError("shared-prefix attention takes sdpa's boolean mask; load the model with sdpa attention")
-        hidden = _prefix_keys_hidden(mask[..., :P], plan, B)
+        hidden = _prefix_keys_hidden(mask[..., :P], plan, B) if mask.dtype == torch.bool else False
+        if hidden is False:  # an additive mask, or one the split cannot take
+            return None
         tail = mask[..., P:]
         allowed = tail.reshape(tail.shape[0], H_kv, G, S, Sk) if tail.shape[1] == H else tail[:, :, None]
     st = st.masked_fill(~allowed, float("-inf"))
-    mt = st.amax(-1, keepdim=True)
+    low = torch.finfo(st.dtype).min  # a row that sees no key: weights 0, not NaN
+    mt = st.amax(-1, keepdim=True).clamp(min=low)
     et = torch.exp(st - mt)
     lt, ot = et.sum(-1, keepdim=True), torch.matmul(et.reshape(B, H_kv, G * S, Sk), tv).reshape(B, H_kv, G, S, d)
     # every image's queries, stacked, against its prefix: [images, H_kv, G * width * S, P]
@@ -132,7 +141,7 @@ def split_attention(query: torch.Tensor, layer: SharedPrefixLayer, mask: torch.T
     sp = torch.matmul(stacked, plan.prefix(layer.prefix_keys).float().transpose(2, 3)) * scaling
     if hidden is not None:
         sp = sp.masked_fill(hidden[:, None, None, :], float("-inf"))
-    mp = sp.amax(-1, keepdim=True).clamp(min=torch.finfo(sp.dtype).min)  # every key hidden: weights 0, not NaN
+    mp = sp.amax(-1, keepdim=True).clamp(min=low)
     ep = torch.exp(sp - mp)
     lp, op = ep.sum(-1, keepdim=True), torch.matmul(ep, plan.prefix(layer.prefix_values).float())
 
@@ -143,7 +152,7 @@ def split_attention(query: torch.Tensor, layer: SharedPrefixLayer, mask: torch.T
     mp, lp, op = rows(mp), rows(lp), rows(op)
     m = torch.maximum(mp, mt)
     a, b = torch.exp(mp - m), torch.exp(mt - m)
-    out = (op * a + ot * b) / (lp * a + lt * b)
+    out = (op * a + ot * b) / (lp * a + lt * b).clamp(min=torch.finfo(st.dtype).tiny)
     out = out.reshape(B, H, S, d).transpose(1, 2).contiguous().to(query.dtype)
     if not want_row:
         return out, None
@@ -155,18 +164,17 @@ def split_attention(query: torch.Tensor, layer: SharedPrefixLayer, mask: torch.T
     return out, row.reshape(B, H, P + Sk)
 
 
-def _prefix_keys_hidden(prefix_mask: torch.Tensor, plan: SlotPlan, B: int) -> torch.Tensor | None:
+def _prefix_keys_hidden(prefix_mask: torch.Tensor, plan: SlotPlan, B: int) -> torch.Tensor | None | bool:
     """From the mask's prefix part [B or 1, 1 or H, S, P]: per image present
-    the prefix keys hidden from its rows [images, P] (None: none hidden);
-    refused where queries of one image would see different keys."""
+    the prefix keys hidden from its rows [images, P] (None: none hidden;
+    False where queries of one image see different keys)."""
     if bool(prefix_mask.all()):
         return None
     rows = prefix_mask[:, 0, -1].expand(B, -1)  # [B, P]: each row's last query's view
     per_image = torch.zeros(plan.n_images, rows.shape[1], dtype=torch.bool, device=rows.device)
     per_image[plan.image] = rows
     if not (bool((prefix_mask == rows[:, None, None, :]).all()) and bool((per_image[plan.image] == rows).all())):
-        raise MechmodError("shared-prefix attention: queries of one image see different parts of its prefix; run "
-                           "without prefix sharing (--no-share-prefix)")
+        return False
     return ~per_image
 
 
