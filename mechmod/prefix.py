@@ -136,11 +136,11 @@ def cache_rows(cache, slots: torch.Tensor, room: int = 0, shared: bool = False):
     is a :class:`~mechmod.backends.shared_prefix.SharedPrefixLayer` over the
     prefix cache's own tensors, to be run inside
     :class:`~mechmod.backends.shared_prefix.shared_prefix` (see
-    :func:`shares_attention`). With ``room`` (the length of the tail about to run) and plain dynamic
-    layers, each layer's rows are copied once into a buffer with room for
-    the tail, which the tail's update fills in place (:func:`with_room`): one
-    copy of the prefix rows, read by the attention kernel as one K (and V)
-    tensor. Otherwise the layers are copied shallowly (selecting and the
+    :func:`shares_attention`). With ``room`` (the length of the tail about
+    to run) and plain dynamic layers, each layer's rows are copied once
+    into a buffer with room for the tail, which the tail's update fills in
+    place (:func:`with_room`): one copy of the prefix rows, read by the
+    attention kernel as one K (and V) tensor. Otherwise the layers are copied shallowly (selecting and the
     tail's updates rebind their tensors): where every row shows one image
     (one slot), each layer's keys and values are that row expanded over the
     batch, a view, and the tail's update (``DynamicLayer.update``)

@@ -181,3 +181,19 @@ def test_the_kernel_copies_the_keys_where_the_split_declines():
     ref = F.scaled_dot_product_attention(query, full_k.repeat_interleave(G, 1), full_v.repeat_interleave(G, 1),
                                          attn_mask=mask, scale=0.5)
     torch.testing.assert_close(out, ref.transpose(1, 2), atol=1e-6, rtol=1e-5)
+
+
+def test_split_attention_in_bfloat16_returns_bfloat16_close_to_sdpa():
+    """The dtype a GPU run uses: bf16 query and caches, float32 maths inside,
+    the output cast back (sdpa in bf16 rounds the same values)."""
+    query, layer, k, v = _case([0, 1, 1], S=4, Sk=4)
+    layer.prefix_keys, layer.prefix_values = layer.prefix_keys.bfloat16(), layer.prefix_values.bfloat16()
+    layer.keys, layer.values = layer.keys.bfloat16(), layer.values.bfloat16()
+    q = query.bfloat16()
+    out, _ = split_attention(q, layer, None, 0.3)
+    assert out.dtype == torch.bfloat16
+    G = query.shape[1] // k.shape[1]
+    mask = _causal_mask(3, 4, layer.prefix_length, 4)
+    ref = F.scaled_dot_product_attention(q.float(), k.bfloat16().float().repeat_interleave(G, 1),
+                                         v.bfloat16().float().repeat_interleave(G, 1), attn_mask=mask, scale=0.3)
+    torch.testing.assert_close(out.float(), ref.transpose(1, 2), atol=1e-2, rtol=1e-2)
