@@ -222,7 +222,12 @@ class KeptPrefix:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for layer in self.cache.layers for t in (layer.keys, layer.values))
+        return _row_bytes(self.cache)
+
+
+def _row_bytes(cache) -> int:
+    """The bytes of one row of ``cache`` (its keys and values in every layer)."""
+    return sum(t[0].numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
 
 
 #: at most this much of kept prefix caches per :func:`trace_shared` call (the rest is computed again)
@@ -268,11 +273,10 @@ def trace_shared(mllm, images: Sequence[Any], prompts_per_image: Sequence[Sequen
             cache, deltas, image_keys = _prefix_forward(mllm, [prefixes[i] for i in chunk])
             _tails(mllm, cache, deltas, image_keys, [prompts_per_image[i] for i in chunk], batch_size, backend,
                    attention, [logits[i] for i in chunk], [resid[i] for i in chunk], [mass[i] for i in chunk])
+            size = _row_bytes(cache)  # what keeping one of these images costs
             for slot, i in enumerate(chunk):
-                if keep is not None and kept is not None and keep(torch.cat(logits[i])):
-                    prefix = _kept(cache, deltas, image_keys, slot)
-                    if prefix.nbytes <= budget:
-                        kept[i], budget = prefix, budget - prefix.nbytes
+                if keep is not None and kept is not None and size <= budget and keep(torch.cat(logits[i])):
+                    kept[i], budget = _kept(cache, deltas, image_keys, slot), budget - size
     return [ResidualTrace(logits=torch.cat(lg), resid=torch.cat(rs), span_attention=torch.cat(ms) if ms else None)
             for lg, rs, ms in zip(logits, resid, mass)]
 

@@ -74,8 +74,9 @@ def baseline(mllm, dataset_dir, cases: pd.DataFrame, batch_size: int = 8, backen
              keep_resid: bool = False) -> Baseline:
     """Clean vision-only, text-only and multimodal runs of ``cases``
     (:func:`mechmod.scoring.clean_runs`: the image prompts over one cached
-    prefix per image, as the behavioural run, but with the TransformerLens
-    backend or on a model its bridge has booted on)."""
+    prefix per image, as the behavioural run does, except with the
+    TransformerLens backend or on a model its bridge has booted on, which
+    run whole prompts)."""
     images = Images(dataset_dir)
     cases = cases.reset_index(drop=True)
     share = backend != "transformer_lens" and not bridged(mllm)

@@ -173,11 +173,13 @@ def _stacked_cache(cache, B: int, counts: Sequence[int], room: int, shared: bool
     does (its update concatenates into a new tensor, never writing the
     record's)."""
     out = copy.copy(cache)
-    out.layers, plans = [], {}
+    out.layers, plans = [], {}  # one slot plan per stack height, shared by its layers
     for layer, n in zip(cache.layers, counts):
         slots = torch.arange(B, device=layer.keys.device).repeat(n)
         if n and shared and type(layer) in PLAIN_LAYERS:
-            out.layers.append(SharedPrefixLayer(layer, plans.setdefault(n, SlotPlan(slots))))
+            if n not in plans:
+                plans[n] = SlotPlan(slots)
+            out.layers.append(SharedPrefixLayer(layer, plans[n]))
             continue
         stacked = with_room(layer, slots, room) if n else None
         if stacked is None:
