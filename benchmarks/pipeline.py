@@ -19,10 +19,11 @@ time spent inside the model's forward (``overhead_seconds_per_case``).
 
 Each runs in its own subprocess so that its peak RSS is its own. The FLOP
 lower bound counts the work the study cannot avoid with prefix sharing
-(vision tower and LM prefix once per image, each prompt's text tail once,
-the final unembedding and the lens at the answer position) and divides it
-by this machine's matmul throughput, measured in the same run. Prints one
-JSON line.
+(vision tower and LM prefix once per image, the prefix up to the last
+layer's keys and values, each prompt's text tail once, the final
+unembedding and the lens at the answer position) and divides it by this
+machine's matmul throughput, measured in the same run. Prints one JSON
+line.
 
 With ``--real-config`` the model is the real checkpoint's HF class built
 from its real config with random weights, with the real tokenizer, chat
@@ -170,7 +171,8 @@ def run_runner(setup: Setup, mllm=None) -> dict:
 
 def _time_forwards(model) -> dict:
     """Accumulates the wall time spent inside ``model``'s forward calls
-    (tracing hooks inside the model included) into ``["total"]``;
+    (tracing hooks inside the model included; a forward that raises, as a
+    prefix forward stopping at its last keys does, counted too) into ``["total"]``;
     ``["hooks"]()`` removes the timing hooks."""
     spent = {"total": 0.0, "depth": 0, "t0": 0.0}
 
@@ -184,7 +186,7 @@ def _time_forwards(model) -> dict:
         if spent["depth"] == 0:
             spent["total"] += time.perf_counter() - spent["t0"]
 
-    handles = [model.register_forward_pre_hook(enter), model.register_forward_hook(leave)]
+    handles = [model.register_forward_pre_hook(enter), model.register_forward_hook(leave, always_call=True)]
     spent["hooks"] = lambda: [h.remove() for h in handles]
     return spent
 
@@ -234,22 +236,23 @@ def lower_bound_flops(setup: Setup, mllm=None) -> dict:
     vc, tc = cfg.vision_config, cfg.text_config
     d, L, V = tc.hidden_size, tc.num_hidden_layers, tc.vocab_size
     kv = tc.num_key_value_heads * (d // tc.num_attention_heads)
-    lm_lin = L * (2 * d * d + 2 * d * kv + 3 * d * tc.intermediate_size)  # q,o + k,v + gate,up,down
+    layer_lin = 2 * d * d + 2 * d * kv + 3 * d * tc.intermediate_size  # q,o + k,v + gate,up,down
     n_patch = (vc.image_size // vc.patch_size) ** 2
     vis_lin = vc.num_hidden_layers * (4 * vc.hidden_size**2 + 2 * vc.hidden_size * vc.intermediate_size)
     proj = vc.hidden_size * d + d * d
 
-    def lm(tokens: int, context_before: int) -> float:
+    def lm(tokens: int, context_before: int, layers: int = L) -> float:
         # linear layers + attention scores and values over the causal context
-        attn = sum(2 * 2 * d * (context_before + t + 1) for t in range(tokens)) * L
-        return 2 * lm_lin * tokens + attn
+        attn = sum(2 * 2 * d * (context_before + t + 1) for t in range(tokens)) * layers
+        return 2 * layer_lin * layers * tokens + attn
 
     n_seq = n_patch + 1
     vision = 2 * vis_lin * n_seq + vc.num_hidden_layers * 2 * 2 * vc.hidden_size * n_seq**2 + 2 * proj * n_patch
     cases = load_cases(setup.dataset_dir)
     prefix_len = image_prefix(mllm, open_image(setup.dataset_dir, cases.iloc[0].image_path)).length
     unembed = 2 * d * V
-    per_image = vision + lm(prefix_len, 0)
+    # the prefix's cache: every layer but the last whole, the last one's key and value projections only
+    per_image = vision + lm(prefix_len, 0, L - 1) + 2 * 2 * d * kv * prefix_len
     vis = [lm(len(mllm.tail(mllm.prompt(q, True))[0]), prefix_len) + unembed
            for q in cases.drop_duplicates(["image_path", "question"])["question"]]
     txt = [lm(len(mllm.tokenizer(mllm.prompt(f"{d_} {q}", False))["input_ids"]), 0) + unembed
@@ -512,6 +515,8 @@ def cpu_result(shape: str, a, setup: Setup, naive: dict | None, runner: dict, bo
         "runner_finalize_seconds": round(runner["finalize_seconds"], 3),
         "fraction_of_bound": round(bound_s / runner["seconds"], 3),
         "fraction_of_bound_scoring": round(bound_s / (runner["seconds"] - runner["finalize_seconds"]), 3),
+        "runner_forward_seconds": round(runner["forward_seconds"], 3),
+        "fraction_of_bound_forwards": round(bound_s / runner["forward_seconds"], 3),
     }
 
 

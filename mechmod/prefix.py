@@ -34,10 +34,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
-from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
 from mechmod.backends.answer_attention import WEIGHTED_KERNELS
-from mechmod.backends.shared_prefix import SharedPrefixLayer, SlotPlan, shared_prefix
+from mechmod.backends.shared_prefix import KeysCached, SharedPrefixLayer, SlotPlan, keys_only, shared_prefix
 from mechmod.backends.sites import attention_implementation
 from mechmod.backends.tl_backend import bridged
 from mechmod.errors import MechmodError
@@ -173,8 +173,7 @@ def shares_attention(mllm, backend: str) -> bool:
     attention (mechmod's kernel takes over for the tails) through the hooks
     or nnsight backend (the TransformerLens bridge computes attention
     itself)."""
-    return (backend != "transformer_lens" and not bridged(mllm)
-            and attention_implementation(mllm) in WEIGHTED_KERNELS)
+    return backend != "transformer_lens" and kernel_runs(mllm)
 
 
 def cache_kwarg(model) -> str:
@@ -224,6 +223,12 @@ class KeptPrefix:
     def nbytes(self) -> int:
         return _row_bytes(self.cache)
 
+    @property
+    def key(self) -> tuple:
+        """Kept prefixes with equal keys stack into one cache (:func:`_stacked`)."""
+        return (self.image_keys.shape[1],) + tuple((type(layer), tuple(layer.keys.shape[1:]))
+                                                   for layer in self.cache.layers)
+
 
 def _row_bytes(cache) -> int:
     """The bytes of one row of ``cache`` (its keys and values in every layer)."""
@@ -247,35 +252,35 @@ def trace_shared(mllm, images: Sequence[Any], prompts_per_image: Sequence[Sequen
     image, description and question tokens per layer. ``prefixes``: the
     images' prefixes where already built (mechmod.loader; None: built here).
     ``reuse``: per image a :class:`KeptPrefix` to run its tails over (no
-    prefix forward), or None. With ``keep`` (an image's rows' logits [n, V]
+    prefix forward; those of same-shaped images stacked, batch_size at a
+    time, into one cache), or None. With ``keep`` (an image's rows' logits [n, V]
     -> whether its prefix will serve again), ``kept[i]`` gets image i's
     prefix where it says so, up to :data:`KEEP_BYTES` in all."""
     if len(images) != len(prompts_per_image):
         raise MechmodError(f"trace_shared: {len(images)} images but {len(prompts_per_image)} prompt lists")
     reuse = reuse or [None] * len(images)
     built = prefixes or [None] * len(images)
-    fresh = [i for i in range(len(images)) if reuse[i] is None]
-    prefixes = {i: built[i] if built[i] is not None else image_prefix(mllm, images[i]) for i in fresh}
+    prefixes = {i: built[i] if built[i] is not None else image_prefix(mllm, images[i])
+                for i in range(len(images)) if reuse[i] is None}
     logits: list[list[torch.Tensor]] = [[] for _ in images]
     resid: list[list[torch.Tensor]] = [[] for _ in images]
     mass: list[list[torch.Tensor]] = [[] for _ in images]
-    for i, prefix in enumerate(reuse):
-        if prefix is not None:
-            _tails(mllm, prefix.cache, prefix.deltas, prefix.image_keys, [prompts_per_image[i]], batch_size, backend,
-                   attention, [logits[i]], [resid[i]], [mass[i]])
-    groups: dict[tuple, list[int]] = {}
-    for i in fresh:
-        groups.setdefault(prefixes[i].key, []).append(i)
+    groups: dict[tuple, list[int]] = {}  # images of one shape, kept apart from fresh ones
+    for i in range(len(images)):
+        groups.setdefault(("kept", reuse[i].key) if reuse[i] is not None else ("fresh", prefixes[i].key), []).append(i)
     budget = KEEP_BYTES
-    for members in groups.values():
+    for (kind, _), members in groups.items():
         for start in range(0, len(members), batch_size):
             chunk = members[start : start + batch_size]
-            cache, deltas, image_keys = _prefix_forward(mllm, [prefixes[i] for i in chunk])
+            cache, deltas, image_keys = (_stacked([reuse[i] for i in chunk]) if kind == "kept"
+                                         else _prefix_forward(mllm, [prefixes[i] for i in chunk]))
             _tails(mllm, cache, deltas, image_keys, [prompts_per_image[i] for i in chunk], batch_size, backend,
                    attention, [logits[i] for i in chunk], [resid[i] for i in chunk], [mass[i] for i in chunk])
+            if kind == "kept" or keep is None or kept is None:
+                continue
             size = _row_bytes(cache)  # what keeping one of these images costs
             for slot, i in enumerate(chunk):
-                if keep is not None and kept is not None and size <= budget and keep(torch.cat(logits[i])):
+                if size <= budget and keep(torch.cat(logits[i])):
                     kept[i], budget = _kept(cache, deltas, image_keys, slot), budget - size
     return [ResidualTrace(logits=torch.cat(lg), resid=torch.cat(rs), span_attention=torch.cat(ms) if ms else None)
             for lg, rs, ms in zip(logits, resid, mass)]
@@ -283,11 +288,25 @@ def trace_shared(mllm, images: Sequence[Any], prompts_per_image: Sequence[Sequen
 
 def _prefix_forward(mllm, prefixes: Sequence[Prefix]):
     """The prefixes of a few same-shaped images in one forward: (their KV
-    cache, rope deltas or None, image-token positions [images, P])."""
+    cache, rope deltas or None, image-token positions [images, P]). Where
+    mechmod's kernel can take over (:func:`kernel_runs`), the forward stops
+    once the last layer's keys and values are cached."""
     inputs = {k: v.to(mllm.device, non_blocking=True) for k, v in _cat_prefixes(prefixes).items()}
-    with torch.no_grad():
-        out = mllm.model(**inputs, use_cache=True, logits_to_keep=1)
-    return getattr(out, cache_kwarg(mllm.model)), rope_deltas(mllm), (inputs["input_ids"] == mllm.image_token_id).cpu()
+    cache = DynamicCache(config=mllm.model.config.get_text_config())
+    with torch.no_grad(), keys_only(mllm) if kernel_runs(mllm) else nullcontext():
+        try:
+            mllm.model(**inputs, **{cache_kwarg(mllm.model): cache}, use_cache=True, logits_to_keep=1)
+        except KeysCached:
+            pass
+    return cache, rope_deltas(mllm), (inputs["input_ids"] == mllm.image_token_id).cpu()
+
+
+def kernel_runs(mllm) -> bool:
+    """Whether mechmod's attention kernel can take over ``mllm``'s attention
+    (:data:`~mechmod.backends.sites.KERNEL`): it runs sdpa or eager
+    attention through transformers' AttentionInterface, not a
+    TransformerLens bridge."""
+    return not bridged(mllm) and attention_implementation(mllm) in WEIGHTED_KERNELS
 
 
 def _kept(cache, deltas, image_keys, slot: int) -> KeptPrefix:
@@ -296,6 +315,23 @@ def _kept(cache, deltas, image_keys, slot: int) -> KeptPrefix:
     own.layers = [copy.copy(layer) for layer in cache.layers]
     own.batch_select_indices(torch.tensor([slot], device=cache.layers[0].keys.device))
     return KeptPrefix(own, None if deltas is None else deltas[slot : slot + 1].clone(), image_keys[slot : slot + 1])
+
+
+def _stacked(kept: Sequence[KeptPrefix]):
+    """Kept prefixes of same-shaped images as one group's prefix forward:
+    (their caches side by side, a copy unless there is one, rope deltas or
+    None, image-token positions [images, P])."""
+    if len(kept) == 1:
+        return kept[0].cache, kept[0].deltas, kept[0].image_keys
+    cache = copy.copy(kept[0].cache)
+    cache.layers = []
+    for j, first in enumerate(kept[0].cache.layers):
+        layer = copy.copy(first)
+        layer.keys = torch.cat([k.cache.layers[j].keys for k in kept])
+        layer.values = torch.cat([k.cache.layers[j].values for k in kept])
+        cache.layers.append(layer)
+    deltas = None if kept[0].deltas is None else torch.cat([k.deltas for k in kept])
+    return cache, deltas, torch.cat([k.image_keys for k in kept])
 
 
 def _tails(mllm, cache, deltas, image_keys, prompt_lists, batch_size, backend, attention, logits_out, resid_out,

@@ -216,8 +216,9 @@ def test_cache_continuation_equals_a_full_reforward(tiny):
 def test_a_kept_prefix_serves_the_continuation_without_its_forward(tiny, monkeypatch):
     """trace_shared keeps the prefix forwards its ``keep`` asks for (each
     image's own copy, up to KEEP_BYTES); over_prefixes continues over them
-    with the logits of a fresh prefix forward and runs none (M-RoPE deltas
-    kept with Qwen2-VL, sliding windows with Gemma 3)."""
+    with the logits of a fresh prefix forward and runs none, the tails of
+    same-shaped images in one batch (M-RoPE deltas kept with Qwen2-VL,
+    sliding windows with Gemma 3)."""
     import mechmod.prefix as prefix
 
     images = [Image.new("RGB", (64, 32), (200, 30, 30)), Image.new("RGB", (32, 32), (30, 30, 200))]
@@ -235,9 +236,13 @@ def test_a_kept_prefix_serves_the_continuation_without_its_forward(tiny, monkeyp
     def no_forward(*args):
         raise AssertionError("a kept prefix ran its forward again")
 
+    calls = []
+    tails = prefix._tails
     with monkeypatch.context() as m:
         m.setattr(prefix, "_prefix_forward", no_forward)
+        m.setattr(prefix, "_tails", lambda *args: calls.append(1) or tails(*args))
         torch.testing.assert_close(reused(rows, w), want, atol=1e-5, rtol=0)
+    assert len(calls) == len({k.key for k in kept.values()})  # same-shaped kept prefixes stacked: one batch
     monkeypatch.setattr(prefix, "KEEP_BYTES", max(k.nbytes for k in kept.values()))  # room for one only
     one = {}
     prefix.trace_shared(tiny, images, prompts, keep=lambda logits: True, kept=one)

@@ -29,6 +29,7 @@ def test_pipeline_reports_speedup_bound_and_per_case_overhead():
     for field in ("naive_cases_per_s", "runner_cases_per_s", "speedup"):
         assert r[field] > 0, field
     assert 0 <= r["fraction_of_bound"] < 1  # rounded to 3 places: ~1e-4 on this shape
+    assert 0 < r["runner_forward_seconds"] and r["fraction_of_bound"] <= r["fraction_of_bound_forwards"]
     assert r["overhead_shape"] == "overhead" and r["overhead_cases"] == r["cases"]
     assert 0 < r["overhead_forward_seconds_per_case"] and 0 < r["overhead_seconds_per_case"] < 10
 

@@ -57,6 +57,53 @@ def test_split_attention_equals_sdpa_over_the_concatenated_keys(slots, with_mask
     assert split_attention(query, layer, None, 0.3)[1] is None
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_attend_returns_sdpa_and_the_log_sum_exp(fused):
+    """Both ways of the partial attention (aten's fused CPU kernel; matmuls,
+    as on a GPU): sdpa's output under an additive mask broadcast over heads
+    and queries, and the log-sum-exp of the masked scores; a query whose
+    keys are all masked gets zeros."""
+    from mechmod.backends.shared_prefix import attend
+
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(3, 2, 4, 8, generator=g) for _ in range(3))
+    k, v = k.repeat(1, 1, 2, 1), v.repeat(1, 1, 2, 1)  # 8 keys
+    hidden = torch.zeros(3, 8, dtype=torch.bool)
+    hidden[0, :3], hidden[2] = True, True  # image 2: every key hidden
+    bias = torch.zeros(3, 8).masked_fill(hidden, float("-inf"))[:, None, None, :]
+    out, lse = attend(q, k, v, bias, 0.3, fused=fused)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * 0.3 + bias
+    ref = F.scaled_dot_product_attention(q[:2], k[:2], v[:2], attn_mask=bias[:2], scale=0.3)
+    torch.testing.assert_close(out[:2], ref, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(lse[:2], torch.logsumexp(scores[:2], dim=-1), atol=1e-5, rtol=1e-5)
+    assert float(out[2].abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_split_attention_takes_either_partial_attention(fused, monkeypatch):
+    """The split through the matmul path too (the one a GPU takes), with
+    pads hidden in the prefix and a query that sees no key."""
+    import functools
+
+    import mechmod.backends.shared_prefix as sp
+
+    monkeypatch.setattr(sp, "attend", functools.partial(sp.attend, fused=fused))
+    query, layer, k, v = _case([0, 1, 0, 2], S=3, Sk=3)
+    P = layer.prefix_length
+    mask = _causal_mask(4, 3, P, 3)
+    mask[[0, 2], :, :, :2] = False  # image 0's left pads
+    mask[3, :, :, :P] = False  # image 2: its whole prefix pads
+    mask[3, :, 0, P:] = False  # and row 3's first query a pad: it sees nothing
+    G = query.shape[1] // k.shape[1]
+    ref = F.scaled_dot_product_attention(query, k.repeat_interleave(G, 1), v.repeat_interleave(G, 1), attn_mask=mask,
+                                         scale=0.3).transpose(1, 2)
+    out, row = sp.split_attention(query, layer, mask, 0.3, want_row=True)
+    torch.testing.assert_close(out[:3], ref[:3], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out[3, 1:], ref[3, 1:], atol=1e-6, rtol=1e-5)
+    assert float(out[3, 0].abs().max()) == 0.0
+    torch.testing.assert_close(row, answer_row(query, k, mask, 0.3), atol=1e-6, rtol=1e-5)
+
+
 def test_padded_keys_are_masked_in_the_tail_and_in_the_prefix():
     """A right pad in a row's tail and left pads in an image's prefix (a
     stacked replay of left-padded rows: each row its own 'image', several
@@ -134,6 +181,31 @@ def test_tails_share_the_prefix_where_the_cache_allows(mllm, monkeypatch):
     shared = [SharedPrefixLayer in kinds for kinds in seen]
     assert seen and (all(shared) if mllm.family != "gemma3" else not any(shared))
     assert attention_implementation(mllm) == "sdpa"
+
+
+def test_a_prefix_forward_stops_once_the_last_layer_has_cached_its_keys(mllm):
+    """The prefix forward of every family stops at its last decoder layer's
+    attention (that layer's MLP never runs) with every layer's keys and
+    values of the prefix cached; outside it, the same forward runs whole."""
+    from PIL import Image
+
+    from mechmod.prefix import _prefix_forward, image_prefix
+
+    ran = []
+    mlp = mllm.adapter.module(mllm.layers[-1], mllm.adapter.mlp_path)
+    handle = mlp.register_forward_hook(lambda *args: ran.append(True))
+    try:
+        prefix = image_prefix(mllm, Image.new("RGB", (64, 64), (200, 30, 30)))
+        cache, _, image_keys = _prefix_forward(mllm, [prefix])
+        assert not ran
+        assert len(cache.layers) == len(mllm.layers) and image_keys.shape == (1, prefix.length)
+        assert all(layer.keys.shape[-2] == min(prefix.length, getattr(layer, "sliding_window", None) or prefix.length)
+                   for layer in cache.layers)
+        with torch.no_grad():
+            mllm.model(**prefix.inputs)
+        assert ran
+    finally:
+        handle.remove()
 
 
 def test_backends_agree_over_a_shared_prefix(mllm):

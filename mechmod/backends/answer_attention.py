@@ -23,7 +23,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from mechmod.backends.shared_prefix import split_attention, take_pending
+from mechmod.backends.shared_prefix import split_attention, stop_at, take_pending
 from mechmod.backends.sites import KERNEL, attention_implementation, kernel_context
 from mechmod.errors import MechmodError
 #: kernels whose forward the answer-row kernel reproduces (sdpa's; eager computes the same maths)
@@ -66,7 +66,10 @@ def answer_row_attention(module, query, key, value, attention_mask, dropout=0.0,
     """The registered kernel: sdpa's output, or the split attention of a
     layer over a shared prefix (:func:`mechmod.backends.shared_prefix.split_attention`);
     in a decoder layer of a model inside :class:`answer_rows`, that layer's
-    answer row recorded there. Returns no weights (like sdpa)."""
+    answer row recorded there. Returns no weights (like sdpa). Inside
+    :class:`~mechmod.backends.shared_prefix.keys_only` the last decoder
+    layer raises instead of attending."""
+    stop_at(module)
     rows = _ACTIVE.get()
     layer = rows.layers.get(id(module)) if rows is not None else None
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5

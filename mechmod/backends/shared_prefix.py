@@ -52,10 +52,36 @@ class SlotPlan:
             rows = torch.nonzero(image == i).flatten()
             rank[rows] = torch.arange(len(rows), device=slots.device)
         self.rank, self.n_images, self.width = rank, n, int(rank.max()) + 1
+        self._mask, self._hidden = (None, -1), None
 
     def prefix(self, x: torch.Tensor) -> torch.Tensor:
         """The present images' prefix tensors of ``x`` [images, ...] (a view where consecutive)."""
         return x[self.span] if self.span is not None else x[self.present.to(x.device)]
+
+    def stack(self, x: torch.Tensor, H_kv: int) -> torch.Tensor:
+        """Rows' queries ``x`` [B, H, S, k] stacked by image, zero-padded to
+        ``width`` rows: [images, H_kv, G * width * S, k] (query head h reads
+        key head h // G, as GQA's repeated keys)."""
+        B, H, S, k = x.shape
+        out = x.new_zeros(self.n_images, self.width, H, S, k)
+        out[self.image, self.rank] = x
+        return out.reshape(self.n_images, self.width, H_kv, H // H_kv, S, k).permute(0, 2, 3, 1, 4, 5).reshape(
+            self.n_images, H_kv, -1, k)
+
+    def rows(self, x: torch.Tensor, H: int, S: int) -> torch.Tensor:
+        """The inverse of :meth:`stack`: [images, H_kv, G * width * S, k] -> [B, H, S, k]."""
+        n, H_kv, _, k = x.shape
+        x = x.reshape(n, H_kv, H // H_kv, self.width, S, k).permute(0, 3, 1, 2, 4, 5)
+        return x[self.image, self.rank].reshape(len(self.slots), H, S, k)
+
+    def hidden(self, mask: torch.Tensor, P: int) -> torch.Tensor | None | bool:
+        """:func:`_prefix_keys_hidden` of a boolean ``mask``, once per mask
+        (a forward hands every layer the same one; an in-place change to it
+        bumps its version)."""
+        seen, version = self._mask
+        if seen is not mask or version != mask._version:
+            self._mask, self._hidden = (mask, mask._version), _prefix_keys_hidden(mask[..., :P], self, len(self.slots))
+        return self._hidden
 
 
 class SharedPrefixLayer(DynamicLayer):
@@ -113,55 +139,83 @@ def split_attention(query: torch.Tensor, layer: SharedPrefixLayer, mask: torch.T
     ``answer_positions[b]`` (None: the last), else None)."""
     plan, P = layer.plan, layer.prefix_length
     B, H, S, d = query.shape
-    tk, tv = layer.keys.float(), layer.values.float()
-    H_kv, Sk = tk.shape[1], tk.shape[2]
+    H_kv, Sk = layer.keys.shape[1], layer.keys.shape[2]
     G, dev = H // H_kv, query.device
-    q = query.float().reshape(B, H_kv, G, S, d)
-    # each row's queries against its own tail keys, causal (or as the mask says)
-    st = torch.matmul(q.reshape(B, H_kv, G * S, d), tk.transpose(2, 3)).reshape(B, H_kv, G, S, Sk) * scaling
-    hidden = None  # prefix keys hidden from an image's rows [images, P]
     if mask is None:
+        hidden = None
         allowed = (torch.arange(Sk, device=dev)[None, :] <= torch.arange(Sk - S, Sk, device=dev)[:, None])[None, None]
     else:
-        hidden = _prefix_keys_hidden(mask[..., :P], plan, B) if mask.dtype == torch.bool else False
+        hidden = plan.hidden(mask, P) if mask.dtype == torch.bool else False
         if hidden is False:  # an additive mask, or one the split cannot take
             return None
-        tail = mask[..., P:]
-        allowed = tail.reshape(tail.shape[0], H_kv, G, S, Sk) if tail.shape[1] == H else tail[:, :, None]
-    st = st.masked_fill(~allowed, float("-inf"))
-    low = torch.finfo(st.dtype).min  # a row that sees no key: weights 0, not NaN
-    mt = st.amax(-1, keepdim=True).clamp(min=low)
-    et = torch.exp(st - mt)
-    lt, ot = et.sum(-1, keepdim=True), torch.matmul(et.reshape(B, H_kv, G * S, Sk), tv).reshape(B, H_kv, G, S, d)
-    # every image's queries, stacked, against its prefix: [images, H_kv, G * width * S, P]
-    n, w = plan.n_images, plan.width
-    stacked = q.new_zeros(n, w, H_kv, G, S, d)
-    stacked[plan.image, plan.rank] = q
-    stacked = stacked.permute(0, 2, 3, 1, 4, 5).reshape(n, H_kv, G * w * S, d)
-    sp = torch.matmul(stacked, plan.prefix(layer.prefix_keys).float().transpose(2, 3)) * scaling
+        allowed = mask[..., P:]  # [B or 1, 1 or H, S, S_k]
+    q = query.float()
+    # each row's queries against its own tail keys (GQA: the few tail keys repeated)
+    tk, tv = (t.float().repeat_interleave(G, dim=1) if G > 1 else t.float() for t in (layer.keys, layer.values))
+    ot, lt = attend(q, tk, tv, _bias(allowed), scaling)
+    lt = lt.masked_fill(~allowed.any(-1), float("-inf"))  # [B, H, S]
+    # every image's queries, stacked, against its prefix: [images, H_kv, G * width * S, d]
+    keys, values = plan.prefix(layer.prefix_keys).float(), plan.prefix(layer.prefix_values).float()
+    op, lp = attend(plan.stack(q, H_kv), keys, values, None if hidden is None else _bias(~hidden[:, None, None, :]),
+                    scaling)
+    op, lp = plan.rows(op, H, S), plan.rows(lp[..., None], H, S)[..., 0]  # [B, H, S, d], [B, H, S]
     if hidden is not None:
-        sp = sp.masked_fill(hidden[:, None, None, :], float("-inf"))
-    mp = sp.amax(-1, keepdim=True).clamp(min=low)
-    ep = torch.exp(sp - mp)
-    lp, op = ep.sum(-1, keepdim=True), torch.matmul(ep, plan.prefix(layer.prefix_values).float())
-
-    def rows(x: torch.Tensor) -> torch.Tensor:  # [images, H_kv, G * width * S, k] -> [B, H_kv, G, S, k]
-        x = x.reshape(n, H_kv, G, w, S, x.shape[-1]).permute(0, 3, 1, 2, 4, 5)
-        return x[plan.image, plan.rank]
-
-    mp, lp, op = rows(mp), rows(lp), rows(op)
-    m = torch.maximum(mp, mt)
-    a, b = torch.exp(mp - m), torch.exp(mt - m)
-    out = (op * a + ot * b) / (lp * a + lt * b).clamp(min=torch.finfo(st.dtype).tiny)
-    out = out.reshape(B, H, S, d).transpose(1, 2).contiguous().to(query.dtype)
+        lp = lp.masked_fill(hidden.all(-1)[plan.image][:, None, None], float("-inf"))
+    # the two partial softmaxes, merged by their log-sum-exps
+    low = torch.finfo(torch.float32).min
+    m = torch.maximum(lp, lt).clamp(min=low)
+    a, b = torch.exp(lp - m)[..., None], torch.exp(lt - m)[..., None]
+    out = (op * a + ot * b) / (a + b).clamp(min=torch.finfo(torch.float32).tiny)
+    out = out.transpose(1, 2).contiguous().to(query.dtype)
     if not want_row:
         return out, None
-    at = torch.full((B,), S - 1, device=dev) if answer_positions is None else answer_positions.to(dev)
-    r = torch.arange(B, device=dev)
-    row_p = rows(sp)[r, :, :, at]  # [B, H_kv, G, P]
-    row_t = st[r, :, :, at]  # [B, H_kv, G, S_k]
-    row = torch.softmax(torch.cat([row_p, row_t], dim=-1), dim=-1)
-    return out, row.reshape(B, H, P + Sk)
+    return out, _answer_row(q, layer, hidden, allowed, scaling, answer_positions)
+
+
+def _answer_row(q: torch.Tensor, layer: SharedPrefixLayer, hidden: torch.Tensor | None, allowed: torch.Tensor,
+                scaling: float, positions: torch.Tensor | None) -> torch.Tensor:
+    """Eager attention's weights [B, H, P + S_k] (float32) of each row's
+    answer query (``positions[b]``; None: the last) over its image's prefix
+    and its own tail keys: the scores of that one query, masked as eager
+    masks them, one softmax."""
+    plan, low = layer.plan, torch.finfo(torch.float32).min
+    B, H, S, d = q.shape
+    H_kv, Sk = layer.keys.shape[1], layer.keys.shape[2]
+    r = torch.arange(B, device=q.device)
+    at = torch.full((B,), S - 1, device=q.device) if positions is None else positions.to(q.device)
+    qa = q[r, :, at][:, :, None]  # [B, H, 1, d]
+    keys = plan.prefix(layer.prefix_keys).float()
+    sp = plan.rows(torch.matmul(plan.stack(qa, H_kv), keys.transpose(2, 3)), H, 1)[:, :, 0] * scaling  # [B, H, P]
+    if hidden is not None:
+        sp = sp.masked_fill(hidden[plan.image][:, None, :], low)
+    st = torch.matmul(qa.reshape(B, H_kv, H // H_kv, d), layer.keys.float().transpose(2, 3)).reshape(B, H, Sk) * scaling
+    st = st.masked_fill(~allowed[r if allowed.shape[0] == B else torch.zeros_like(r), :, at], low)
+    return torch.softmax(torch.cat([sp, st], dim=-1), dim=-1)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scale: float,
+           fused: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q k^T * scale + bias) v and its log-sum-exp [..., Q], in float32
+    (q [..., Q, d], k and v [..., K, d], ``bias`` additive, broadcast). A
+    query whose keys are all masked gets output 0 and a meaningless
+    log-sum-exp (the caller masks it). ``fused`` (default: on CPU) runs
+    aten's fused CPU flash kernel, which returns the log-sum-exp; else the
+    same maths in matmuls."""
+    if q.is_cpu if fused is None else fused:
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=bias,
+                                                                          scale=scale)
+    s = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if bias is not None:
+        s = s + bias
+    m = s.amax(-1, keepdim=True).clamp(min=torch.finfo(s.dtype).min)
+    e = torch.exp(s - m)
+    total = e.sum(-1, keepdim=True)
+    return torch.matmul(e, v) / total.clamp(min=torch.finfo(s.dtype).tiny), (m + total.log()).squeeze(-1)
+
+
+def _bias(allowed: torch.Tensor) -> torch.Tensor:
+    """A boolean mask (True = attend) as an additive float32 one."""
+    return torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, float("-inf"))
 
 
 def _prefix_keys_hidden(prefix_mask: torch.Tensor, plan: SlotPlan, B: int) -> torch.Tensor | None | bool:
@@ -207,3 +261,37 @@ def take_pending(key: torch.Tensor) -> SharedPrefixLayer | None:
         raise MechmodError("shared-prefix attention: the attention received other keys than its cache layer "
                            "returned; run without prefix sharing (--no-share-prefix)")
     return layer
+
+
+class KeysCached(Exception):
+    """Raised by mechmod's kernel at the last decoder layer's attention of a
+    forward inside :class:`keys_only`, once that layer's cache update has
+    stored its keys and values."""
+
+
+_KEYS_ONLY: ContextVar["keys_only | None"] = ContextVar("mechmod_keys_only", default=None)
+
+
+class keys_only(kernel_context):
+    """While inside, a forward of ``mllm`` stops (raises :class:`KeysCached`)
+    at its last decoder layer's attention, after that layer's cache update:
+    a prefix forward keeps only the keys and values of every layer, and the
+    rest (that layer's attention and MLP, the final norm, the unembedding)
+    would be computed for nothing. Give the forward its cache: the
+    exception leaves no output to read it from."""
+
+    active = _KEYS_ONLY
+
+    def __init__(self, mllm):
+        super().__init__(mllm)
+        adapter = mllm.adapter
+        self.last = adapter.module(mllm.layers[-1], adapter.attn_path)
+
+
+def stop_at(module) -> None:
+    """Raise :class:`KeysCached` where ``module`` is the last decoder layer's
+    attention of a forward inside :class:`keys_only`."""
+    ctx = _KEYS_ONLY.get()
+    if ctx is not None and module is ctx.last:
+        raise KeysCached
+

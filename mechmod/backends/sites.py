@@ -76,7 +76,8 @@ def attention_implementation(mllm) -> str:
 
 #: mechmod's attention kernel, registered in transformers' AttentionInterface by
 #: mechmod.backends.answer_attention: sdpa's forward, the answer row of attention mass
-#: (answer_rows), tails over a shared prefix (mechmod.backends.shared_prefix)
+#: (answer_rows), tails over a shared prefix and prefix forwards that stop once the
+#: last layer's keys are cached (mechmod.backends.shared_prefix)
 KERNEL = "mechmod_answer_row"
 
 
