@@ -14,6 +14,7 @@ import importlib
 import pkgutil
 from pathlib import Path
 
+from mechmod._malloc import keep_freed_memory
 from mechmod.backends import self_check
 from mechmod.errors import MechmodError
 from mechmod.models.base import Adapter, Encoded, MLLM
@@ -113,7 +114,8 @@ def load_model(name_or_path: str = ORGANISM, device: str = "cpu", dtype=None,
     with accelerate (``device`` is then ignored); tracing reads every layer
     wherever it sits. With ``check`` the
     adapter runs one tiny forward and checks every slot (see
-    :func:`mechmod.backends.self_check`)."""
+    :func:`mechmod.backends.self_check`). A model on the CPU sets glibc to
+    keep freed memory for the next forward (:mod:`mechmod._malloc`)."""
     import transformers
     from safetensors import SafetensorError
 
@@ -144,6 +146,8 @@ def load_model(name_or_path: str = ORGANISM, device: str = "cpu", dtype=None,
     if device_map is None:
         model = model.to(device)
     mllm = MLLM(model, processor, adapter, name=str(name_or_path))
+    if mllm.device.type == "cpu":
+        keep_freed_memory()
     if device_map is not None:
         _check_unembedding_placed(mllm, device_map)
     if check:
