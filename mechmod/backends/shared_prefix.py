@@ -7,19 +7,21 @@ K/V tensor per row means copying the prefix into every row: on LLaVA-1.5
 tail's cache layer (:class:`SharedPrefixLayer`) keeps the prefix once per
 image, as the prefix forward left it, plus the rows' own tail keys, and
 the attention splits in two (as Hydragen does): every tail query of one
-image against that image's prefix in one batched matmul (no causal mask:
+image against that image's prefix, stacked into one batch (no causal mask:
 the prefix comes before every tail token), and each row's queries against
-its own tail keys (causal); the two partial softmaxes are merged by their
-maxima and sums. The maths runs in float32 (GQA: a key head serves its
-group of query heads without being repeated) and equals sdpa over the
+its own tail keys (causal); the two partial attentions are merged by their
+log-sum-exps (:func:`attend`: aten's fused flash kernel on CPU, matmuls
+elsewhere). The maths runs in float32 (GQA: a key head serves its group
+of query heads without being repeated) and equals sdpa over the
 concatenated keys to float32 rounding (tests/test_shared_prefix.py).
 
 The split runs inside mechmod's attention kernel
-(:mod:`mechmod.backends.answer_attention`), which also reads the answer
-row from the same scores when attention mass is asked for:
+(:mod:`mechmod.backends.answer_attention`), which also computes the answer
+row, from that one query's scores, when attention mass is asked for:
 :class:`shared_prefix` switches the model to that kernel for the tail
 forwards, and each shared layer's update hands itself to the attention
-call that follows it.
+call that follows it. The same kernel stops a prefix forward once its
+last layer has cached its keys (:class:`keys_only`).
 """
 
 from __future__ import annotations
