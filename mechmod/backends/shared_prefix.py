@@ -82,7 +82,7 @@ class SlotPlan:
         bumps its version)."""
         seen, version = self._mask
         if seen is not mask or version != mask._version:
-            self._mask, self._hidden = (mask, mask._version), _prefix_keys_hidden(mask[..., :P], self, len(self.slots))
+            self._mask, self._hidden = (mask, mask._version), _prefix_keys_hidden(mask[..., :P], self)
         return self._hidden
 
 
@@ -171,22 +171,22 @@ def split_attention(query: torch.Tensor, layer: SharedPrefixLayer, mask: torch.T
     out = out.transpose(1, 2).contiguous().to(query.dtype)
     if not want_row:
         return out, None
-    return out, _answer_row(q, layer, hidden, allowed, scaling, answer_positions)
+    return out, _answer_row(q, layer, keys, hidden, allowed, scaling, answer_positions)
 
 
-def _answer_row(q: torch.Tensor, layer: SharedPrefixLayer, hidden: torch.Tensor | None, allowed: torch.Tensor,
-                scaling: float, positions: torch.Tensor | None) -> torch.Tensor:
+def _answer_row(q: torch.Tensor, layer: SharedPrefixLayer, keys: torch.Tensor, hidden: torch.Tensor | None,
+                allowed: torch.Tensor, scaling: float, positions: torch.Tensor | None) -> torch.Tensor:
     """Eager attention's weights [B, H, P + S_k] (float32) of each row's
     answer query (``positions[b]``; None: the last) over its image's prefix
-    and its own tail keys: the scores of that one query, masked as eager
-    masks them, one softmax."""
+    (``keys``: the present images' prefix keys in float32, as the split
+    read them) and its own tail keys: the scores of that one query, masked
+    as eager masks them, one softmax."""
     plan, low = layer.plan, torch.finfo(torch.float32).min
     B, H, S, d = q.shape
     H_kv, Sk = layer.keys.shape[1], layer.keys.shape[2]
     r = torch.arange(B, device=q.device)
     at = torch.full((B,), S - 1, device=q.device) if positions is None else positions.to(q.device)
     qa = q[r, :, at][:, :, None]  # [B, H, 1, d]
-    keys = plan.prefix(layer.prefix_keys).float()
     sp = plan.rows(torch.matmul(plan.stack(qa, H_kv), keys.transpose(2, 3)), H, 1)[:, :, 0] * scaling  # [B, H, P]
     if hidden is not None:
         sp = sp.masked_fill(hidden[plan.image][:, None, :], low)
@@ -220,13 +220,13 @@ def _bias(allowed: torch.Tensor) -> torch.Tensor:
     return torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, float("-inf"))
 
 
-def _prefix_keys_hidden(prefix_mask: torch.Tensor, plan: SlotPlan, B: int) -> torch.Tensor | None | bool:
+def _prefix_keys_hidden(prefix_mask: torch.Tensor, plan: SlotPlan) -> torch.Tensor | None | bool:
     """From the mask's prefix part [B or 1, 1 or H, S, P]: per image present
     the prefix keys hidden from its rows [images, P] (None: none hidden;
     False where queries of one image see different keys)."""
     if bool(prefix_mask.all()):
         return None
-    rows = prefix_mask[:, 0, -1].expand(B, -1)  # [B, P]: each row's last query's view
+    rows = prefix_mask[:, 0, -1].expand(len(plan.slots), -1)  # [B, P]: each row's last query's view
     per_image = torch.zeros(plan.n_images, rows.shape[1], dtype=torch.bool, device=rows.device)
     per_image[plan.image] = rows
     if not (bool((prefix_mask == rows[:, None, None, :]).all()) and bool((per_image[plan.image] == rows).all())):

@@ -35,13 +35,11 @@ import torch
 from transformers.cache_utils import Cache, DynamicCache
 
 from mechmod.backends import Edit, unembed
-from mechmod.backends.answer_attention import WEIGHTED_KERNELS
 from mechmod.backends.shared_prefix import SharedPrefixLayer, SlotPlan, shared_prefix
-from mechmod.backends.sites import attention_implementation
 from mechmod.decoding import Continuation
 from mechmod.errors import MechmodError
 from mechmod.interventions.core import continuation, tails_exact
-from mechmod.prefix import CONCATENATING, PLAIN_LAYERS, cache_kwarg, cache_rows, with_room
+from mechmod.prefix import CONCATENATING, PLAIN_LAYERS, cache_kwarg, cache_rows, kernel_runs, with_room
 
 S = TypeVar("S")
 
@@ -195,7 +193,8 @@ def resume(mllm, rec: Record, cut: int, entries: Sequence[tuple[int, torch.Tenso
     entry k = (layer l_k, h_k [B, T - cut, D]: the recorded batch's positions
     from ``cut`` at the output of l_k), segment by segment over the clean
     cache of the positions before ``cut`` (attended without copies where
-    the model runs sdpa or eager attention: :mod:`mechmod.backends.shared_prefix`).
+    mechmod's kernel can take over the model's attention,
+    :func:`mechmod.prefix.kernel_runs`: :mod:`mechmod.backends.shared_prefix`).
     The entries run stacked along dim 0, each joining the stack after its
     own layer, so that every decoder layer runs once for all the entries
     that reach it. Returns the answer logits [len(entries) * B, V] float32
@@ -206,7 +205,7 @@ def resume(mllm, rec: Record, cut: int, entries: Sequence[tuple[int, torch.Tenso
     sizes = [int(out[0].shape[1]) for out in rec.outputs[first:]]
     parts = [entries[k][1].split(sizes, dim=1) for k in range(len(entries))]
     counts = [sum(entries[k][0] < i for k in order) for i in range(L)]
-    share = bool(first) and attention_implementation(mllm) in WEIGHTED_KERNELS
+    share = bool(first) and kernel_runs(mllm)
     cache = (_stacked_cache(rec.caches[first], B, counts, room=sum(sizes), shared=share) if first
              else DynamicCache(config=mllm.model.config))
     with torch.no_grad(), shared_prefix(mllm) if share else nullcontext():
