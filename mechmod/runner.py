@@ -78,7 +78,9 @@ class Timing:
 
 class _ForwardClock:
     """Sums the wall time of the model's top-level forwards while inside
-    (a CUDA model is synchronised at each forward's end, so its kernels count)."""
+    (a CUDA model is synchronised at each forward's end, so its kernels
+    count; a forward that raises, as a prefix forward stopping at its last
+    keys does, counts too)."""
 
     def __init__(self, model, timing: Timing):
         self.model, self.timing, self.start = model, timing, None
@@ -95,7 +97,7 @@ class _ForwardClock:
             self.timing.model += time.perf_counter() - self.start
 
         self.handles = [self.model.register_forward_pre_hook(pre, with_kwargs=True),
-                        self.model.register_forward_hook(post, with_kwargs=True)]
+                        self.model.register_forward_hook(post, with_kwargs=True, always_call=True)]
         return self
 
     def __exit__(self, *exc):

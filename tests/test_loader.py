@@ -1,5 +1,5 @@
 """Inputs built in loader workers give the rows built in process; the
-default worker rule; a bad worker count named; the run logs its timing."""
+default worker rule; a bad worker count named; the run logs its timing, forwards stopped by exception included."""
 
 from __future__ import annotations
 
@@ -53,3 +53,28 @@ def test_default_workers_follow_the_device_and_the_cores():
     assert [default_workers("cuda", cpus=n) for n in (2, 3, 4, 16)] == [0, 1, 2, 2]
     with pytest.raises(MechmodError, match="--loader-workers must be >= 0"):
         list(prepared_chunks(tiny_mllm(), [], color_dataset(groups=1), True, workers=-1))
+
+
+
+def test_the_forward_clock_counts_forwards_that_stop_by_exception():
+    import time
+
+    import torch
+
+    from mechmod.backends.shared_prefix import KeysCached
+
+    class Stops(torch.nn.Module):  # as a prefix forward stopping at its last keys (keys_only)
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            time.sleep(0.05)
+            raise KeysCached
+
+    model, timing = Stops(), runner.Timing()
+    with runner._ForwardClock(model, timing):
+        for _ in range(2):
+            with pytest.raises(KeysCached):
+                model(torch.zeros(1))
+    assert timing.model >= 0.1
