@@ -1,8 +1,8 @@
 """The behavioural study run: every conflict case of a dataset through a
 model, in chunks, streamed to disk, resumable.
 
-Cases are scored in chunks (ordered by image so an image's cases travel
-together, :mod:`mechmod.scoring`); each finished chunk is written as one
+Cases are scored in chunks of whole groups (a group's images and
+text-only prompts are scored once, :mod:`mechmod.scoring`); each finished chunk is written as one
 parquet part of the run directory (:class:`mechmod.rundir.RunDir`), so a
 killed run loses at most the chunk in flight and a re-run skips every case
 already in a part: no duplicate, no lost row. ``finalize`` merges the parts
@@ -50,8 +50,22 @@ def dataset_fingerprint(dataset_dir: str | Path) -> str:
 
 
 def _chunks(df: pd.DataFrame, size: int) -> Iterator[pd.DataFrame]:
-    for start in range(0, len(df), size):
-        yield df.iloc[start : start + size]
+    """``df`` (a group's cases together, an image's together within it) in
+    chunks of at most ``size`` cases cut only between groups, so that the
+    images and text-only prompts a group's cases share are scored once, in
+    one chunk; a group of more than ``size`` cases is cut between its
+    images (an image's cases stay together, however many)."""
+    units = []  # runs of cases never cut
+    for _, group in df.groupby("group_id", sort=False):
+        units.extend([group] if len(group) <= size else [im for _, im in group.groupby("image_id", sort=False)])
+    chunk: list[pd.DataFrame] = []
+    for unit in units:
+        if chunk and sum(map(len, chunk)) + len(unit) > size:
+            yield pd.concat(chunk)
+            chunk = []
+        chunk.append(unit)
+    if chunk:
+        yield pd.concat(chunk)
 
 
 @dataclass
@@ -153,7 +167,7 @@ def run_study(mllm, lens, dataset_dir: str | Path, out: str | Path, config: RunC
         run.clean_part_temps(rank)  # a killed writer's half-written parts (never read); each rank only its own
         mine = distributed.shard_cases(cases, world.rank, world.size)
         done = run.done_case_ids()
-        pending = mine[~mine["case_id"].isin(done)].sort_values(["image_id", "case_id"], kind="stable")
+        pending = mine[~mine["case_id"].isin(done)].sort_values(["group_id", "image_id", "case_id"], kind="stable")
         chunk_size = chunk_size or max(4 * config.batch_size, 32)
         options = _score_options(config)
         part = run.next_part_index(rank)
