@@ -22,8 +22,12 @@ lower bound counts the work the study cannot avoid with prefix sharing
 (vision tower and LM prefix once per image, the prefix up to the last
 layer's keys and values, each prompt's text tail once, the final
 unembedding and the lens at the answer position) and divides it by this
-machine's matmul throughput, measured in the same run. Prints one JSON
-line.
+machine's matmul throughput, measured in the same run. On CPU the runner
+then runs once more under :class:`benchmarks.kernels.KernelClock`: the
+seconds and FLOPs of its matmul and attention kernels
+(``kernel_*_seconds``, ``executed_*_gflop``) and
+``fraction_of_bound_kernels``, the most of the bound a runner could reach
+if nothing but those kernels took time. Prints one JSON line.
 
 With ``--real-config`` the model is the real checkpoint's HF class built
 from its real config with random weights, with the real tokenizer, chat
@@ -48,6 +52,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from benchmarks.kernels import KernelClock, kernel_fields
 from benchmarks.real_model import build_real_model, config_folder
 from mechmod.errors import MechmodError
 
@@ -163,10 +168,16 @@ def run_runner(setup: Setup, mllm=None) -> dict:
     finally:
         runner.finalize = finalize
         forward_s.pop("hooks")()
-    return {"seconds": dt, "cases": n, "cases_per_s": n / dt, "finalize_seconds": spent.get("finalize"),
-            "forward_seconds": forward_s["total"],
-            "scoring_cases_per_s": n / (dt - spent.get("finalize", 0.0)),
-            "peak_rss_mb": _peak_rss_mb(), "peak_gpu_mb": _peak_gpu_mb(setup.device), "held_gpu_mb": held_gpu_mb}
+    result = {"seconds": dt, "cases": n, "cases_per_s": n / dt, "finalize_seconds": spent.get("finalize"),
+              "forward_seconds": forward_s["total"],
+              "scoring_cases_per_s": n / (dt - spent.get("finalize", 0.0)),
+              "peak_rss_mb": _peak_rss_mb(), "peak_gpu_mb": _peak_gpu_mb(setup.device), "held_gpu_mb": held_gpu_mb}
+    if setup.device == "cpu":  # the same run again, its kernels timed and their FLOPs counted (not in the timing above)
+        with tempfile.TemporaryDirectory() as out, torch.no_grad(), KernelClock() as clock:
+            run_study(mllm, LogitLens(Unembed.from_model(mllm)), setup.dataset_dir, Path(out) / "run", cfg,
+                      progress=False)
+        result["kernels"] = {"seconds": clock.seconds, "flops": clock.flops}
+    return result
 
 
 def _time_forwards(model) -> dict:
@@ -517,6 +528,8 @@ def cpu_result(shape: str, a, setup: Setup, naive: dict | None, runner: dict, bo
         "fraction_of_bound_scoring": round(bound_s / (runner["seconds"] - runner["finalize_seconds"]), 3),
         "runner_forward_seconds": round(runner["forward_seconds"], 3),
         "fraction_of_bound_forwards": round(bound_s / runner["forward_seconds"], 3),
+        **(kernel_fields(**runner["kernels"], bound_flops=bound["flops"], peak_flops_per_s=flops_per_s)
+           if "kernels" in runner else {}),
     }
 
 

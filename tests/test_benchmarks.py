@@ -31,6 +31,8 @@ def test_pipeline_reports_speedup_bound_and_per_case_overhead():
     assert 0 <= r["fraction_of_bound"] < 1  # rounded to 3 places: ~1e-4 on this shape
     assert 0 < r["runner_forward_seconds"] and r["fraction_of_bound"] <= r["fraction_of_bound_forwards"]
     assert r["overhead_shape"] == "overhead" and r["overhead_cases"] == r["cases"]
+    assert r["kernel_matmul_seconds"] > 0 and r["executed_matmul_gflop"] > 0  # the kernel accounting pass
+    assert r["fraction_of_bound"] <= r["fraction_of_bound_kernels"]
     assert 0 < r["overhead_forward_seconds_per_case"] and 0 < r["overhead_seconds_per_case"] < 10
 
 
