@@ -51,13 +51,17 @@ def dataset_fingerprint(dataset_dir: str | Path) -> str:
 
 def _chunks(df: pd.DataFrame, size: int) -> Iterator[pd.DataFrame]:
     """``df`` (a group's cases together, an image's together within it) in
-    chunks of at most ``size`` cases cut only between groups, so that the
-    images and text-only prompts a group's cases share are scored once, in
-    one chunk; a group of more than ``size`` cases is cut between its
-    images (an image's cases stay together, however many)."""
+    chunks of at most ``size`` cases, cut between groups where a group fits
+    in one (the images and text-only prompts a group's cases share are then
+    scored once, in one chunk), else between its images, else within an
+    image."""
     units = []  # runs of cases never cut
     for _, group in df.groupby("group_id", sort=False):
-        units.extend([group] if len(group) <= size else [im for _, im in group.groupby("image_id", sort=False)])
+        if len(group) <= size:
+            units.append(group)
+            continue
+        for _, image in group.groupby("image_id", sort=False):
+            units.extend(image.iloc[s : s + size] for s in range(0, len(image), size))
     chunk: list[pd.DataFrame] = []
     for unit in units:
         if chunk and sum(map(len, chunk)) + len(unit) > size:

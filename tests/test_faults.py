@@ -17,7 +17,7 @@ from mechmod.rundir import RunDir
 from tests.run_helpers import assert_same_rows, cli_args, color_dataset, reference_results, run_in_process, start_cli
 
 SEED = 9
-CHUNK = 2  # 18 cases -> 9 parts
+CHUNK = 2  # 18 cases (2 images of 9) -> 10 parts
 
 
 def _parts(out):

@@ -73,11 +73,12 @@ def test_batch_size_does_not_change_results(setup, tmp_path):
 
 def test_chunks_cut_between_groups_else_between_images(setup):
     cases = load_cases(setup[1]).sort_values(["group_id", "image_id", "case_id"])  # 2 groups x 2 images x 9 cases
-    sizes = {n: [list(c["case_id"]) for c in runner._chunks(cases, n)] for n in (40, 36, 35, 20, 18, 17, 8)}
+    sizes = {n: [list(c["case_id"]) for c in runner._chunks(cases, n)] for n in (40, 36, 35, 20, 18, 17, 9, 8)}
     by = lambda col: [list(g["case_id"]) for _, g in cases.groupby(col)]  # noqa: E731
     assert sizes[40] == sizes[36] == [list(cases["case_id"])]
     assert sizes[35] == sizes[20] == sizes[18] == by("group_id")  # whole groups, never one shared by two chunks
-    assert sizes[17] == sizes[8] == by("image_id")  # a group larger than the chunk: whole images, even if larger
+    assert sizes[17] == sizes[9] == by("image_id")  # a group larger than the chunk: whole images
+    assert sizes[8] == [part for image in by("image_id") for part in (image[:8], image[8:])]  # else image slices
 
 
 def test_interrupted_run_resumes_without_duplicates_or_losses(setup, tmp_path, monkeypatch):
@@ -97,7 +98,7 @@ def test_interrupted_run_resumes_without_duplicates_or_losses(setup, tmp_path, m
     monkeypatch.setattr(scoring, "score_chunk", dies_on_third_chunk)
     with pytest.raises(KeyboardInterrupt):
         run(mllm, ds, tmp_path / "resumed", cfg, chunk_size=8)
-    assert len(RunDir(tmp_path / "resumed").done_case_ids()) == 18  # two chunks: groups of 18 > 8 cut into images of 9
+    assert len(RunDir(tmp_path / "resumed").done_case_ids()) == 9  # two chunks: an image's 8 cases, then its last
     monkeypatch.setattr(scoring, "score_chunk", real)
     resumed = pd.read_parquet(run(mllm, ds, tmp_path / "resumed", cfg, chunk_size=8) / "results.parquet")
     assert resumed["case_id"].is_unique and len(resumed) == len(whole)
