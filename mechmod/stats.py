@@ -1,5 +1,6 @@
-"""Small statistics shared by the estimators: Wilson intervals and
-bootstrap intervals of a mean (of cases, or of whole clusters of cases)."""
+"""Small statistics shared by the estimators: Wilson intervals, the normal
+interval of a mean and bootstrap intervals of a mean (of cases, or of
+whole clusters of cases)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,14 @@ def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float
     center = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return max(0.0, center - half), min(1.0, center + half)
+
+
+def normal_mean_ci(x) -> list[float]:
+    """95% normal interval of the mean: mean +- 1.96 standard errors (ddof 1;
+    zero width for one value)."""
+    x = np.asarray(x, float)
+    half = 1.96 * x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else 0.0
+    return [float(x.mean() - half), float(x.mean() + half)]
 
 
 def bootstrap_mean_ci(x, n_boot: int = 1000, seed: int = 0, ci: float = 0.95) -> dict[str, Any]:

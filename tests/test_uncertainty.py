@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from mechmod.stats import bootstrap_mean_ci, wilson_interval
+from mechmod.stats import bootstrap_mean_ci, normal_mean_ci, wilson_interval
 from mechmod.answers import OTHER, LabelSet
 from mechmod.uncertainty import (
     UNCERTAINTY_MEASURES,
@@ -85,6 +85,14 @@ def test_bootstrap_mean_ci_covers_mean():
     assert r["ci"][0] < 3.0 < r["ci"][1]
     assert r["ci"][1] - r["ci"][0] == pytest.approx(2 * 1.96 / 20, rel=0.25)
     assert bootstrap_mean_ci([], n_boot=10)["mean"] is None
+
+
+def test_normal_mean_ci_by_hand():
+    # mean 2.5, sample sd sqrt(5/3), n 4: half width 1.96 * sqrt(5/3) / 2
+    lo, hi = normal_mean_ci([1, 2, 3, 4])
+    half = 1.96 * math.sqrt(5 / 3) / 2
+    assert (lo, hi) == pytest.approx((2.5 - half, 2.5 + half), abs=1e-12)
+    assert normal_mean_ci([0.7]) == [0.7, 0.7]
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 50])

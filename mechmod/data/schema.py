@@ -345,8 +345,7 @@ def read_manifest(d: str | os.PathLike) -> dict:
 
 def validate_dir(d: str | os.PathLike, verify_hashes: bool = False) -> dict:
     """Validate a dataset directory (see :func:`load_cases`); returns the manifest."""
-    load_cases(d, verify_hashes=verify_hashes)
-    return read_manifest(Path(d))
+    return _checked(d, verify_hashes)[1]
 
 
 def load_cases(d: str | os.PathLike, verify_hashes: bool = False):
@@ -356,6 +355,11 @@ def load_cases(d: str | os.PathLike, verify_hashes: bool = False):
     equals ``n_cases``; image paths relative, inside DIR and present. With
     ``verify_hashes`` every image's digest is checked too. Errors are
     MechmodError naming the file and the problem."""
+    return _checked(d, verify_hashes)[0]
+
+
+def _checked(d: str | os.PathLike, verify_hashes: bool):
+    """(cases, manifest) of a dataset directory, validated as :func:`load_cases` says."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -390,7 +394,7 @@ def load_cases(d: str | os.PathLike, verify_hashes: bool = False):
                 raise MechmodError(f"{d / rel}: content does not match the digest in manifest.json")
     df = table.to_pandas()
     df["candidates"] = df["candidates"].map(list)
-    return df  # the manifest stays out of df.attrs: pandas deep-copies attrs in every operation
+    return df, man  # the manifest stays out of df.attrs: pandas deep-copies attrs in every operation
 
 
 def open_image(d: str | os.PathLike, rel: str, max_pixels: int = MAX_PIXELS):

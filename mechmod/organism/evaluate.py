@@ -33,17 +33,11 @@ from mechmod.data import color as C
 from mechmod.errors import MechmodError
 from mechmod.models.organism.model import prompt
 from mechmod.organism.data import N_TIERS, find_thing, knowledge_split
+from mechmod.stats import normal_mean_ci
 from mechmod.uncertainty import entropy, relative_uncertainty
 
 DEFAULT_EVAL_SEED = 909_090
 DHREL_BINS = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
-
-
-def mean_ci(x) -> list[float]:
-    """95% normal interval of the mean: mean +- 1.96 standard errors (ddof 1)."""
-    x = np.asarray(x, float)
-    half = 1.96 * x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else 0.0
-    return [float(x.mean() - half), float(x.mean() + half)]
 
 
 def _spearman(x, y) -> float | None:
@@ -135,7 +129,7 @@ def evaluate(model_dir: str | Path, seed: int = DEFAULT_EVAL_SEED, n: int = 100,
         correct = np.array([p == g.text_color for p, g in zip(pred, gs)])
         classes = np.array([org.split.get(find_thing(d, org.split) or "", {}).get("class", "none") for d in descs])
         row = {"dt": dt, "n": n, "accuracy": float(correct.mean()), "mean_entropy": float(ent.mean()),
-               "entropy_ci": mean_ci(ent)}
+               "entropy_ci": normal_mean_ci(ent)}
         if dt == 2:
             for cls in ("frequent", "rare", "heldout"):
                 m = classes == cls
