@@ -3,7 +3,7 @@ its first token (a one-letter piece "B" may begin "Blue" or "Black").
 
 A :data:`Continuation` gives next-token logits after each row's prompt
 followed by the tokens written so far; :func:`greedy` runs it, batched,
-for the undecided rows only, a few tokens at most. Three ways to build one:
+for the undecided rows only, a few tokens at most. Four ways to build one:
 
 - :func:`over_cache`: the prompt forward's KV cache, selected to the
   undecided rows and extended by their written tokens (no prompt or image
@@ -18,8 +18,9 @@ for the undecided rows only, a few tokens at most. Three ways to build one:
   rows or prompt positions land where they did on the prompt. Image
   tensors are passed whole, which needs no per-family slicing;
 - :func:`reencoded`: the undecided rows' prompts encoded again (no cache
-  or batch kept, e.g. after :func:`mechmod.tracing.trace`), then as
-  :func:`reforward`;
+  or batch kept, e.g. after :func:`mechmod.tracing.trace`): a text-only
+  row's prompt once, then over its KV cache as :func:`over_cache`; a row
+  with an image whole at each step, as :func:`reforward`;
 - :func:`over_prefixes`: prompts that show an image, over shared image
   prefixes (:func:`mechmod.prefix.trace_shared`): each step runs the
   undecided rows' text tails with the written tokens over their image's
@@ -108,24 +109,49 @@ def reforward(inputs: Mapping[str, torch.Tensor], next_logits: NextLogits, pad_i
     return step
 
 
-def reencoded(mllm, images: Sequence, descriptions: Sequence, questions: Sequence, batch_size: int = 8,
-              next_logits: NextLogits | None = None) -> Continuation:
+def reencoded(mllm, images: Sequence, descriptions: Sequence, questions: Sequence,
+              batch_size: int = 8) -> Continuation:
     """A :data:`Continuation` for prompts given as :meth:`MLLM.encode`'s
     arguments (row i = ``images[i]``, ``descriptions[i]``, ``questions[i]``)
-    when no cache was kept: only the rows asked for are encoded again, in
-    batches of ``batch_size``, and run with their written tokens appended
-    through ``next_logits`` (default: the model's plain forward)."""
-    forward = next_logits or model_next_logits(mllm.model)
+    when no cache was kept, encoding only the rows asked for, in batches of
+    ``batch_size``. A text-only row's prompt runs once, the first time it is
+    asked for, and its KV cache serves the later steps (:func:`over_cache`:
+    only the written tokens are computed). A row with an image runs whole
+    at each step, its written tokens appended (its cache would keep every
+    image token of every row)."""
+    forward = model_next_logits(mllm.model)
+    cached: dict[int, tuple[Continuation, int]] = {}  # text-only row -> its batch's continuation, its row there
+
+    def encode(part: list[int]):
+        return mllm.encode([images[i] for i in part], [descriptions[i] for i in part], [questions[i] for i in part])
 
     def step(rows: torch.Tensor, written: torch.Tensor) -> torch.Tensor:
-        out = []
-        for s in range(0, len(rows), batch_size):
-            part = rows[s : s + batch_size].tolist()
-            enc = mllm.encode([images[i] for i in part], [descriptions[i] for i in part],
-                              [questions[i] for i in part])
-            inputs = extend_inputs(enc.inputs, torch.arange(len(part)), written[s : s + batch_size], pad_id=0)
-            out.append(forward(inputs).float().cpu())
-        return torch.cat(out)
+        asked = rows.tolist()
+        out: list[torch.Tensor | None] = [None] * len(asked)
+        with_image = [j for j, r in enumerate(asked) if images[r] is not None]
+        for s in range(0, len(with_image), batch_size):
+            js = with_image[s : s + batch_size]
+            enc = encode([asked[j] for j in js])
+            logits = forward(extend_inputs(enc.inputs, torch.arange(len(js)), written[js], pad_id=0)).float().cpu()
+            for j, row in zip(js, logits):
+                out[j] = row
+        new = [r for r in asked if images[r] is None and r not in cached]
+        for s in range(0, len(new), batch_size):
+            part = new[s : s + batch_size]
+            enc = encode(part)
+            with torch.no_grad():
+                prompt = mllm.model(**enc.inputs, use_cache=True, logits_to_keep=1)
+            continuation = over_cache(mllm, enc.inputs, getattr(prompt, cache_kwarg(mllm.model)))
+            cached.update((r, (continuation, i)) for i, r in enumerate(part))
+        groups: dict[int, tuple[Continuation, list[int]]] = {}  # by continuation: the asked rows it serves
+        for j, r in enumerate(asked):
+            if images[r] is None:
+                groups.setdefault(id(cached[r][0]), (cached[r][0], []))[1].append(j)
+        for continuation, js in groups.values():
+            logits = continuation(torch.tensor([cached[asked[j]][1] for j in js]), written[js]).float().cpu()
+            for j, row in zip(js, logits):
+                out[j] = row
+        return torch.stack(out)
     return step
 
 
@@ -136,7 +162,9 @@ def over_cache(mllm, inputs: Mapping[str, torch.Tensor], cache) -> Continuation:
     the model). The cache itself is never written: each step runs on a copy
     of the undecided rows' cache."""
     mask = inputs["attention_mask"]
-    deltas = rope_deltas(mllm)
+    text_only = "pixel_values" not in inputs
+    deltas = None if text_only else rope_deltas(mllm)
+    mrope_text = text_only and mllm.adapter.rope_deltas_path is not None
     key = cache_kwarg(mllm.model)
 
     def step(rows: torch.Tensor, written: torch.Tensor) -> torch.Tensor:
@@ -150,6 +178,9 @@ def over_cache(mllm, inputs: Mapping[str, torch.Tensor], cache) -> Continuation:
             start = mask[rows].sum(dim=1, keepdim=True).to(deltas.device)
             x["position_ids"] = (start + torch.arange(k, device=deltas.device)[None, :]
                                  + deltas.reshape(-1, 1)[rows.to(deltas.device)]).to(device)
+        elif mrope_text:  # a text-only prompt counted every position, pads included: so do its written tokens
+            T = mask.shape[1]  # (left alone, the model would add the offsets of its last image forward)
+            x["position_ids"] = torch.arange(T, T + k, device=device)[None, :].expand(b, k)
         with torch.no_grad():
             return mllm.model(**x, logits_to_keep=1).logits[:, -1]
     return step

@@ -180,6 +180,34 @@ def tiny(request, tiny_dir):
     return load_model(str(tiny_dir(request.param)))
 
 
+def test_text_only_rows_reencoded_once_then_continued_over_their_cache(tiny):
+    """Text-only rows (left-padded; M-RoPE on Qwen2-VL after an image
+    forward, token types on Gemma 3) asked for over greedy's steps, fewer each step: each prompt
+    runs once, the later steps compute only the written tokens, and the
+    logits are those of the whole batch run again with them appended."""
+    descs = ["the circle is red .", "a square", "the big blue circle is on the left ."]
+    questions = ["what color is the circle ?"] * 3
+    with torch.no_grad():  # an image forward first: Qwen2-VL keeps its position offsets, which text must not take
+        tiny.model(**tiny.encode([Image.new("RGB", (64, 32))] * 2, [None, "a"], questions[:2]).inputs)
+    enc = tiny.encode([None] * 3, descs, questions)
+    full = reforward(enc.inputs, model_next_logits(tiny.model), tiny.tokenizer.pad_token_id)
+    cont = reencoded(tiny, [None] * 3, descs, questions, batch_size=2)
+    tokens = tiny.tokenizer.encode(" blue square on the left", add_special_tokens=False)[:3]
+    for k, rows in enumerate(([0, 1, 2], [0, 2], [2]), start=1):
+        rows, w = torch.tensor(rows), torch.tensor([tokens[:k]] * len(rows))
+        widths = []  # input widths of the continuation's forwards in this step
+        hook = tiny.model.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape[1]),
+                                                    with_kwargs=True)
+        try:
+            got = cont(rows, w)
+        finally:
+            hook.remove()
+        torch.testing.assert_close(got, full(rows, w), atol=1e-4, rtol=0)
+        prompt = enc.inputs["input_ids"].shape[1]
+        assert len(widths) == (4 if k == 1 else 1 if k == 3 else 2)  # step 1: 2 prompt batches + 2 continuations
+        assert all(x == k for x in widths[-(1 if k == 3 else 2):]) and (k > 1 or max(widths) <= prompt)
+
+
 def test_cache_continuation_equals_a_full_reforward(tiny):
     """Left-padded rows, M-RoPE (Qwen2-VL) and token types (Gemma 3): the
     undecided rows continued over the prompt's KV cache give the logits of
