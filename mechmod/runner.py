@@ -172,7 +172,7 @@ def run_study(mllm, lens, dataset_dir: str | Path, out: str | Path, config: RunC
         mine = distributed.shard_cases(cases, world.rank, world.size)
         done = run.done_case_ids()
         pending = mine[~mine["case_id"].isin(done)].sort_values(["group_id", "image_id", "case_id"], kind="stable")
-        chunk_size = chunk_size or max(4 * config.batch_size, 32)
+        chunk_size = chunk_size or max(4 * config.batch_size, 256)
         options = _score_options(config)
         part = run.next_part_index(rank)
         desc = f"cases (rank {world.rank}/{world.size})" if world.parallel else "cases"

@@ -57,7 +57,7 @@ DEFAULT_GROUPS = 12
                    "model; 0: in this process. Default: 0 on a CPU model (its forward uses every core and the inputs "
                    "are a few percent of the run), else 2 with 4 or more cores. Results do not depend on it.")
 @click.option("--chunk-size", default=None, type=int,
-              help="Cases per written part (default max(4 x batch size, 32)); a kill loses at most one chunk.")
+              help="Cases per written part (default max(4 x batch size, 256)); a kill loses at most one chunk.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory (created, or resumed).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def run_cmd(model, dataset_dir, groups, seed, lens, lens_path, backend, uncertainty, sampled_entropy, samples, device,
