@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mechmod import distributed
+from mechmod._gc import frozen_heap
 from mechmod.data import load_cases
 from mechmod.errors import MechmodError
 from mechmod.loader import default_workers, prepared_chunks
@@ -131,6 +132,7 @@ def _score_options(config: RunConfig) -> ScoreOptions:
                         seed=config.sample_seed)
 
 
+@frozen_heap()  # the collector walks only what the run allocates
 def run_study(mllm, lens, dataset_dir: str | Path, out: str | Path, config: RunConfig,
               chunk_size: int | None = None, progress: bool = True, world=None) -> Path:
     """Run (or resume) the study into ``out``; returns the run directory

@@ -112,14 +112,14 @@ def bench(files: list[Path]) -> str:
     every = [json.loads(p.read_text().strip().splitlines()[-1]) for p in files]
     rows = [r for r in every if r.get("benchmark") != "patching"]
     out = ["| shape | device | cases | naive cases/s | runner cases/s | speedup | fraction of bound "
-           "| forwards alone | peak memory |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "| forwards alone | kernels alone | peak memory |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         mem = (f"{r['runner_peak_gpu_mb']} MB GPU" if r.get("runner_peak_gpu_mb")
                else f"{r.get('runner_peak_rss_mb')} MB RSS (naive {r.get('naive_peak_rss_mb')})")
         out.append(f"| {r['shape']} | {r['device']} | {r['cases']} | {r.get('naive_cases_per_s')} | "
                    f"{r['runner_cases_per_s']} | {r.get('speedup')} | {r['fraction_of_bound']} | "
-                   f"{r.get('fraction_of_bound_forwards', 'n/a')} | {mem} |")
+                   f"{r.get('fraction_of_bound_forwards', 'n/a')} | {r.get('fraction_of_bound_kernels', 'n/a')} | {mem} |")
     for r in (r for r in rows if r.get("paper_scale_projected_minutes") is not None):
         out.append("")
         out.append(f"{r['device']}, {r['shape']} ({r['params_b']} B parameters, {r.get('dtype', 'bfloat16')}): MFU {r['mfu']}; the paper-scale "

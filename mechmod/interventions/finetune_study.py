@@ -26,6 +26,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from mechmod import _io
+from mechmod._gc import frozen_heap
 from mechmod.data import load_cases
 from mechmod.errors import MechmodError
 from mechmod.following import balance_point, region
@@ -55,6 +56,7 @@ class FinetuneStudy:
     cases: pd.DataFrame
 
 
+@frozen_heap()
 def run_finetune(mllm, selection: CleanCases, heldout_dir: str | Path, cfg: FinetuneConfig, selections,
                  seeds, radius: float, out: str | Path, batch_size: int = 8, backend: str = "nnsight",
                  n_boot: int = 1000, progress: bool = True) -> FinetuneStudy:

@@ -22,6 +22,7 @@ from typing import Sequence
 import pandas as pd
 import torch
 
+from mechmod._gc import frozen_heap
 from mechmod.answers import LabelSet
 from mechmod.backends.sites import attention_implementation
 from mechmod.decoding import reforward
@@ -116,6 +117,7 @@ def knockout_batch(mllm, encoded, labels: LabelSet, knockouts: Sequence[Knockout
     return torch.stack(ld), preds, clean_ld, answers(clean_logits, ())
 
 
+@frozen_heap()
 def run_flow(mllm, clean: CleanCases, flows: Sequence[str] = FLOWS, k: int | None = None, batch_size: int = 8,
              max_rows: int = 64, backend: str = "nnsight") -> pd.DataFrame:
     """One row per (flow, window, conflict case): ROW_COLUMNS."""

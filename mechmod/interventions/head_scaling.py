@@ -17,6 +17,7 @@ from typing import Sequence
 import pandas as pd
 import torch
 
+from mechmod._gc import frozen_heap
 from mechmod.decoding import reforward
 from mechmod.errors import MechmodError
 from mechmod.following import follow_outcome
@@ -82,6 +83,7 @@ def scale_heads(mllm, encoded, spec: HeadScale, metric=None, chunk: int | None =
     return sweep(mllm, encoded.inputs, list(spec.alphas), scale_setter(spec), metric, chunk, backend)
 
 
+@frozen_heap()
 def run_head_scaling(mllm, clean: CleanCases, head_sets: dict[str, Sequence[tuple[int, int]]],
                      alphas: Sequence[float] = DEFAULT_ALPHAS, positions: str = "last", batch_size: int = 8,
                      max_rows: int = 64, n_boot: int = 200, backend: str = "nnsight") -> tuple[pd.DataFrame, dict]:

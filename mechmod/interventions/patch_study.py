@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from mechmod._gc import frozen_heap
 from mechmod.answers import LabelSet
 from mechmod.errors import MechmodError
 from mechmod.following import balance_point, following_rates, region
@@ -71,6 +72,7 @@ def _pair_metric(labels: LabelSet, a_src: Sequence[str], a_tgt: Sequence[str]):
     return metric
 
 
+@frozen_heap()
 def run_patching(mllm, dataset_dir, cases: pd.DataFrame, config: PatchStudyConfig = PatchStudyConfig(),
                  progress: bool = False) -> PatchStudy:
     """Run the study on ``cases`` (conflict cases and their image-irrelevant

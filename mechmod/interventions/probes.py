@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mechmod._gc import frozen_heap
 from mechmod.data import load_cases
 from mechmod.dynamics import layer_votes
 from mechmod.errors import MechmodError
@@ -164,6 +165,7 @@ def _read(mllm, cases: CleanCases, batch_size: int, backend: str, attention: boo
     return np.concatenate(resid)[order], np.concatenate(votes)[order], frame
 
 
+@frozen_heap()
 def run_probes(mllm, clean: CleanCases, batch_size: int = 8, backend: str = "nnsight", l2: float = 1.0,
                n_folds: int = N_FOLDS, n_boot: int = 1000, seed: int = 0) -> tuple[pd.DataFrame, dict]:
     """The probes table (one row per layer and target) and the summary: per

@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from mechmod._gc import frozen_heap
 from mechmod.answers import OTHER, LabelSet
 from mechmod.errors import MechmodError
 from mechmod.following import (balance_point, follow_outcome, following_curve, following_rates,
@@ -221,6 +222,7 @@ class SteerStudy:
     summary: dict
 
 
+@frozen_heap()
 def run_steering(mllm, dataset_dir, cases: pd.DataFrame, config: SteerStudyConfig = SteerStudyConfig(),
                  progress: bool = False) -> SteerStudy:
     """Direction per layer on the train groups, alpha sweep on the held-out
