@@ -8,8 +8,9 @@ live as long as the process. On the behavioural benchmark (216 cases,
 allocated before it. :func:`frozen_heap` (the studies' entry points wear
 it as a decorator) moves every object alive when a run starts into the
 collector's permanent generation (``gc.freeze``) for the run, so its
-collections walk only what the run allocates, and moves them back after. It does nothing where the collector is disabled or the
-caller has frozen objects itself."""
+collections walk only what the run allocates, and moves them back after.
+It does nothing where the collector is disabled or the caller has frozen
+objects itself."""
 
 from __future__ import annotations
 

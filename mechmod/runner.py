@@ -1,10 +1,11 @@
 """The behavioural study run: every conflict case of a dataset through a
 model, in chunks, streamed to disk, resumable.
 
-Cases are scored in chunks of whole groups (a group's images and
-text-only prompts are scored once, :mod:`mechmod.scoring`); each finished chunk is written as one
-parquet part of the run directory (:class:`mechmod.rundir.RunDir`), so a
-killed run loses at most the chunk in flight and a re-run skips every case
+Cases are scored in chunks cut between groups where a group fits in one
+(its images and text-only prompts are then scored once,
+:mod:`mechmod.scoring`); each finished chunk is written as one parquet
+part of the run directory (:class:`mechmod.rundir.RunDir`), so a killed
+run loses at most the chunk in flight and a re-run skips every case
 already in a part: no duplicate, no lost row. ``finalize`` merges the parts
 into ``results.parquet`` and writes ``report.html`` and ``summary.json``.
 
