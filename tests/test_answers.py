@@ -19,6 +19,7 @@ from mechmod.decoding import (extend_inputs, greedy, model_next_logits, over_cac
 from mechmod.errors import MechmodError
 from mechmod.prefix import cache_kwarg
 from mechmod.models import load_model
+from tests.tiny_families import FAMILIES
 
 PIECES = ["<unk>", "</s>", "▁", "▁B", "▁Blue", "Blue", "lue", "lack", "oth", "▁Both", "▁C", "ube", "yl", "inder",
           "▁cyl", "yan", ".", "▁red", "RED", "▁R", "ed", "▁the", "▁gre", "en", "y", "▁pur", "ple", "▁bro", "wn", "\"",
@@ -180,11 +181,13 @@ def tiny(request, tiny_dir):
     return load_model(str(tiny_dir(request.param)))
 
 
-def test_text_only_rows_reencoded_once_then_continued_over_their_cache(tiny):
-    """Text-only rows (left-padded; M-RoPE on Qwen2-VL after an image
-    forward, token types on Gemma 3) asked for over greedy's steps, fewer each step: each prompt
+@pytest.mark.parametrize("family", FAMILIES)
+def test_text_only_rows_reencoded_once_then_continued_over_their_cache(family, tiny_dir):
+    """Text-only rows (left-padded; M-RoPE on the Qwen families after an
+    image forward, token types on Gemma 3) asked for over greedy's steps, fewer each step: each prompt
     runs once, the later steps compute only the written tokens, and the
     logits are those of the whole batch run again with them appended."""
+    tiny = load_model(str(tiny_dir(family)))
     descs = ["the circle is red .", "a square", "the big blue circle is on the left ."]
     questions = ["what color is the circle ?"] * 3
     with torch.no_grad():  # an image forward first: Qwen2-VL keeps its position offsets, which text must not take
