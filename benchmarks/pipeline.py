@@ -156,9 +156,9 @@ def run_runner(setup: Setup, mllm=None) -> dict:
         return result
 
     runner.finalize = timed_finalize
-    forward_s = _time_forwards(mllm.model)
+    forwards = runner.Timing()  # its ``model``: seconds inside the model's forwards, as the run's timing line counts them
     try:
-        with tempfile.TemporaryDirectory() as out:
+        with tempfile.TemporaryDirectory() as out, runner._ForwardClock(mllm.model, forwards):
             t0 = time.perf_counter()
             with torch.no_grad():
                 run_study(mllm, LogitLens(Unembed.from_model(mllm)), setup.dataset_dir,
@@ -167,9 +167,8 @@ def run_runner(setup: Setup, mllm=None) -> dict:
             dt = time.perf_counter() - t0
     finally:
         runner.finalize = finalize
-        forward_s.pop("hooks")()
     result = {"seconds": dt, "cases": n, "cases_per_s": n / dt, "finalize_seconds": spent.get("finalize"),
-              "forward_seconds": forward_s["total"],
+              "forward_seconds": forwards.model,
               "scoring_cases_per_s": n / (dt - spent.get("finalize", 0.0)),
               "peak_rss_mb": _peak_rss_mb(), "peak_gpu_mb": _peak_gpu_mb(setup.device), "held_gpu_mb": held_gpu_mb}
     if setup.device == "cpu":  # the same run again, its kernels timed and their FLOPs counted (not in the timing above)
@@ -178,28 +177,6 @@ def run_runner(setup: Setup, mllm=None) -> dict:
                       progress=False)
         result["kernels"] = {"seconds": clock.seconds, "flops": clock.flops}
     return result
-
-
-def _time_forwards(model) -> dict:
-    """Accumulates the wall time spent inside ``model``'s forward calls
-    (tracing hooks inside the model included; a forward that raises, as a
-    prefix forward stopping at its last keys does, counted too) into ``["total"]``;
-    ``["hooks"]()`` removes the timing hooks."""
-    spent = {"total": 0.0, "depth": 0, "t0": 0.0}
-
-    def enter(module, args, kwargs=None):
-        if spent["depth"] == 0:
-            spent["t0"] = time.perf_counter()
-        spent["depth"] += 1
-
-    def leave(module, args, out):
-        spent["depth"] -= 1
-        if spent["depth"] == 0:
-            spent["total"] += time.perf_counter() - spent["t0"]
-
-    handles = [model.register_forward_pre_hook(enter), model.register_forward_hook(leave, always_call=True)]
-    spent["hooks"] = lambda: [h.remove() for h in handles]
-    return spent
 
 
 def overhead_per_case(run: dict) -> dict:

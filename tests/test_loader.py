@@ -1,5 +1,6 @@
 """Inputs built in loader workers give the rows built in process; the
-default worker rule; a bad worker count named; the run logs its timing, forwards stopped by exception included."""
+default worker rule; a bad worker count named; the run logs its timing,
+forwards stopped by exception included."""
 
 from __future__ import annotations
 
@@ -53,7 +54,6 @@ def test_default_workers_follow_the_device_and_the_cores():
     assert [default_workers("cuda", cpus=n) for n in (2, 3, 4, 16)] == [0, 1, 2, 2]
     with pytest.raises(MechmodError, match="--loader-workers must be >= 0"):
         list(prepared_chunks(tiny_mllm(), [], color_dataset(groups=1), True, workers=-1))
-
 
 
 def test_the_forward_clock_counts_forwards_that_stop_by_exception():

@@ -1,4 +1,4 @@
-"""The behavioural run: completeness, chunks of whole groups, resume
+"""The behavioural run: completeness, chunks cut between groups, resume
 without duplicates or losses, refusal to mix runs, a bad image recorded as
 a failed case, the CLI."""
 
